@@ -1,0 +1,181 @@
+"""Shared fixtures: real databases, real configuration files, the CLI runner.
+
+Database-facing tests take the ``settings`` or ``database`` fixture and run once per selected
+backend. SQLite is always selected; PostgreSQL and MariaDB/MySQL are added with
+``--databases=sqlite,postgresql,mysql`` (or ``TXM_TEST_DATABASES``, or ``all``). A selected
+server that is not reachable fails the tests instead of skipping them silently.
+Each test gets a database of its own, created on the server and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from txm import config, manage
+from txm import db as models
+
+ALL_BACKENDS = ("sqlite", "postgresql", "mysql")
+REPO = Path(__file__).resolve().parent.parent
+
+SERVER_DEFAULTS = {
+    "postgresql": {"host": "127.0.0.1", "port": 5432, "user": "postgres", "admin_db": "test"},
+    "mysql": {"host": "127.0.0.1", "port": 3306, "user": "root", "admin_db": "test"},
+}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--databases", default=os.environ.get("TXM_TEST_DATABASES", "sqlite"),
+                     help="comma-separated backends for database tests: sqlite, postgresql, mysql, or all")
+
+
+def selected_backends(config_) -> list[str]:
+    raw = config_.getoption("--databases")
+    names = ALL_BACKENDS if raw.strip() == "all" else [n.strip() for n in raw.split(",") if n.strip()]
+    unknown = set(names) - set(ALL_BACKENDS)
+    if unknown:
+        raise pytest.UsageError(f"unknown backend(s) {', '.join(sorted(unknown))}; choose from {ALL_BACKENDS}")
+    return list(dict.fromkeys(["sqlite", *names]))
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", selected_backends(metafunc.config), indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch):
+    """No test reads or writes the real home folder, data folder or configuration."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.delenv(config.ENV_VAR, raising=False)
+    return home
+
+
+class Backend:
+    """A database server (or SQLite) that hands out fresh, empty databases."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.created: list[str] = []
+
+    def _admin(self):
+        info = SERVER_DEFAULTS[self.name]
+        if self.name == "postgresql":
+            import psycopg2
+
+            conn = psycopg2.connect(host=info["host"], port=info["port"], user=info["user"],
+                                    dbname=info["admin_db"], connect_timeout=5)
+            conn.autocommit = True
+            return conn
+        import pymysql
+
+        return pymysql.connect(host=info["host"], port=info["port"], user=info["user"], password="",
+                               database=info["admin_db"], connect_timeout=5, autocommit=True)
+
+    def database_values(self, tmp_path: Path) -> dict[str, object]:
+        """DATABASE_* values naming a new empty database."""
+        if self.name == "sqlite":
+            return {"DATABASE_ENGINE": "sqlite3", "DATABASE_NAME": str(tmp_path / "txm.db")}
+        name = f"txm_t_{os.getpid()}_{secrets.token_hex(4)}"
+        try:
+            conn = self._admin()
+        except Exception as exc:  # the server is selected, so not reaching it is a failure
+            pytest.fail(f"{self.name} was selected for the tests but is not reachable: {exc}")
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {name}")
+        conn.close()
+        self.created.append(name)
+        info = SERVER_DEFAULTS[self.name]
+        return {"DATABASE_ENGINE": self.name, "DATABASE_NAME": name, "DATABASE_HOST": info["host"],
+                "DATABASE_PORT": info["port"], "DATABASE_USER": info["user"]}
+
+    def drop_all(self) -> None:
+        if not self.created:
+            return
+        conn = self._admin()
+        with conn.cursor() as cur:
+            for name in self.created:
+                if self.name == "postgresql":
+                    cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                else:
+                    cur.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.close()
+        self.created.clear()
+
+
+@pytest.fixture
+def backend(request):
+    b = Backend(request.param)
+    yield b
+    models.database.obj and models.database.obj.close()
+    b.drop_all()
+
+
+def write_toml(path: Path, values: dict[str, object]) -> Path:
+    """Write a txm.toml with top-level keys."""
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, (int, float)):
+            lines.append(f"{key} = {value}")
+        elif isinstance(value, list):
+            lines.append(f"{key} = [{', '.join(repr(str(v)).replace(chr(39), chr(34)) for v in value)}]")
+        else:
+            lines.append(f'{key} = "{value}"')
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def config_file(tmp_path, backend) -> Path:
+    """A txm.toml naming a fresh database of the backend under test (tables not created)."""
+    return write_toml(tmp_path / "txm.toml", backend.database_values(tmp_path))
+
+
+@pytest.fixture
+def settings(config_file) -> config.Settings:
+    return config.read_settings(config_file)
+
+
+@pytest.fixture
+def database(settings):
+    """A synced database (tables and the Administrator) bound to the models."""
+    result = manage.syncdb(settings)
+    yield result.database
+    result.database.close()
+
+
+@pytest.fixture
+def run_cli(config_file):
+    """Run ``txm --config <the test's file> ARGS``; returns click's Result."""
+    from txm.cli import cli
+
+    def run(*args: str, input: str | None = None, expect: int | None = 0):
+        result = CliRunner().invoke(cli, ["--config", str(config_file), *args], input=input)
+        if expect is not None:
+            assert result.exit_code == expect, (
+                f"txm {' '.join(args)} exited {result.exit_code}, expected {expect}\n"
+                f"output:\n{result.output}\nexception: {result.exception!r}")
+        return result
+
+    return run
+
+
+def txm_subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for running ``python -m txm`` from this checkout in a subprocess."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+TXM = [sys.executable, "-m", "txm"]

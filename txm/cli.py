@@ -1,0 +1,380 @@
+"""The ``txm`` command: a thin skin over the library.
+
+Options are parsed here and library functions called; the library's :class:`TxmError`
+becomes a one-line message and an exit code in :class:`TxmGroup`, the one place that
+does so. Exit codes: 0 success, 1 failure, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from txm import __version__, config, manage
+from txm import db as models
+from txm.errors import TxmError
+from txm.passwords import weakness
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class TxmGroup(click.Group):
+    """A click group that reports the library's errors as plain messages."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TxmError as exc:
+            error = click.ClickException(str(exc))
+            error.exit_code = exc.exit_code
+            raise error from None
+
+
+class Context:
+    """What every command shares: the configuration, loaded on first use."""
+
+    def __init__(self, config_path: str | None):
+        self.config_path = config_path
+        self._settings: config.Settings | None = None
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    @property
+    def settings(self) -> config.Settings:
+        if self._settings is None:
+            self._settings = config.load_settings(self.config_path)
+        return self._settings
+
+    def open_db(self):
+        return models.open_database(self.settings)
+
+    def warn(self, text: str) -> None:
+        self.err.print(f"[yellow]Warning:[/yellow] {text}")
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(cls=TxmGroup, context_settings=CONTEXT)
+@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Configuration file (txm.toml or txm.conf). Default: $TXM_CONFIG, then ./, ~/, /etc/.")
+@click.version_option(__version__, "-V", "--version", prog_name="txm")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """txm: a server for Tiger meters (TTP), with a web interface, alarms and LoggerNet export.
+
+    \b
+    Start here:
+      txm serve            start the servers (creates the database on first run)
+      txm unit add M1 --key s3cret --fields 4
+      txm send-ttp up M1 s3cret --value 1 --value 2 --value 3 --value 4
+    """
+    ctx.obj = Context(config_path)
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@cli.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Print the values as JSON for scripts.")
+@pass_context
+def config_command(ctx: Context, as_json: bool) -> None:
+    """Show which configuration file is used and every effective setting with its source.
+
+    \b
+    Example:
+      txm --config /etc/txm.toml config
+    """
+    settings = ctx.settings
+    rows = config.describe(settings)
+    if as_json:
+        click.echo(json.dumps({"file": str(settings.path) if settings.path else None,
+                               "settings": [{"section": s, "key": k, "value": v, "source": src}
+                                            for s, k, v, src in rows]}, indent=2))
+        return
+    if settings.path:
+        ctx.out.print(f"Configuration file: [bold]{settings.path}[/bold]")
+    else:
+        searched = ", ".join(str(p) for p in config.search_paths())
+        ctx.out.print(f"No configuration file found (searched {searched}); using defaults.")
+    table = Table("section", "setting", "value", "source", box=None, pad_edge=False)
+    for row in rows:
+        table.add_row(*row)
+    ctx.out.print(table)
+
+
+# --- database ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@pass_context
+def syncdb(ctx: Context) -> None:
+    """Create the database and its missing tables, and the first administrator.
+
+    Safe to run again: existing tables and data are left alone. When there is no user yet it
+    creates the superuser 'Administrator' with password 'admin' (id 1): change it at once.
+
+    \b
+    Example:
+      txm syncdb
+    """
+    result = manage.syncdb(ctx.settings)
+    where = ctx.settings.database_label()
+    if result.created_tables:
+        ctx.out.print(f"Created {len(result.created_tables)} table(s) in {where}.")
+    else:
+        ctx.out.print(f"All tables already exist in {where}.")
+    if result.created_admin:
+        ctx.warn("created the superuser 'Administrator' with password 'admin'; "
+                 "change it now with: txm user passwd Administrator")
+
+
+@cli.command("reset-admin")
+@pass_context
+def reset_admin(ctx: Context) -> None:
+    """Set the password of the first administrator (user id 1) back to 'admin'.
+
+    Works whatever that user is called now. Log in and change the password afterwards.
+
+    \b
+    Example:
+      txm reset-admin
+    """
+    ctx.open_db()
+    user = manage.reset_admin()
+    ctx.out.print(f"The password of {user.username!r} (id 1) is now 'admin'.")
+    ctx.warn(f"log in and change it at once: txm user passwd {user.username}")
+
+
+# --- users -------------------------------------------------------------------------------------
+
+
+def _read_password(given: str | None) -> str:
+    """The password from the option, a hidden prompt at a terminal, or a line of stdin."""
+    if given is not None:
+        return given
+    if sys.stdin.isatty():
+        return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    line = sys.stdin.readline().rstrip("\r\n")
+    if not line:
+        raise click.UsageError("give --password, or type it at a terminal, or send it on standard input")
+    return line
+
+
+@cli.group(cls=TxmGroup, context_settings=CONTEXT)
+def user() -> None:
+    """Manage the users who log in to the web interface and the admin panel.
+
+    \b
+    Example:
+      txm user add alice --email alice@example.com --staff
+    """
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--email", default="", help="Email address (needed for alarm emails).")
+@click.option("--staff", is_flag=True, help="May enter the admin panel.")
+@click.option("--superuser", is_flag=True, help="May do everything (implies --staff).")
+@click.option("--password", help="The password; prompted for (hidden) at a terminal when left out.")
+@pass_context
+def user_add(ctx: Context, name: str, email: str, staff: bool, superuser: bool, password: str | None) -> None:
+    """Create a user.
+
+    \b
+    Example:
+      txm user add alice --email alice@example.com --staff
+    """
+    ctx.open_db()
+    password = _read_password(password)
+    created = manage.add_user(name, password, email=email, staff=staff, superuser=superuser)
+    ctx.out.print(f"Created user {created.username!r} (id {created.id}).")
+    if (problem := weakness(password)) is not None:
+        ctx.warn(f"weak password: {problem}")
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_context
+def user_list(ctx: Context, as_json: bool) -> None:
+    """List the users.
+
+    \b
+    Example:
+      txm user list
+    """
+    ctx.open_db()
+    users = list(models.User.select().order_by(models.User.id))
+    if as_json:
+        click.echo(json.dumps([{"id": u.id, "username": u.username, "email": u.email, "staff": u.is_staff,
+                                "superuser": u.is_superuser, "active": u.is_active} for u in users], indent=2))
+        return
+    table = Table("id", "user", "email", "staff", "superuser", "active", box=None, pad_edge=False)
+    for u in users:
+        table.add_row(str(u.id), u.username, u.email, _yes(u.is_staff), _yes(u.is_superuser), _yes(u.is_active))
+    ctx.out.print(table)
+
+
+@user.command("passwd")
+@click.argument("name")
+@click.option("--password", help="The new password; prompted for (hidden) at a terminal when left out.")
+@pass_context
+def user_passwd(ctx: Context, name: str, password: str | None) -> None:
+    """Set a user's password.
+
+    \b
+    Example:
+      txm user passwd Administrator
+    """
+    ctx.open_db()
+    manage.get_user(name)
+    password = _read_password(password)
+    manage.set_password(name, password)
+    ctx.out.print(f"Password of {name!r} changed.")
+    if (problem := weakness(password)) is not None:
+        ctx.warn(f"weak password: {problem}")
+
+
+@user.command("remove")
+@click.argument("name")
+@pass_context
+def user_remove(ctx: Context, name: str) -> None:
+    """Delete a user. The last active superuser cannot be removed.
+
+    \b
+    Example:
+      txm user remove alice
+    """
+    ctx.open_db()
+    manage.remove_user(name)
+    ctx.out.print(f"Removed user {name!r}.")
+
+
+# --- units -------------------------------------------------------------------------------------
+
+
+@cli.group(cls=TxmGroup, context_settings=CONTEXT)
+def unit() -> None:
+    """Manage units: the Tiger meters that talk to txm over TTP.
+
+    \b
+    Example:
+      txm unit add M1 --key s3cret --fields 4 --labels Flow,Level,Temp,Pressure
+    """
+
+
+@unit.command("add")
+@click.argument("code")
+@click.option("--key", required=True, help="The unit key the meter sends with every request.")
+@click.option("--fields", "channels", required=True, type=int,
+              help=f"Number of data fields (channels) in each sample, 1 to {models.MAX_CHANNELS}.")
+@click.option("--name", default="", help="A name for people.")
+@click.option("--labels", default="", help="Channel labels, comma-separated: L1,L2,...")
+@click.option("--show-labels", is_flag=True, help="TTP downloads answer with labels: L1=11 L2=22 ...")
+@pass_context
+def unit_add(ctx: Context, code: str, key: str, channels: int, name: str, labels: str, show_labels: bool) -> None:
+    """Create a unit. The code is letters and digits only.
+
+    \b
+    Example:
+      txm unit add M1 --key s3cret --fields 4 --name "North tank" --labels Flow,Level,Temp,Pressure
+    """
+    ctx.open_db()
+    created = manage.add_unit(code, key, channels, name=name, labels=labels, show_labels=show_labels)
+    ctx.out.print(f"Created unit {created.code!r} with {created.channels} data field(s).")
+
+
+@unit.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_context
+def unit_list(ctx: Context, as_json: bool) -> None:
+    """List the units with their sample counts.
+
+    \b
+    Example:
+      txm unit list
+    """
+    ctx.open_db()
+    units = list(models.Unit.select().order_by(models.Unit.code))
+    counts = dict(models.Sample.select(models.Sample.unit, models.pw.fn.COUNT(models.Sample.id))
+                  .group_by(models.Sample.unit).tuples())
+    if as_json:
+        click.echo(json.dumps([{"code": u.code, "name": u.name, "fields": u.channels,
+                                "labels": u.channel_labels(), "samples": counts.get(u.id, 0)} for u in units],
+                              indent=2))
+        return
+    table = Table("code", "name", "fields", "labels", "samples", box=None, pad_edge=False)
+    for u in units:
+        table.add_row(u.code, u.name, str(u.channels), ",".join(u.channel_labels()), str(counts.get(u.id, 0)))
+    ctx.out.print(table)
+
+
+@unit.command("show")
+@click.argument("code")
+@pass_context
+def unit_show(ctx: Context, code: str) -> None:
+    """Show one unit's settings and its newest sample. The key is not shown.
+
+    \b
+    Example:
+      txm unit show M1
+    """
+    ctx.open_db()
+    u = manage.get_unit(code)
+    newest = (models.Sample.select().where(models.Sample.unit == u)
+              .order_by(models.Sample.timestamp.desc()).first())
+    table = Table(box=None, show_header=False, pad_edge=False)
+    for label, value in (("code", u.code), ("name", u.name), ("data fields", str(u.channels)),
+                         ("labels", ", ".join(u.channel_labels())),
+                         ("labelled TTP downloads", _yes(u.show_labels)),
+                         ("samples", str(manage.sample_count(u))),
+                         ("newest sample", f"{newest.timestamp} (id {newest.id})" if newest else "none")):
+        table.add_row(f"[bold]{label}[/bold]", value)
+    ctx.out.print(table)
+
+
+@unit.command("remove")
+@click.argument("code")
+@click.option("--yes", is_flag=True, help="Do not ask, even when the unit has samples.")
+@pass_context
+def unit_remove(ctx: Context, code: str, yes: bool) -> None:
+    """Delete a unit with all its samples and alarms. Asks first when it has samples.
+
+    \b
+    Example:
+      txm unit remove M1 --yes
+    """
+    ctx.open_db()
+    count = manage.sample_count(manage.get_unit(code))
+    if count and not yes:
+        if not sys.stdin.isatty():
+            raise TxmError(f"unit {code!r} has {count} sample(s); add --yes to delete it with them")
+        click.confirm(f"Unit {code!r} has {count} sample(s). Delete it and all of them?", abort=True)
+    removed = manage.remove_unit(code)
+    ctx.out.print(f"Removed unit {code!r} and {removed} sample(s).")
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+@cli.command()
+@pass_context
+def serve(ctx: Context) -> None:
+    """Start txm: prepare the database (creating it on first run) and serve.
+
+    \b
+    Example:
+      txm serve
+    """
+    result = manage.syncdb(ctx.settings)
+    ctx.out.print(f"Database: {ctx.settings.database_label()}"
+                  + (" (created)" if result.created_tables else ""))
+    if result.created_admin:
+        ctx.warn("created the superuser 'Administrator' with password 'admin'; change it now")
+    raise TxmError("the TTP server is not part of this build yet; the database is ready")

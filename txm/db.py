@@ -1,0 +1,402 @@
+"""The schema (peewee models) and opening the database named by the settings.
+
+The models are bound to :data:`database`, a :class:`peewee.DatabaseProxy` that
+:func:`open_database` initialises at run time, so the same models serve SQLite,
+PostgreSQL and MySQL/MariaDB. docs/schema.md describes every table for people who
+write their own SQL reports.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from typing import Any, Iterable
+
+import peewee as pw
+
+from txm.config import Settings
+from txm.errors import DatabaseError, InvalidValue
+
+#: Channels (data fields) a unit may have; the ``sample`` table has one column per channel.
+MAX_CHANNELS = 32
+#: Unit codes are alphanumeric, as the manual asks: they travel in TTP request paths.
+UNIT_CODE_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
+#: Rows a bulk operation (deletion, migration) touches per transaction.
+BATCH_SIZE = 5000
+
+database = pw.DatabaseProxy()
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC now; every "received"/"when" column holds naive UTC."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class JSONField(pw.TextField):
+    """JSON kept in a TEXT column, so it reads the same on every engine."""
+
+    def db_value(self, value: Any) -> str | None:
+        return None if value is None else json.dumps(value, separators=(",", ":"))
+
+    def python_value(self, value: Any) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+# --- users, groups, permissions -------------------------------------------------------------
+
+
+class Group(BaseModel):
+    name = pw.CharField(max_length=150, unique=True)
+
+    class Meta:
+        table_name = "auth_group"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class User(BaseModel):
+    """A person who logs in to the web interface or the admin panel."""
+
+    username = pw.CharField(max_length=150, unique=True)
+    password = pw.CharField(max_length=256)
+    email = pw.CharField(max_length=254, default="")
+    first_name = pw.CharField(max_length=150, default="")
+    last_name = pw.CharField(max_length=150, default="")
+    is_staff = pw.BooleanField(default=False)
+    is_superuser = pw.BooleanField(default=False)
+    is_active = pw.BooleanField(default=True)
+    last_login = pw.DateTimeField(null=True)
+    date_joined = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "auth_user"
+
+    def __str__(self) -> str:
+        return self.username
+
+
+class UserGroup(BaseModel):
+    user = pw.ForeignKeyField(User, on_delete="CASCADE", backref="group_links")
+    group = pw.ForeignKeyField(Group, on_delete="CASCADE", backref="user_links")
+
+    class Meta:
+        table_name = "auth_user_groups"
+        indexes = ((("user", "group"), True),)
+
+
+class UserPermission(BaseModel):
+    """A permission given to one user: ``<action>_<model>`` such as ``change_unit``."""
+
+    user = pw.ForeignKeyField(User, on_delete="CASCADE", backref="permission_links")
+    codename = pw.CharField(max_length=100)
+
+    class Meta:
+        table_name = "auth_user_permissions"
+        indexes = ((("user", "codename"), True),)
+
+
+class GroupPermission(BaseModel):
+    group = pw.ForeignKeyField(Group, on_delete="CASCADE", backref="permission_links")
+    codename = pw.CharField(max_length=100)
+
+    class Meta:
+        table_name = "auth_group_permissions"
+        indexes = ((("group", "codename"), True),)
+
+
+# --- units and their data -------------------------------------------------------------------
+
+
+class Unit(BaseModel):
+    """A Tiger meter controller: identified by code, authenticated by key."""
+
+    code = pw.CharField(max_length=64, unique=True)
+    key = pw.CharField(max_length=128)
+    name = pw.CharField(max_length=200, default="")
+    channels = pw.IntegerField(default=1)  # the manual's "number of data fields"
+    labels = JSONField(default=list)  # channel labels, "" where a channel has none
+    show_labels = pw.BooleanField(default=False)  # TTP downloads answer L1=11 L2=22 ...
+    graph_width = pw.IntegerField(default=800)
+    graph_height = pw.IntegerField(default=400)
+    graph_axes = JSONField(default=list)  # [{"label": "Flow", "channels": [1, 2]}, ...]; [] = one axis, all
+    has_reports = pw.BooleanField(default=True)  # CSV downloads offered
+    report_fields = JSONField(default=list)  # channel numbers exported; [] = all
+    created = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "unit"
+
+    def __str__(self) -> str:
+        return f"{self.code} ({self.name})" if self.name else self.code
+
+    def channel_labels(self) -> list[str]:
+        """A label for every channel: the configured one, else ``ch<N>``."""
+        labels = list(self.labels or [])
+        return [(labels[i] if i < len(labels) and labels[i] else f"ch{i + 1}") for i in range(self.channels)]
+
+
+class UserUnit(BaseModel):
+    """A unit a (non-superuser) user may see in the web interface."""
+
+    user = pw.ForeignKeyField(User, on_delete="CASCADE", backref="unit_links")
+    unit = pw.ForeignKeyField(Unit, on_delete="CASCADE", backref="user_links")
+
+    class Meta:
+        table_name = "auth_user_units"
+        indexes = ((("user", "unit"), True),)
+
+
+class GroupUnit(BaseModel):
+    group = pw.ForeignKeyField(Group, on_delete="CASCADE", backref="unit_links")
+    unit = pw.ForeignKeyField(Unit, on_delete="CASCADE", backref="group_links")
+
+    class Meta:
+        table_name = "auth_group_units"
+        indexes = ((("group", "unit"), True),)
+
+
+class Sample(BaseModel):
+    """One timestamped sample of a unit: channel values in ``ch1`` .. ``ch32``."""
+
+    id = pw.BigAutoField()
+    unit = pw.ForeignKeyField(Unit, on_delete="CASCADE", backref="samples")
+    timestamp = pw.DateTimeField()  # the meter's time, microseconds kept
+    received = pw.DateTimeField(default=utcnow)  # server time (UTC) it arrived
+
+    class Meta:
+        table_name = "sample"
+        indexes = ((("unit", "timestamp"), True),)
+
+    def values(self) -> list[float | None]:
+        return [getattr(self, f"ch{i}") for i in range(1, self.unit.channels + 1)]
+
+
+CHANNEL_COLUMNS = tuple(f"ch{i}" for i in range(1, MAX_CHANNELS + 1))
+for _name in CHANNEL_COLUMNS:
+    Sample._meta.add_field(_name, pw.DoubleField(null=True))
+
+
+class Alarm(BaseModel):
+    """An alarm a unit raised over TTP, and what became of its email."""
+
+    id = pw.BigAutoField()
+    unit = pw.ForeignKeyField(Unit, on_delete="CASCADE", backref="alarms")
+    level = pw.IntegerField()
+    data = JSONField(default=list)  # the strings the meter sent after the level
+    received = pw.DateTimeField(default=utcnow, index=True)
+    email_status = pw.CharField(max_length=16, default="pending", index=True)  # pending/sent/failed/suppressed/none
+    email_error = pw.TextField(default="")
+    email_attempts = pw.IntegerField(default=0)
+    email_next_attempt = pw.DateTimeField(null=True)
+    email_claimed_until = pw.DateTimeField(null=True)  # a node sending it holds it until then
+    email_sent = pw.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "alarm"
+
+
+class MailingList(BaseModel):
+    """The one mailing list of a unit: users who receive its alarm emails."""
+
+    unit = pw.ForeignKeyField(Unit, on_delete="CASCADE", unique=True, backref="mailing_lists")
+    name = pw.CharField(max_length=200, default="")
+
+    class Meta:
+        table_name = "mailing_list"
+
+
+class MailingListMember(BaseModel):
+    mailing_list = pw.ForeignKeyField(MailingList, on_delete="CASCADE", backref="members")
+    user = pw.ForeignKeyField(User, on_delete="CASCADE", backref="mailing_list_links")
+
+    class Meta:
+        table_name = "mailing_list_member"
+        indexes = ((("mailing_list", "user"), True),)
+
+
+class AlarmMessage(BaseModel):
+    """Subject and body templates for a unit's alarm emails at one level."""
+
+    unit = pw.ForeignKeyField(Unit, on_delete="CASCADE", backref="alarm_messages")
+    level = pw.IntegerField()
+    subject = pw.CharField(max_length=500)
+    body = pw.TextField()
+
+    class Meta:
+        table_name = "alarm_message"
+        indexes = ((("unit", "level"), True),)
+
+
+class View(BaseModel):
+    """A multiple-meter display."""
+
+    name = pw.CharField(max_length=200)
+    refresh_seconds = pw.IntegerField(default=10)
+
+    class Meta:
+        table_name = "view"
+
+
+class ViewEntry(BaseModel):
+    """One unit shown in a view, with the channels (1-based numbers) to show."""
+
+    view = pw.ForeignKeyField(View, on_delete="CASCADE", backref="entries")
+    unit = pw.ForeignKeyField(Unit, on_delete="CASCADE", backref="view_entries")
+    channels = JSONField(default=list)  # [] = every channel
+    position = pw.IntegerField(default=0)
+
+    class Meta:
+        table_name = "view_entry"
+
+
+class LogEntry(BaseModel):
+    """The admin panel's record of every add, change and delete."""
+
+    id = pw.BigAutoField()
+    action_time = pw.DateTimeField(default=utcnow, index=True)
+    user = pw.ForeignKeyField(User, null=True, on_delete="SET NULL", backref="log_entries")
+    username = pw.CharField(max_length=150, default="")  # kept if the user is deleted
+    action = pw.CharField(max_length=16)  # add / change / delete
+    model = pw.CharField(max_length=50, index=True)
+    object_id = pw.CharField(max_length=64, default="")
+    object_repr = pw.CharField(max_length=200, default="")
+    change_message = pw.TextField(default="")
+
+    class Meta:
+        table_name = "admin_log"
+
+
+class WebSession(BaseModel):
+    """A browser session, kept in the database so every txm node shares it."""
+
+    key = pw.CharField(max_length=64, primary_key=True)
+    user = pw.ForeignKeyField(User, null=True, on_delete="CASCADE", backref="sessions")
+    data = JSONField(default=dict)
+    created = pw.DateTimeField(default=utcnow)
+    expires = pw.DateTimeField(index=True)
+
+    class Meta:
+        table_name = "web_session"
+
+
+class ExportCursor(BaseModel):
+    """Where a named incremental export (``--since-last NAME``, a Data Export client) stands."""
+
+    name = pw.CharField(max_length=200, unique=True)
+    last_sample_id = pw.BigIntegerField(default=0)
+    updated = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "export_cursor"
+
+
+MODELS: tuple[type[BaseModel], ...] = (
+    Group, User, UserGroup, UserPermission, GroupPermission,
+    Unit, UserUnit, GroupUnit, Sample, Alarm, MailingList, MailingListMember, AlarmMessage,
+    View, ViewEntry, LogEntry, WebSession, ExportCursor,
+)
+
+
+# --- opening ---------------------------------------------------------------------------------
+
+_DRIVERS = {"postgresql": ("psycopg2", "postgres"), "mysql": ("pymysql", "mysql")}
+
+
+def make_database(settings: Settings) -> pw.Database:
+    """A peewee database for the settings, not yet connected."""
+    engine = settings.DATABASE_ENGINE
+    if engine == "sqlite3":
+        return pw.SqliteDatabase(
+            str(settings.sqlite_path()),
+            pragmas={"journal_mode": "wal", "foreign_keys": 1, "synchronous": "full", "busy_timeout": 10000},
+            timeout=10,
+        )
+    module, extra = _DRIVERS[engine]
+    try:
+        __import__(module)
+    except ImportError:
+        raise DatabaseError(
+            f"DATABASE_ENGINE is {engine} but its driver ({module}) is not installed; "
+            f"install it with: pip install 'txm[{extra}]'") from None
+    params: dict[str, Any] = {}
+    for key, param in (("DATABASE_USER", "user"), ("DATABASE_PASSWORD", "password"),
+                       ("DATABASE_HOST", "host"), ("DATABASE_PORT", "port")):
+        if settings[key]:
+            params[param] = settings[key]
+    name = settings.DATABASE_NAME or "txm"
+    if engine == "postgresql":
+        return pw.PostgresqlDatabase(name, **params)
+    # DATETIME(6) keeps the microseconds meters send; utf8mb4 keeps every label.
+    return pw.MySQLDatabase(name, charset="utf8mb4", field_types={"DATETIME": "DATETIME(6)"}, **params)
+
+
+def open_database(settings: Settings, create: bool = False) -> pw.Database:
+    """Open the database the settings name and bind the models to it.
+
+    With ``create`` false, a missing SQLite file or a database without txm's tables is a
+    :class:`DatabaseError` that says to run ``txm syncdb``.
+    """
+    if settings.DATABASE_ENGINE == "sqlite3":
+        path = settings.sqlite_path()
+        if not path.exists():
+            if not create:
+                raise DatabaseError(f"there is no database at {path} yet; create it with: txm syncdb")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseError(f"cannot create the folder for the database {path}: {exc.strerror}") from None
+    db = make_database(settings)
+    try:
+        db.connect(reuse_if_open=True)
+    except pw.OperationalError as exc:
+        raise DatabaseError(f"cannot open the database ({settings.database_label()}): "
+                            f"{_first_line(exc)}") from None
+    database.initialize(db)
+    if not create and not db.table_exists(User._meta.table_name):
+        db.close()
+        raise DatabaseError(f"the database ({settings.database_label()}) has no txm tables yet; "
+                            f"create them with: txm syncdb")
+    return db
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def create_tables(db: pw.Database, models: Iterable[type[pw.Model]] = MODELS) -> list[str]:
+    """Create the tables that are missing; return their names."""
+    models = list(models)
+    missing = [m for m in models if not db.table_exists(m._meta.table_name)]
+    with db.bind_ctx(models):
+        db.create_tables(missing, safe=True)
+    return [m._meta.table_name for m in missing]
+
+
+def fix_sequences(db: pw.Database, models: Iterable[type[pw.Model]] = MODELS) -> None:
+    """After rows were inserted with explicit ids, move PostgreSQL's id sequences past them."""
+    if not isinstance(db, pw.PostgresqlDatabase):
+        return
+    for model in models:
+        pk = model._meta.primary_key
+        if isinstance(pk, pw.AutoField):
+            table = model._meta.table_name
+            db.execute_sql(
+                f"SELECT setval(pg_get_serial_sequence('\"{table}\"', '{pk.column_name}'), "
+                f"COALESCE((SELECT MAX(\"{pk.column_name}\") FROM \"{table}\"), 0) + 1, false)")
+
+
+def check_unit_code(code: str) -> str:
+    """Return the code if it is a valid unit code, else raise InvalidValue saying why."""
+    if not UNIT_CODE_RE.match(code or ""):
+        raise InvalidValue(f"unit code {code!r} is not valid: use 1 to 64 letters and digits only "
+                           f"(it travels in TTP requests as /up/CODE/)")
+    return code
