@@ -364,17 +364,115 @@ def _yes(flag: bool) -> str:
 
 
 @cli.command()
+@click.option("-v", "--verbose", is_flag=True, help="Log every connection and request (never unit keys).")
+@click.option("--port", "ds_port", type=int, default=None, help="TTP port instead of DS_PORT (0: any free port).")
 @pass_context
-def serve(ctx: Context) -> None:
+def serve(ctx: Context, verbose: bool, ds_port: int | None) -> None:
     """Start txm: prepare the database (creating it on first run) and serve.
+
+    The TTP server listens on DS_PORT for meters; the other services (web interface, email,
+    LoggerNet export) start beside it as configured. Ctrl-C or SIGTERM stops it cleanly,
+    committing pending uploads first.
 
     \b
     Example:
-      txm serve
+      txm --config /etc/txm.toml serve --verbose
     """
-    result = manage.syncdb(ctx.settings)
-    ctx.out.print(f"Database: {ctx.settings.database_label()}"
-                  + (" (created)" if result.created_tables else ""))
-    if result.created_admin:
-        ctx.warn("created the superuser 'Administrator' with password 'admin'; change it now")
-    raise TxmError("the TTP server is not part of this build yet; the database is ready")
+    from txm.serve import Server
+
+    _setup_logging(verbose)
+    settings = ctx.settings
+    if ds_port is not None:
+        settings = settings.replace(DS_PORT=ds_port)
+    server = Server(settings)
+    server.start()
+    ctx.out.print(f"Configuration: {settings.path or 'none found, using defaults'}")
+    ctx.out.print(f"Database: {settings.database_label()}" + (" (created)" if server.database_created else ""))
+    if server.admin_created:
+        ctx.warn("created the superuser 'Administrator' with password 'admin'; "
+                 "change it now with: txm user passwd Administrator")
+    commit = ("every OK durable, commits grouped" if settings.COMMIT_INTERVAL <= 1
+              else f"commit every {settings.COMMIT_INTERVAL} uploads or 1 s")
+    ctx.out.print(f"TTP server listening on {server.ttp_address} ({commit})")
+    for service in server.services:
+        description = getattr(service, "description", "")
+        if description:
+            ctx.out.print(description)
+    ctx.out.print("Press Ctrl-C to stop.")
+    sys.stdout.flush()
+    server.serve()
+    ctx.out.print("Stopped.")
+
+
+def _setup_logging(verbose: bool) -> None:
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("txm")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+@cli.command("send-ttp")
+@click.argument("words", nargs=-1)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Server to send to.")
+@click.option("--port", type=int, default=None, help="TTP port (default: DS_PORT from the configuration).")
+@click.option("--value", "values", multiple=True, help="up: a channel value (repeat for each channel).")
+@click.option("--time", "when", default=None, help="up: the sample's timestamp (default: now), e.g. '2026-1-16 15:30:45'.")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for each reply.")
+@pass_context
+def send_ttp(ctx: Context, words: tuple[str, ...], host: str, port: int | None, values: tuple[str, ...],
+             when: str | None, timeout: float) -> None:
+    """Send TTP requests to a server and print each reply, as a meter would.
+
+    Raw request lines come as arguments or, with none, one per line on standard input; they
+    all go over one connection. Two short forms help when testing a meter's setup:
+    'up CODE KEY --value V ...' uploads one sample (timestamp now unless --time) and
+    'last CODE KEY' downloads the unit's newest sample.
+
+    Exit status: 0 when every reply was OK, 1 when any reply was an error code,
+    2 when the server could not be reached.
+
+    \b
+    Example:
+      txm send-ttp 'TTP /up/M1/<2026-1-16 15:30:45;11;22> s3cret'
+      txm send-ttp up M1 s3cret --value 11 --value 22
+      txm send-ttp last M1 s3cret
+      printf 'TTP /dl/M1/last s3cret\\n' | txm send-ttp --port 9995
+    """
+    import datetime as dt
+
+    from txm.client import TTPClient
+
+    if port is None:
+        port = ctx.settings.DS_PORT
+    if words and words[0] in ("up", "last"):
+        form = words[0]
+        if len(words) != 3:
+            raise click.UsageError(f"'{form}' takes CODE and KEY: txm send-ttp {form} CODE KEY")
+        code, key = words[1], words[2]
+        if form == "up":
+            if not values:
+                raise click.UsageError("'up' needs at least one --value")
+            stamp = when or dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+            lines = [f"TTP /up/{code}/<{stamp};{';'.join(values)}> {key}"]
+        else:
+            lines = [f"TTP /dl/{code}/last {key}"]
+    elif words:
+        lines = list(words)
+    else:
+        lines = [line.rstrip("\r\n") for line in sys.stdin]
+    lines = [line for line in lines if line.strip()]
+    if not lines:
+        raise click.UsageError("no request given: pass request lines as arguments or on standard input")
+    failed = 0
+    with TTPClient(host, port, timeout=timeout) as client:
+        for line in lines:
+            reply = client.request(line)
+            click.echo(reply)
+            if not (reply == "OK" or reply.startswith("OK ")):
+                failed += 1
+    if failed:
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,8 @@
+"""The TTP server in three layers: :mod:`~txm.ttp.parser` (bytes to requests),
+:mod:`~txm.ttp.loop` (the selectors loop) and :mod:`~txm.ttp.handler` (the verbs, group
+commit); :mod:`~txm.ttp.apps` finds TTP Apps. :mod:`txm.serve` puts them together."""
+
+from txm.ttp.handler import Call, Handler, keys_match
+from txm.ttp.parser import ProtocolError, Request
+
+__all__ = ["Call", "Handler", "ProtocolError", "Request", "keys_match"]

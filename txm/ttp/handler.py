@@ -1,0 +1,344 @@
+"""TTP business logic: the verb table, unit authentication and group commit.
+
+The loop hands the handler every complete request of one pass (:meth:`Handler.handle`); the
+handler runs them all in one database transaction and returns one reply per request.
+
+Verbs
+-----
+A verb is a function ``verb(call: Call) -> str`` returning the reply line without its CR
+(``"OK"``, ``"OK <...>"``), or raising :class:`~txm.ttp.parser.ProtocolError` with a TTP code
+(``raise ProtocolError(400, "why, for the log")``). It receives a :class:`Call`:
+
+* ``call.request`` -- the parsed request: ``verb``, ``code`` (unit code), ``argument`` (the text
+  between ``/<code>/`` and the key) and ``key``;
+* ``call.unit()`` -- the unit named by the request, authenticated: ``405 Unit Not Found`` when
+  there is none, ``402 Unauthorized`` when the key is wrong (constant-time compare through
+  :func:`keys_match`). Units are read fresh in every pass, so a changed code or key takes
+  effect at the next request;
+* ``call.db`` -- the peewee database, inside the pass's transaction. Write with peewee or SQL
+  as usual: it is committed with the pass, before any ``OK`` goes out when ``COMMIT_INTERVAL``
+  is 1. Each call runs in its own savepoint, so a failing call leaves nothing behind and never
+  harms the other calls of the pass;
+* ``call.received`` -- the pass's time (naive UTC), ``call.settings``, ``call.log``;
+* ``call.after_commit(fn)`` -- run ``fn()`` once the pass is committed (e.g. wake a worker).
+
+Where verbs come from
+---------------------
+* Built-in verbs: a module listed in :data:`BUILTIN_VERB_MODULES` defines
+  ``TTP_VERBS = {"al": alarm_verb}``. ``up`` and ``dl`` live here.
+* TTP Apps (:mod:`txm.ttp.apps`): a module named after its verb, defining ``handle(call)``,
+  switched on in ``[ttpapps]``.
+
+An exception other than ProtocolError is logged with its traceback and answered with
+``500 Internal error``; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import importlib
+import logging
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import peewee as pw
+
+from txm.config import Settings
+from txm.db import utcnow
+from txm.ttp.parser import (ProtocolError, Request, error_reply, format_timestamp, format_value,
+                            parse_samples)
+from txm.ttp.store import SampleStore, UnitRecord
+
+log = logging.getLogger("txm.ttp")
+
+Verb = Callable[["Call"], str]
+
+#: Modules that contribute built-in verbs through a ``TTP_VERBS`` mapping. A module that is not
+#: part of this installation is left out (it names the alarms verb's home).
+BUILTIN_VERB_MODULES: tuple[str, ...] = ("txm.ttp.handler", "txm.alarms")
+
+#: Seconds an uncommitted upload may wait when COMMIT_INTERVAL is more than 1.
+MAX_COMMIT_DELAY = 1.0
+
+OK = "OK"
+
+
+def keys_match(given: str, stored: str) -> bool:
+    """Compare a unit key in constant time."""
+    return hmac.compare_digest(given.encode("utf-8"), (stored or "").encode("utf-8"))
+
+
+class Call:
+    """One request being answered; what a verb function receives."""
+
+    __slots__ = ("request", "handler", "received", "_unit", "wrote")
+
+    def __init__(self, request: Request, handler: "Handler", received: dt.datetime):
+        self.request = request
+        self.handler = handler
+        self.received = received
+        self._unit: UnitRecord | None = None
+        self.wrote = False
+
+    @property
+    def db(self) -> pw.Database:
+        return self.handler.db
+
+    @property
+    def settings(self) -> Settings:
+        return self.handler.settings
+
+    @property
+    def store(self) -> SampleStore:
+        return self.handler.store
+
+    @property
+    def log(self) -> logging.Logger:
+        return log
+
+    def unit(self) -> UnitRecord:
+        """The request's unit, authenticated by its key (405 / 402 otherwise)."""
+        if self._unit is None:
+            unit = self.handler.unit_for(self.request.code)
+            if unit is None:
+                raise ProtocolError(405, f"no unit with code {self.request.code!r}")
+            if not keys_match(self.request.key, unit.key):
+                raise ProtocolError(402, f"wrong key for unit {unit.code!r}")
+            self._unit = unit
+        return self._unit
+
+    def after_commit(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn()`` after the pass's transaction is committed (not at all if it fails)."""
+        self.handler._after_commit.append(fn)
+
+
+# --- the built-in verbs ------------------------------------------------------------------------
+
+
+def upload(call: Call) -> str:
+    """``TTP /up/<code>/<ts;v1;...><ts;...>... <key>``: store samples; 406 lists duplicates."""
+    unit = call.unit()
+    samples = parse_samples(call.request.argument, unit.channels)
+    seen: set[dt.datetime] = set()
+    fresh: list[tuple[dt.datetime, tuple[float, ...]]] = []
+    positions: list[int] = []
+    duplicates: list[int] = []
+    for position, sample in enumerate(samples, start=1):
+        if sample.timestamp in seen:
+            duplicates.append(position)
+            continue
+        seen.add(sample.timestamp)
+        fresh.append((sample.timestamp, sample.values))
+        positions.append(position)
+    inserted = call.store.insert_samples(unit, fresh, call.received)
+    call.wrote = True
+    for position, went_in in zip(positions, inserted):
+        if not went_in:
+            duplicates.append(position)
+    if duplicates:
+        duplicates.sort()
+        raise ProtocolError(406, f"{len(duplicates)} duplicate sample(s) for unit {unit.code!r}",
+                            "".join(f"{p}<{samples[p - 1].sent}>" for p in duplicates))
+    return OK
+
+
+upload.ttp_single_statement = True  # type: ignore[attr-defined]
+
+
+def download(call: Call) -> str:
+    """``TTP /dl/<code>/last <key>``: the unit's sample with the newest timestamp."""
+    unit = call.unit()
+    if call.request.argument.strip().lower() != "last":
+        raise ProtocolError(400, "download argument is not 'last'")
+    sample = call.store.newest(unit)
+    if sample is None:
+        raise ProtocolError(404, f"unit {unit.code!r} has no sample")
+    values = [format_value(v) for v in sample.values]
+    if unit.show_labels:
+        values = [f"{label}={value}" for label, value in zip(unit.channel_labels(), values)]
+    return f"OK <{sample.id} {format_timestamp(sample.timestamp)} {' '.join(values)}>"
+
+
+download.ttp_single_statement = True  # type: ignore[attr-defined]
+
+TTP_VERBS: dict[str, Verb] = {"up": upload, "dl": download}
+
+
+def builtin_verbs(modules: Iterable[str] = BUILTIN_VERB_MODULES) -> dict[str, Verb]:
+    """The verb table of every built-in verb module present."""
+    verbs: dict[str, Verb] = {}
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        verbs.update(getattr(module, "TTP_VERBS", {}))
+    return verbs
+
+
+# --- the handler -------------------------------------------------------------------------------
+
+
+class Handler:
+    """Answers batches of requests with group commit.
+
+    ``COMMIT_INTERVAL`` 1: :meth:`handle` commits before it returns, so every reply it returns
+    is durable. N > 1: the transaction stays open; it is committed once N calls wrote, after
+    :data:`MAX_COMMIT_DELAY` seconds (:meth:`tick`), and by :meth:`flush` / :meth:`close`.
+    """
+
+    def __init__(self, settings: Settings, database: pw.Database, verbs: Mapping[str, Verb]):
+        self.settings = settings
+        self.db = database
+        self.verbs = dict(verbs)
+        self.store = SampleStore(database)
+        self.commit_interval = settings.COMMIT_INTERVAL
+        self._sqlite = self.store.kind == "sqlite"
+        self._txn: Any = None
+        self._txn_started = 0.0
+        self._pending_writes = 0
+        self._units: dict[str, UnitRecord] = {}
+        self._after_commit: list[Callable[[], Any]] = []
+        self.requests_handled = 0
+
+    # --- connection and transaction ----------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect in the calling thread (the loop's)."""
+        self.db.connect(reuse_if_open=True)
+
+    def _begin(self) -> None:
+        if self._txn is None:
+            self.db.connect(reuse_if_open=True)
+            # SQLite: take the write lock at BEGIN so the first write never fails on a snapshot
+            # another process committed after our first read.
+            txn = self.db.transaction(lock_type="IMMEDIATE") if self._sqlite else self.db.transaction()
+            txn.__enter__()
+            self._txn = txn
+            self._txn_started = time.monotonic()
+
+    def _commit(self) -> None:
+        txn, self._txn = self._txn, None
+        self._pending_writes = 0
+        callbacks, self._after_commit = self._after_commit, []
+        if txn is not None:
+            txn.__exit__(None, None, None)  # commits; rolls back and raises on failure
+        for fn in callbacks:
+            try:
+                fn()
+            except Exception:
+                log.exception("an after-commit action failed")
+
+    def _abandon(self) -> None:
+        """Roll back after a failure of the whole pass; reconnect on the next one."""
+        txn, self._txn = self._txn, None
+        self._pending_writes = 0
+        self._after_commit = []
+        try:
+            if txn is not None:
+                txn.__exit__(RuntimeError, RuntimeError("abandoned"), None)
+        except Exception:
+            log.debug("rollback failed", exc_info=True)
+        try:
+            self.db.close()
+        except Exception:
+            log.debug("closing the database failed", exc_info=True)
+
+    # --- answering ---------------------------------------------------------------------------
+
+    def unit_for(self, code: str) -> UnitRecord | None:
+        return self._units.get(code)
+
+    def handle(self, requests: list[Request]) -> list[str]:
+        """Answer the requests of one pass, in order; commit per ``COMMIT_INTERVAL``."""
+        if not requests:
+            return []
+        self.requests_handled += len(requests)
+        received = utcnow()
+        try:
+            self._begin()
+            self._units = self.store.units({r.code for r in requests})
+            replies = [self._call(request, received) for request in requests]
+            if self.commit_interval <= 1 or self._pending_writes >= self.commit_interval or (
+                    time.monotonic() - self._txn_started >= MAX_COMMIT_DELAY):
+                self._commit()
+        except Exception:
+            log.exception("database failure; %d request(s) of this pass answered 500", len(requests))
+            self._abandon()
+            return [error_reply(500)] * len(requests)
+        finally:
+            self._units = {}
+        return replies
+
+    def _call(self, request: Request, received: dt.datetime) -> str:
+        verb = self.verbs.get(request.verb)
+        if verb is None:
+            log.info("%s: 501 (no verb %r)", request.describe(), request.verb)
+            return error_reply(501)
+        call = Call(request, self, received)
+        savepoint = not (self._sqlite and getattr(verb, "ttp_single_statement", False))
+        cursor = self.db.cursor() if savepoint else None
+        try:
+            if cursor is not None:
+                cursor.execute("SAVEPOINT txm_call")
+            reply = verb(call)
+            if cursor is not None:
+                cursor.execute("RELEASE SAVEPOINT txm_call")
+        except ProtocolError as exc:
+            if exc.code == 406:  # the other samples of the request stay stored
+                if cursor is not None:
+                    cursor.execute("RELEASE SAVEPOINT txm_call")
+            else:
+                if cursor is not None:
+                    self._undo(cursor)
+                call.wrote = False
+            log.log(logging.DEBUG if exc.code in (404, 406) else logging.INFO,
+                    "%s: %d %s", request.describe(), exc.code, exc.reason or exc.args[0])
+            reply = exc.reply()
+        except Exception:
+            if cursor is not None:
+                self._undo(cursor)
+            call.wrote = False
+            log.exception("%s: 500 Internal error", request.describe())
+            reply = error_reply(500)
+        if call.wrote:
+            self._pending_writes += 1
+        return reply
+
+    def _undo(self, cursor) -> None:
+        cursor.execute("ROLLBACK TO SAVEPOINT txm_call")
+        cursor.execute("RELEASE SAVEPOINT txm_call")
+
+    # --- COMMIT_INTERVAL > 1 ---------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """Monotonic time by which :meth:`tick` must run, or None when nothing waits."""
+        if self._txn is None:
+            return None
+        return self._txn_started + MAX_COMMIT_DELAY
+
+    def tick(self) -> None:
+        """Commit an open transaction that has waited long enough."""
+        if self._txn is not None and time.monotonic() - self._txn_started >= MAX_COMMIT_DELAY:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit whatever is pending now."""
+        if self._txn is None:
+            return
+        try:
+            self._commit()
+        except Exception:
+            log.exception("committing pending uploads failed; they are lost")
+            self._abandon()
+
+    def close(self) -> None:
+        """Flush pending commits and close this thread's connection."""
+        self.flush()
+        try:
+            self.db.close()
+        except Exception:
+            log.debug("closing the database failed", exc_info=True)

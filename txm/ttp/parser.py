@@ -1,0 +1,272 @@
+"""TTP parsing: bytes in, request objects out. Knows nothing of sockets or databases.
+
+Three pieces, each usable alone:
+
+* :class:`Framer` cuts a byte stream into request lines. A request ends with CR, CR LF or LF;
+  the LF of a CR LF may arrive in the next packet. Blank lines are skipped. A line longer than
+  the limit is reported once (:data:`TOO_LONG`) and the framer stops.
+* :func:`parse_request` turns one line into a :class:`Request`:
+  ``TTP /<verb>/<unit code>/<argument> <unit key>``.
+* :func:`parse_samples` turns an upload's argument into :class:`SampleIn` objects, with the
+  manual's timestamp rules; :func:`format_value` prints values the way meters expect them.
+
+Every problem with the input is a :class:`ProtocolError` carrying the TTP code (400) and a
+reason for the log; nothing else is raised for any input.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from dataclasses import dataclass
+
+#: TTP response codes and phrases, as the Data Server manual lists them.
+PHRASES = {
+    400: "Bad request",
+    402: "Unauthorized",
+    404: "Data Not found",
+    405: "Unit Not Found",
+    406: "Duplicate sample",
+    500: "Internal error",
+    501: "Not implemented",
+}
+
+#: A complete line that exceeded the size limit (see :meth:`Framer.feed`).
+TOO_LONG = object()
+
+
+class ProtocolError(Exception):
+    """A request the protocol cannot accept. ``code`` is the TTP code, ``reason`` is for logs.
+
+    ``detail`` is appended to the reply after the phrase (the 406 reply lists duplicates there).
+    The reason may quote the request but never the unit key.
+    """
+
+    def __init__(self, code: int, reason: str = "", detail: str = ""):
+        super().__init__(reason or PHRASES.get(code, ""))
+        self.code = code
+        self.reason = reason
+        self.detail = detail
+
+    def reply(self) -> str:
+        """The response line without its CR: ``400 Bad request``, ``406 Duplicate sample 2<...>``."""
+        return error_reply(self.code, self.detail)
+
+
+def error_reply(code: int, detail: str = "") -> str:
+    text = f"{code} {PHRASES.get(code, 'Error')}"
+    return f"{text} {detail}" if detail else text
+
+
+def bad(reason: str) -> ProtocolError:
+    return ProtocolError(400, reason)
+
+
+# --- framing -------------------------------------------------------------------------------------
+
+
+class Framer:
+    """Cuts a TCP byte stream into request lines (without terminators).
+
+    ``max_bytes`` bounds one request, terminator excluded. The buffer never holds more than
+    ``max_bytes`` plus one received chunk.
+    """
+
+    __slots__ = ("max_bytes", "_buf", "_skip_lf", "_failed")
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._buf = b""
+        self._skip_lf = False
+        self._failed = False
+
+    @property
+    def pending(self) -> bool:
+        """True while part of a request has arrived but not its end."""
+        return bool(self._buf)
+
+    def feed(self, data: bytes) -> list:
+        """Add received bytes; return the complete lines (bytes), in order.
+
+        When a request exceeds ``max_bytes`` the last item is :data:`TOO_LONG`, and the framer
+        returns nothing more afterwards (the connection is to be closed).
+        """
+        if self._failed or not data:
+            return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if data[0] == 10:  # the LF of a CR LF split across packets
+                data = data[1:]
+                if not data:
+                    return []
+        buf = self._buf + data if self._buf else data
+        lines: list = []
+        start = 0
+        size = len(buf)
+        limit = self.max_bytes
+        find_cr = buf.find
+        while start < size:
+            cr = find_cr(b"\r", start)
+            lf = find_cr(b"\n", start)
+            if cr < 0 and lf < 0:
+                break
+            if cr < 0 or (0 <= lf < cr):
+                end, nxt = lf, lf + 1
+            else:
+                end, nxt = cr, cr + 1
+                if nxt < size:
+                    if buf[nxt] == 10:
+                        nxt += 1
+                else:
+                    self._skip_lf = True
+            if end - start > limit:
+                self._failed = True
+                self._buf = b""
+                lines.append(TOO_LONG)
+                return lines
+            if end > start:
+                lines.append(buf[start:end])
+            start = nxt
+        rest = buf[start:] if start else buf
+        if len(rest) > limit:
+            self._failed = True
+            self._buf = b""
+            lines.append(TOO_LONG)
+            return lines
+        self._buf = rest
+        return lines
+
+
+# --- requests --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One TTP request: ``TTP /<verb>/<code>/<argument> <key>``."""
+
+    verb: str
+    code: str
+    argument: str
+    key: str
+
+    def describe(self) -> str:
+        """The request for a log line: everything but the unit key, shortened."""
+        arg = self.argument if len(self.argument) <= 80 else self.argument[:77] + "..."
+        return f"/{self.verb}/{self.code}/{arg}"
+
+
+_VERB_RE = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
+_CODE_RE = re.compile(r"[A-Za-z0-9]{1,64}\Z")
+
+
+def parse_request(line: bytes) -> Request:
+    """Parse one request line (terminator removed). Raises :class:`ProtocolError` (400)."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad("request is not valid UTF-8") from None
+    if not text.startswith("TTP /"):
+        raise bad("request does not start with 'TTP /'")
+    path, sep, key = text[5:].rpartition(" ")
+    if not sep or not key:
+        raise bad("request has no unit key at its end")
+    parts = path.split("/", 2)
+    if len(parts) != 3:
+        raise bad("request path is not /<verb>/<unit code>/<argument>")
+    verb, code, argument = parts
+    verb = verb.lower()
+    if not _VERB_RE.match(verb):
+        raise bad("request verb is not a word")
+    if not _CODE_RE.match(code):
+        raise bad("unit code is not 1 to 64 letters and digits")
+    return Request(verb, code, argument, key)
+
+
+# --- samples ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SampleIn:
+    """One uploaded sample: its timestamp, the timestamp as sent, and its values."""
+
+    timestamp: dt.datetime
+    sent: str
+    values: tuple[float, ...]
+
+
+_SAMPLES_RE = re.compile(r"(?:<[^<>]*>)+\Z")
+_ONE_SAMPLE_RE = re.compile(r"<([^<>]*)>")
+_TIMESTAMP_RE = re.compile(
+    r"\s*(\d{1,4})-(\d{1,2})-(\d{1,2})[ T]+(\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d{1,6}))?\s*\Z")
+_NUMBER_RE = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*\Z")
+
+
+def parse_timestamp(text: str) -> dt.datetime:
+    """A sample timestamp by the manual's rules; :class:`ProtocolError` (400) when impossible.
+
+    The year's missing leading digits come from 2000 (``7`` is 2007, ``97`` is 2097); missing
+    trailing digits of the microseconds are zeros (``.1`` is 100000 µs).
+    """
+    match = _TIMESTAMP_RE.match(text)
+    if match is None:
+        raise bad("timestamp is not YYYY-M-D H:M:S[.ffffff]")
+    year, month, day, hour, minute, second, micro = match.groups()
+    y = int(year)
+    if len(year) < 4:
+        y += 2000
+    try:
+        return dt.datetime(y, int(month), int(day), int(hour), int(minute), int(second),
+                           int(micro.ljust(6, "0")) if micro else 0)
+    except ValueError:
+        raise bad("timestamp is not a real date and time") from None
+
+
+def parse_number(text: str) -> float:
+    """A channel value: an integer or decimal, optionally signed, optionally with an exponent."""
+    if not _NUMBER_RE.match(text):
+        raise bad("value is not a number")
+    value = float(text)
+    if not math.isfinite(value):
+        raise bad("value is out of range")
+    return value
+
+
+def parse_samples(argument: str, channels: int | None = None) -> list[SampleIn]:
+    """The samples of an upload: ``<ts;v1;...;vN><ts;...>...``.
+
+    With ``channels`` given, every sample must carry exactly that many values.
+    """
+    if not _SAMPLES_RE.match(argument):
+        raise bad("upload is not a series of <timestamp;value;...> samples")
+    samples = []
+    for body in _ONE_SAMPLE_RE.findall(argument):
+        fields = body.split(";")
+        if channels is not None and len(fields) - 1 != channels:
+            raise bad(f"sample has {len(fields) - 1} value(s), the unit has {channels} data field(s)")
+        if len(fields) < 2:
+            raise bad("sample has no values")
+        sent = fields[0]
+        samples.append(SampleIn(parse_timestamp(sent), sent,
+                                tuple(parse_number(v) for v in fields[1:])))
+    return samples
+
+
+# --- responses -------------------------------------------------------------------------------------
+
+
+def format_value(value: float | None) -> str:
+    """A value as a meter expects it: ``11`` not ``11.0``, ``11.5`` as ``11.5``."""
+    if value is None:
+        return "0"
+    if value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(float(value))
+
+
+def format_timestamp(timestamp: dt.datetime) -> str:
+    """A download timestamp: zero-padded, microseconds only when there are some."""
+    text = timestamp.strftime("%Y-%m-%d %H:%M:%S") if timestamp.year >= 1000 else (
+        f"{timestamp.year:04d}-{timestamp.month:02d}-{timestamp.day:02d} "
+        f"{timestamp.hour:02d}:{timestamp.minute:02d}:{timestamp.second:02d}")
+    return f"{text}.{timestamp.microsecond:06d}" if timestamp.microsecond else text

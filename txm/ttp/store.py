@@ -1,0 +1,189 @@
+"""The TTP server's hot-path SQL: units by code, many samples in one statement, the newest sample.
+
+Plain DB-API calls on peewee's connection with precompiled statements: no model object per
+sample. Duplicates are decided by the ``(unit, timestamp)`` unique index in the database, so
+the answer stays right when several txm nodes share one PostgreSQL or MariaDB database:
+
+* SQLite and PostgreSQL: ``INSERT ... ON CONFLICT DO NOTHING RETURNING timestamp``;
+  the samples not returned are the duplicates.
+* MariaDB/MySQL: ``INSERT IGNORE`` of all rows inside a savepoint; when fewer rows went in than
+  were sent, that is rolled back and the rows go in one by one, each ``INSERT IGNORE`` telling
+  by its row count whether it was a duplicate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import peewee as pw
+
+from txm.db import CHANNEL_COLUMNS
+
+#: Most rows per INSERT statement; keeps under every engine's bound-parameter limit.
+ROWS_PER_STATEMENT = 900
+#: Most unit codes per lookup query.
+CODES_PER_QUERY = 500
+
+
+@dataclass(frozen=True, slots=True)
+class UnitRecord:
+    """What the TTP server needs of a unit, read fresh for every pass of the loop."""
+
+    id: int
+    code: str
+    key: str
+    channels: int
+    labels: tuple[str, ...]
+    show_labels: bool
+
+    def channel_labels(self) -> list[str]:
+        """A label for every channel: the configured one, else ``ch<N>``."""
+        labels = self.labels
+        return [(labels[i] if i < len(labels) and labels[i] else f"ch{i + 1}") for i in range(self.channels)]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSample:
+    id: int
+    timestamp: dt.datetime
+    values: tuple[float | None, ...]
+
+
+class SampleStore:
+    """Backend-aware statements for one database connection (used from one thread)."""
+
+    def __init__(self, database: pw.Database):
+        self.db = database
+        self.kind = ("sqlite" if isinstance(database, pw.SqliteDatabase)
+                     else "postgresql" if isinstance(database, pw.PostgresqlDatabase) else "mysql")
+        self.param = "?" if self.kind == "sqlite" else "%s"
+        q = '"' if self.kind != "mysql" else "`"
+        self._q = q
+        self._insert_sql: dict[tuple[int, int], str] = {}
+        self._row_sql: dict[int, str] = {}
+        self._last_sql: dict[int, str] = {}
+        self._units_sql: dict[int, str] = {}
+
+    # --- values as each driver wants them -----------------------------------------------------
+
+    def db_timestamp(self, value: dt.datetime) -> Any:
+        """SQLite keeps text in the form peewee writes (``str(datetime)``); others take datetimes."""
+        return str(value) if self.kind == "sqlite" else value
+
+    @staticmethod
+    def py_timestamp(value: Any) -> dt.datetime:
+        if isinstance(value, dt.datetime):
+            return value
+        return dt.datetime.fromisoformat(str(value))
+
+    # --- units ----------------------------------------------------------------------------------
+
+    def units(self, codes: Sequence[str]) -> dict[str, UnitRecord]:
+        """The units with these codes, keyed by their exact code."""
+        found: dict[str, UnitRecord] = {}
+        codes = list(codes)
+        cursor = self.db.cursor()
+        for start in range(0, len(codes), CODES_PER_QUERY):
+            chunk = codes[start:start + CODES_PER_QUERY]
+            sql = self._units_sql.get(len(chunk))
+            if sql is None:
+                q = self._q
+                sql = (f"SELECT {q}id{q}, {q}code{q}, {q}key{q}, {q}channels{q}, {q}labels{q}, "
+                       f"{q}show_labels{q} FROM {q}unit{q} WHERE {q}code{q} IN "
+                       f"({', '.join([self.param] * len(chunk))})")
+                self._units_sql[len(chunk)] = sql
+            cursor.execute(sql, chunk)
+            for uid, code, key, channels, labels, show in cursor.fetchall():
+                try:
+                    label_list = tuple(str(x) for x in json.loads(labels or "[]"))
+                except (ValueError, TypeError):
+                    label_list = ()
+                found[code] = UnitRecord(uid, code, key, channels, label_list, bool(show))
+        return found
+
+    # --- uploads --------------------------------------------------------------------------------
+
+    def _insert(self, channels: int, rows: int) -> str:
+        sql = self._insert_sql.get((channels, rows))
+        if sql is None:
+            q = self._q
+            cols = ["unit_id", "timestamp", "received", *CHANNEL_COLUMNS[:channels]]
+            col_sql = ", ".join(f"{q}{c}{q}" for c in cols)
+            row = "(" + ", ".join([self.param] * len(cols)) + ")"
+            values = ", ".join([row] * rows)
+            if self.kind == "mysql":
+                sql = f"INSERT IGNORE INTO {q}sample{q} ({col_sql}) VALUES {values}"
+            else:
+                sql = (f"INSERT INTO {q}sample{q} ({col_sql}) VALUES {values} "
+                       f"ON CONFLICT ({q}unit_id{q}, {q}timestamp{q}) DO NOTHING RETURNING {q}timestamp{q}")
+            if len(self._insert_sql) < 4096:
+                self._insert_sql[(channels, rows)] = sql
+        return sql
+
+    def insert_samples(self, unit: UnitRecord, samples: Sequence[tuple[dt.datetime, Sequence[float]]],
+                       received: dt.datetime) -> list[bool]:
+        """Insert samples whose timestamps differ from each other; return, per sample, whether it
+        went in (False: the unit already has a sample with that timestamp)."""
+        inserted: list[bool] = []
+        received_value = self.db_timestamp(received)
+        cursor = self.db.cursor()
+        for start in range(0, len(samples), ROWS_PER_STATEMENT):
+            chunk = samples[start:start + ROWS_PER_STATEMENT]
+            params: list[Any] = []
+            stamps = []
+            uid = unit.id
+            for timestamp, values in chunk:
+                stamp = self.db_timestamp(timestamp)
+                stamps.append(stamp)
+                params.append(uid)
+                params.append(stamp)
+                params.append(received_value)
+                params.extend(values)
+            if self.kind == "mysql":
+                inserted.extend(self._insert_mysql(cursor, unit.channels, chunk, params, stamps, received_value))
+                continue
+            cursor.execute(self._insert(unit.channels, len(chunk)), params)
+            returned = {row[0] for row in cursor.fetchall()}
+            if len(returned) == len(chunk):
+                inserted.extend([True] * len(chunk))
+            else:
+                inserted.extend(stamp in returned for stamp in stamps)
+        return inserted
+
+    def _insert_mysql(self, cursor, channels: int, chunk, params, stamps, received_value) -> list[bool]:
+        cursor.execute("SAVEPOINT txm_upload")
+        cursor.execute(self._insert(channels, len(chunk)), params)
+        if cursor.rowcount == len(chunk):
+            cursor.execute("RELEASE SAVEPOINT txm_upload")
+            return [True] * len(chunk)
+        # Some were duplicates: redo row by row to learn which, each row's count answering for it.
+        cursor.execute("ROLLBACK TO SAVEPOINT txm_upload")
+        cursor.execute("RELEASE SAVEPOINT txm_upload")
+        sql = self._insert(channels, 1)
+        width = 3 + channels
+        result = []
+        for i in range(len(chunk)):
+            cursor.execute(sql, params[i * width:(i + 1) * width])
+            result.append(cursor.rowcount == 1)
+        return result
+
+    # --- downloads ------------------------------------------------------------------------------
+
+    def newest(self, unit: UnitRecord) -> StoredSample | None:
+        """The unit's sample with the newest timestamp, or None."""
+        sql = self._last_sql.get(unit.channels)
+        if sql is None:
+            q = self._q
+            cols = ", ".join(f"{q}{c}{q}" for c in CHANNEL_COLUMNS[:unit.channels])
+            sql = (f"SELECT {q}id{q}, {q}timestamp{q}, {cols} FROM {q}sample{q} WHERE {q}unit_id{q} = {self.param} "
+                   f"ORDER BY {q}timestamp{q} DESC LIMIT 1")
+            self._last_sql[unit.channels] = sql
+        cursor = self.db.cursor()
+        cursor.execute(sql, (unit.id,))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        return StoredSample(row[0], self.py_timestamp(row[1]), tuple(row[2:]))
