@@ -276,3 +276,52 @@ class Server:
                 service.stop()
             except Exception:
                 log.exception("stopping service %s failed", getattr(service, "name", service))
+
+
+class ServerThread:
+    """Run a :class:`Server` in a background thread (tests, embedding): a context manager.
+
+    >>> with ServerThread(settings.replace(DS_PORT=0)) as server:    # doctest: +SKIP
+    ...     TTPClient("127.0.0.1", server.ttp_port).request("TTP /dl/M1/last key")
+
+    Start-up errors are raised from ``__enter__``; ``stop()`` waits for the graceful stop.
+    """
+
+    def __init__(self, settings: Settings, services: Iterable[Service] | None = None, timeout: float = 30.0):
+        self.server = Server(settings, services)
+        self.timeout = timeout
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def ttp_port(self) -> int:
+        return self.server.ttp_port
+
+    def start(self) -> "ServerThread":
+        self.server.start()  # in the caller's thread, so its errors surface here
+        self._thread = threading.Thread(target=self._serve, name="txm-serve", daemon=True)
+        self._thread.start()
+        return self
+
+    def _serve(self) -> None:
+        try:
+            self.server.serve()
+        except BaseException as exc:  # kept for stop() to re-raise
+            self._error = exc
+
+    def stop(self) -> None:
+        self.server.request_stop()
+        if self._thread is not None:
+            self._thread.join(self.timeout)
+            if self._thread.is_alive():
+                raise RuntimeError(f"the server did not stop within {self.timeout} s")
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
