@@ -1,0 +1,212 @@
+"""``txm serve`` as a process: start-up messages, failures, clean stop, and durability under SIGKILL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from tests.conftest import TXM, txm_subprocess_env, write_toml
+from txm import db as models
+from txm import manage
+from txm.client import TTPClient, TTPConnectionError
+from txm.config import read_settings
+
+START_TIMEOUT = 30
+
+
+class ServeProcess:
+    """``txm serve`` in a subprocess; its stdout lines are collected by a thread."""
+
+    def __init__(self, config_path, *args: str):
+        self.proc = subprocess.Popen([*TXM, "--config", str(config_path), "serve", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=txm_subprocess_env())
+        self.lines: list[str] = []
+        self.port: int | None = None
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            match = re.search(r"TTP server listening on \S+:(\d+)", line)
+            if match:
+                self.port = int(match.group(1))
+                self._ready.set()
+        self._ready.set()
+
+    def wait_ready(self) -> int:
+        if not self._ready.wait(START_TIMEOUT) or self.port is None:
+            self.proc.kill()
+            out, err = self.proc.communicate(timeout=10)
+            raise AssertionError(f"txm serve did not start:\n{chr(10).join(self.lines)}\n{err}")
+        return self.port
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError("txm serve did not stop on " + signal.Signals(sig).name) from None
+
+
+@pytest.fixture
+def serve_process(config_file):
+    started: list[ServeProcess] = []
+
+    def start(*args: str, path=None) -> ServeProcess:
+        process = ServeProcess(path or config_file, *args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.proc.poll() is None:
+            process.proc.kill()
+        process.proc.wait(10)
+        for pipe in (process.proc.stdout, process.proc.stderr):
+            if pipe:
+                pipe.close()
+
+
+def test_fresh_machine_serve_creates_the_database_and_says_where(serve_process, settings, config_file):
+    process = serve_process("--port", "0")
+    port = process.wait_ready()
+    text = "\n".join(process.lines)
+    assert f"Configuration: {config_file}" in text
+    assert f"Database: {settings.database_label()} (created)" in text
+    assert re.search(r"TTP server listening on 0\.0\.0\.0:\d+", text)
+    with TTPClient("127.0.0.1", port, timeout=10) as client:
+        assert client.request("TTP /dl/M1/last k") == "405 Unit Not Found"
+    assert process.stop() == 0
+    assert "Stopped." in process.lines[-1]
+    manage.syncdb(settings).database.close()  # the tables are there
+
+
+def test_port_in_use_is_one_line_and_nonzero(settings, config_file):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    write_toml(config_file, {**_database_values(settings), "DS_PORT": port, "BIND_ADDRESS": "127.0.0.1"})
+    try:
+        result = subprocess.run([*TXM, "--config", str(config_file), "serve"], capture_output=True, text=True,
+                                env=txm_subprocess_env(), timeout=60)
+    finally:
+        holder.close()
+    assert result.returncode == 1, result
+    assert f"cannot listen for TTP on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_bad_setting_is_one_line_and_exit_2(tmp_path):
+    path = tmp_path / "txm.toml"
+    path.write_text('DATABASE_NAME = "db.sqlite"\nCOMMIT_INTERVAL = 0\n')
+    result = subprocess.run([*TXM, "--config", str(path), "serve"], capture_output=True, text=True,
+                            env=txm_subprocess_env(), timeout=60)
+    assert result.returncode == 2
+    assert "COMMIT_INTERVAL" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreadable_database_is_one_line_and_nonzero(tmp_path):
+    (tmp_path / "notadb").write_bytes(b"this is not an SQLite file" * 100)
+    path = tmp_path / "txm.toml"
+    path.write_text('DATABASE_NAME = "notadb"\nDS_PORT = 0\n')
+    result = subprocess.run([*TXM, "--config", str(path), "serve"], capture_output=True, text=True,
+                            env=txm_subprocess_env(), timeout=60)
+    assert result.returncode == 1
+    assert "database" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_sigterm_flushes_pending_commits(serve_process, settings, config_file):
+    write_toml(config_file, {**_database_values(settings), "COMMIT_INTERVAL": 100000})
+    manage.syncdb(settings)
+    manage.add_unit("M1", "s3cret", 1)
+    models.database.close()
+    process = serve_process("--port", "0")
+    port = process.wait_ready()
+    with TTPClient("127.0.0.1", port, timeout=10) as client:
+        for i in range(30):
+            assert client.request(f"TTP /up/M1/<2020-1-1 0:0:{i};{i}> s3cret") == "OK"
+    assert process.stop(signal.SIGTERM) == 0
+    assert _count("M1", settings) == 30
+
+
+def test_sigint_stops_cleanly(serve_process):
+    process = serve_process("--port", "0")
+    process.wait_ready()
+    assert process.stop(signal.SIGINT) == 0
+
+
+def test_sigkill_during_uploads_loses_no_acknowledged_sample(serve_process, settings):
+    manage.syncdb(settings)
+    for n in range(8):
+        manage.add_unit(f"K{n}", "key", 2)
+    models.database.close()
+    process = serve_process("--port", "0")
+    port = process.wait_ready()
+    acknowledged: list[list[tuple[str, dt.datetime]]] = [[] for _ in range(8)]
+    stop = threading.Event()
+
+    def meter(n: int) -> None:
+        base = dt.datetime(2020, 1, 1)
+        client = TTPClient("127.0.0.1", port, timeout=10)
+        i = 0
+        try:
+            while not stop.is_set():
+                stamps = [base + dt.timedelta(seconds=i + j) for j in range(3)]
+                i += 3
+                reply = client.request("TTP /up/K%d/%s key" % (n, "".join(f"<{s};{i};1>" for s in stamps)))
+                if reply == "OK":
+                    acknowledged[n].extend((f"K{n}", s) for s in stamps)
+        except (TTPConnectionError, OSError):
+            pass
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=meter, args=(n,), daemon=True) for n in range(8)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while sum(map(len, acknowledged)) < 600 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.proc.send_signal(signal.SIGKILL)
+    process.proc.wait(10)
+    stop.set()
+    for t in threads:
+        t.join(15)
+    acked = [item for per in acknowledged for item in per]
+    assert len(acked) >= 600, "the load did not get going"
+    database = models.open_database(settings)
+    rows = set((code, ts) for code, ts in models.Sample.select(models.Unit.code, models.Sample.timestamp)
+               .join(models.Unit).tuples())
+    database.close()
+    missing = [item for item in acked if item not in rows]
+    assert missing == [], f"{len(missing)} of {len(acked)} acknowledged samples are missing"
+
+
+def _database_values(settings) -> dict:
+    return {key: settings[key] for key in ("DATABASE_ENGINE", "DATABASE_NAME", "DATABASE_HOST",
+                                           "DATABASE_PORT", "DATABASE_USER") if settings[key]}
+
+
+def _count(code: str, settings) -> int:
+    database = models.open_database(read_settings(settings.path))
+    try:
+        unit = models.Unit.get(models.Unit.code == code)
+        return models.Sample.select().where(models.Sample.unit == unit).count()
+    finally:
+        database.close()
