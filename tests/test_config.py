@@ -241,3 +241,10 @@ def test_bad_config_exits_2_with_the_reason(tmp_path):
     assert result.exit_code == 2
     assert "HTTP_PORT must be a whole number from 0 to 65535" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", ["txm.toml", "txm.conf"])
+def test_shipped_examples_are_valid(name):
+    path = Path(__file__).resolve().parent.parent / "examples" / name
+    s = config.read_settings(path)
+    assert s.DS_PORT == 9995 and s.HTTP_PORT == 8080 and s.ttpapps["ok"].enabled is False

@@ -476,3 +476,41 @@ def send_ttp(ctx: Context, words: tuple[str, ...], host: str, port: int | None, 
                 failed += 1
     if failed:
         raise click.exceptions.Exit(1)
+
+
+@cli.command("migrate-db")
+@click.option("--from", "source", required=True, metavar="DB",
+              help="Source: a configuration file, or a URL such as sqlite:///txm.db.")
+@click.option("--to", "destination", required=True, metavar="DB",
+              help="Destination (empty): a configuration file, or a URL such as postgresql://txm@db1/txm.")
+@pass_context
+def migrate_db(ctx: Context, source: str, destination: str) -> None:
+    """Copy a whole installation to another database and verify the row counts.
+
+    Every table is copied in batches, keeping ids, into a destination that holds no data yet
+    (its tables are created as needed). Stop txm serve first so nothing arrives meanwhile.
+    URLs: sqlite:///relative.db, sqlite:////absolute.db, postgresql://USER[:PW]@HOST[:PORT]/NAME,
+    mysql://USER[:PW]@HOST[:PORT]/NAME.
+
+    \b
+    Example:
+      txm migrate-db --from sqlite:////var/lib/txm/txm.db --to postgresql://txm@127.0.0.1/txm
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from txm import migrate
+
+    src, dst = migrate.settings_for(source), migrate.settings_for(destination)
+    with Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+                  console=ctx.err, disable=not ctx.err.is_terminal) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(table: str, done: int, total: int) -> None:
+            if table not in tasks:
+                tasks[table] = bar.add_task(table, total=total)
+            bar.update(tasks[table], completed=done)
+
+        counts = migrate.migrate(src, dst, progress=progress)
+    rows = sum(c.destination for c in counts)
+    ctx.out.print(f"Copied {rows} row(s) in {len(counts)} table(s) from {src.database_label()} "
+                  f"to {dst.database_label()}; row counts match.")

@@ -165,7 +165,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Visitors must log in to see units, graphs and views (the admin panel always needs a staff login)."),
     # email
     Setting("EMAIL_HOST", "email", STR, "localhost", "SMTP server that sends alarm emails."),
-    _port("EMAIL_PORT", "email", 25, "SMTP server port."),
+    Setting("EMAIL_PORT", "email", INT, 25, "SMTP server port.", 1, 65535),
     Setting("EMAIL_USE_TLS", "email", BOOL, False, "Use STARTTLS on the SMTP connection."),
     Setting("EMAIL_USE_SSL", "email", BOOL, False, "Connect to the SMTP server over SSL/TLS from the start (usually port 465)."),
     Setting("EMAIL_HOST_USER", "email", STR, "", "User name for SMTP authentication; empty for none."),
@@ -208,7 +208,7 @@ SETTINGS: tuple[Setting, ...] = (
     # LoggerNet Data Export: txm as the custom client
     Setting("LOGGERNET_HOST", "loggernet", STR, "",
             "Data Export server that txm serve pulls records from; empty: do not pull."),
-    _port("LOGGERNET_PORT", "loggernet", 1200, "Port of that Data Export server."),
+    Setting("LOGGERNET_PORT", "loggernet", INT, 1200, "Port of that Data Export server.", 1, 65535),
     Setting("LOGGERNET_FORMAT", "loggernet", STR, "standard", "Record format the server sends.",
             choices=("standard", "rtms")),
     Setting("LOGGERNET_WATCHDOG_SECONDS", "loggernet", FLOAT, 300.0,
@@ -522,3 +522,39 @@ def _short(settings: Settings, source: str) -> str:
     if settings.path and source.startswith(str(settings.path)):
         return settings.path.name + source[len(str(settings.path)):]
     return source
+
+
+SECTION_TITLES = {
+    "main": "Main (top of the file, or `[main]`)",
+    "email": "Email (`[email]`)",
+    "database": "Database (`[database]`)",
+    "graph": "Graphs (`[graph]`)",
+    "admin": "Admin panel (`[admin]`)",
+    "dataexport": "LoggerNet Data Export server (`[dataexport]`)",
+    "loggernet": "LoggerNet client (`[loggernet]`)",
+}
+
+
+def settings_markdown() -> str:
+    """The settings reference of docs/settings.md, generated from the table."""
+    out = []
+    for section in SECTIONS:
+        out.append(f"### {SECTION_TITLES.get(section, section)}\n")
+        out.append("| setting | type | default | meaning |")
+        out.append("| --- | --- | --- | --- |")
+        for s in SETTINGS:
+            if s.section != section:
+                continue
+            if isinstance(s.default, bool):
+                default = "yes" if s.default else "no"
+            elif isinstance(s.default, list):
+                default = "all" if not s.default else ", ".join(s.default)
+            else:
+                default = str(s.default) if s.default != "" else "(empty)"
+            out.append(f"| `{s.key}` | {s.expected()} | `{default}` | {s.help} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":  # python -m txm.config > reference block of docs/settings.md
+    print(settings_markdown())
