@@ -210,3 +210,87 @@ def _count(code: str, settings) -> int:
         return models.Sample.select().where(models.Sample.unit == unit).count()
     finally:
         database.close()
+
+
+# --- the lifecycle object in-process ---------------------------------------------------------------
+
+
+class RecordingService:
+    def __init__(self, name, events, fail=False):
+        self.name = name
+        self.events = events
+        self.fail = fail
+        self.description = f"{name} is running"
+
+    def start(self):
+        if self.fail:
+            from txm.errors import TxmError
+
+            raise TxmError(f"{self.name} cannot start")
+        self.events.append(("start", self.name))
+
+    def stop(self):
+        self.events.append(("stop", self.name))
+
+
+def test_services_start_after_the_port_is_bound_and_stop_in_reverse(settings):
+    from txm.serve import ServerThread
+
+    events: list = []
+    services = [RecordingService("one", events), RecordingService("two", events)]
+    with ServerThread(settings.replace(DS_PORT=0, BIND_ADDRESS="127.0.0.1"), services, timeout=10) as running:
+        assert running.server.ready.is_set() and running.ttp_port > 0
+        assert events == [("start", "one"), ("start", "two")]
+    assert events[2:] == [("stop", "two"), ("stop", "one")]
+    assert running.server.stopped.is_set()
+
+
+def test_a_service_that_cannot_start_stops_the_others_and_frees_the_port(settings):
+    from txm.errors import TxmError
+    from txm.serve import Server
+
+    events: list = []
+    server = Server(settings.replace(DS_PORT=0, BIND_ADDRESS="127.0.0.1"),
+                    [RecordingService("one", events), RecordingService("bad", events, fail=True)])
+    with pytest.raises(TxmError, match="bad cannot start"):
+        server.start()
+    assert events == [("start", "one"), ("stop", "one")]
+    assert server.loop is not None and server.loop.listener.fileno() == -1
+
+
+def test_thread_service_runs_until_stopped():
+    from txm.serve import ThreadService
+
+    ticks = []
+
+    def work(stop):
+        while not stop.wait(0.01):
+            ticks.append(1)
+
+    service = ThreadService("ticker", work)
+    service.start()
+    time.sleep(0.1)
+    service.stop()
+    count = len(ticks)
+    time.sleep(0.05)
+    assert count > 0 and len(ticks) == count
+
+
+def test_logs_never_hold_unit_keys(settings, caplog):
+    import logging
+
+    from txm.serve import ServerThread
+
+    manage.syncdb(settings)
+    manage.add_unit("M1", "TopSecretKey", 1)
+    models.database.close()
+    caplog.set_level(logging.DEBUG, logger="txm")
+    with ServerThread(settings.replace(DS_PORT=0, BIND_ADDRESS="127.0.0.1"), timeout=10) as running:
+        with TTPClient("127.0.0.1", running.ttp_port, timeout=10) as client:
+            for line in ("TTP /up/M1/<2020-1-1 0:0:0;1> TopSecretKey", "TTP /up/M1/<2020-1-1 0:0:0;1> TopSecretKey",
+                         "TTP /up/M1/<2020-1-1 0:0:0;1;2> TopSecretKey", "TTP /dl/M1/last TopSecretKeyX",
+                         "TTP /dl/M2/last TopSecretKey", "TTP /zz/M1/x TopSecretKey", "TTP /dl/M1/last"):
+                client.request(line)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "402" in text and "405" in text and "501" in text
+    assert "TopSecretKey" not in text

@@ -151,8 +151,10 @@ def raise_file_limit(wanted: int) -> int:
 class Server:
     """``txm serve`` as an object: see the module docstring for its life."""
 
-    def __init__(self, settings: Settings, services: Iterable[Service] | None = None):
+    def __init__(self, settings: Settings, services: Iterable[Service] | None = None,
+                 handle_signals: bool = True):
         self.settings = settings
+        self.handle_signals = handle_signals
         self._extra_services = list(services or [])
         self.services: list[Service] = []
         self.ready = threading.Event()
@@ -162,6 +164,7 @@ class Server:
         self.loop: Loop | None = None
         self._should_exit = False
         self._started = False
+        self._previous_signals: dict[int, Any] = {}
 
     # --- start ----------------------------------------------------------------------------------
 
@@ -184,6 +187,27 @@ class Server:
 
         Every failure is a :class:`TxmError` with a one-line reason; nothing is left running.
         """
+        settings = self.settings
+        self._install_signals()
+        try:
+            self._start()
+        except BaseException:
+            self._restore_signals()
+            raise
+
+    def _install_signals(self) -> None:
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous_signals[sig] = signal.signal(sig, self._on_signal)
+
+    def _restore_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, handler in self._previous_signals.items():
+            signal.signal(sig, handler)
+        self._previous_signals.clear()
+
+    def _start(self) -> None:
         settings = self.settings
         raise_file_limit(settings.MAX_CONNECTIONS + SPARE_FILES)
         try:
@@ -237,10 +261,6 @@ class Server:
         if not self._started:
             self.start()
         assert self.loop is not None
-        previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, self._on_signal)
         try:
             if not self._should_exit:
                 self.loop.run()
@@ -248,8 +268,7 @@ class Server:
                 self.loop.handler.close()
                 self.loop._shutdown()
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            self._restore_signals()
             self._stop_services()
             self.stopped.set()
             log.info("stopped")
@@ -288,7 +307,7 @@ class ServerThread:
     """
 
     def __init__(self, settings: Settings, services: Iterable[Service] | None = None, timeout: float = 30.0):
-        self.server = Server(settings, services)
+        self.server = Server(settings, services, handle_signals=False)
         self.timeout = timeout
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
