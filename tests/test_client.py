@@ -17,7 +17,7 @@ def server(settings, database):
     manage.add_unit("M1", "s3cret", 2)
     manage.add_unit("L1", "k", 2, labels="Flow,Level", show_labels=True)
     database.close()
-    with ServerThread(settings.replace(DS_PORT=0, BIND_ADDRESS="127.0.0.1"), timeout=10) as running:
+    with ServerThread(settings.replace(DS_PORT=0, BIND_ADDRESS="127.0.0.1"), timeout=10, module_services=False) as running:
         yield running
 
 

@@ -238,7 +238,7 @@ def test_services_start_after_the_port_is_bound_and_stop_in_reverse(settings):
 
     events: list = []
     services = [RecordingService("one", events), RecordingService("two", events)]
-    with ServerThread(settings.replace(DS_PORT=0, BIND_ADDRESS="127.0.0.1"), services, timeout=10) as running:
+    with ServerThread(settings.replace(DS_PORT=0, BIND_ADDRESS="127.0.0.1"), services, timeout=10, module_services=False) as running:
         assert running.server.ready.is_set() and running.ttp_port > 0
         assert events == [("start", "one"), ("start", "two")]
     assert events[2:] == [("stop", "two"), ("stop", "one")]
@@ -251,7 +251,8 @@ def test_a_service_that_cannot_start_stops_the_others_and_frees_the_port(setting
 
     events: list = []
     server = Server(settings.replace(DS_PORT=0, BIND_ADDRESS="127.0.0.1"),
-                    [RecordingService("one", events), RecordingService("bad", events, fail=True)])
+                    [RecordingService("one", events), RecordingService("bad", events, fail=True)],
+                    handle_signals=False, module_services=False)
     with pytest.raises(TxmError, match="bad cannot start"):
         server.start()
     assert events == [("start", "one"), ("stop", "one")]
@@ -285,7 +286,7 @@ def test_logs_never_hold_unit_keys(settings, caplog):
     manage.add_unit("M1", "TopSecretKey", 1)
     models.database.close()
     caplog.set_level(logging.DEBUG, logger="txm")
-    with ServerThread(settings.replace(DS_PORT=0, BIND_ADDRESS="127.0.0.1"), timeout=10) as running:
+    with ServerThread(settings.replace(DS_PORT=0, BIND_ADDRESS="127.0.0.1"), timeout=10, module_services=False) as running:
         with TTPClient("127.0.0.1", running.ttp_port, timeout=10) as client:
             for line in ("TTP /up/M1/<2020-1-1 0:0:0;1> TopSecretKey", "TTP /up/M1/<2020-1-1 0:0:0;1> TopSecretKey",
                          "TTP /up/M1/<2020-1-1 0:0:0;1;2> TopSecretKey", "TTP /dl/M1/last TopSecretKeyX",

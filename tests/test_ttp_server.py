@@ -37,7 +37,7 @@ def serve(settings, units):
     running = []
 
     def start(**values):
-        server = ServerThread(make_settings(settings, **values), timeout=TIMEOUT).start()
+        server = ServerThread(make_settings(settings, **values), timeout=TIMEOUT, module_services=False).start()
         running.append(server)
         return server
 
@@ -50,7 +50,7 @@ class Meter:
     """A raw TTP connection."""
 
     def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, module_services=False)
         self.buf = b""
 
     def send(self, data: bytes) -> None:
@@ -193,7 +193,7 @@ def test_a_failing_verb_is_500_and_the_server_keeps_serving(settings, units, tmp
     settings.path.write_text(conf)
     from txm.config import read_settings
 
-    with ServerThread(make_settings(read_settings(settings.path)), timeout=TIMEOUT) as server:
+    with ServerThread(make_settings(read_settings(settings.path)), timeout=TIMEOUT, module_services=False) as server:
         m = Meter(server.ttp_port)
         m.send(b"TTP /up/M1/<2009-1-16 15:30:45;1;2;3;4> s3cret\rTTP /boom/M1/x s3cret\r"
                b"TTP /up/M1/<2009-1-16 15:30:46;1;2;3;4> s3cret\r")
@@ -237,7 +237,7 @@ def test_one_request_in_many_packets(meter):
 
 def test_request_then_half_close_still_gets_its_reply(serve):
     server = serve()
-    with socket.create_connection(("127.0.0.1", server.ttp_port), timeout=TIMEOUT) as sock:
+    with socket.create_connection(("127.0.0.1", server.ttp_port), timeout=TIMEOUT, module_services=False) as sock:
         sock.sendall(b"TTP /dl/M1/last s3cret\r")
         sock.shutdown(socket.SHUT_WR)
         data = b""
@@ -348,7 +348,7 @@ def test_commit_interval_answers_at_once_and_commits_within_a_second(serve):
 
 
 def test_commit_interval_flushes_on_stop(settings, units):
-    server = ServerThread(make_settings(settings, COMMIT_INTERVAL=1000), timeout=TIMEOUT).start()
+    server = ServerThread(make_settings(settings, COMMIT_INTERVAL=1000), timeout=TIMEOUT, module_services=False).start()
     m = Meter(server.ttp_port)
     for second in range(20):
         assert m.ask(f"TTP /up/M1/<2009-1-16 15:30:{second};1;2;3;4> s3cret") == "OK"
@@ -371,7 +371,7 @@ def _with_apps(settings, apps: str):
 
 
 def test_ok_app(settings, units):
-    with ServerThread(_with_apps(settings, "ok = true"), timeout=TIMEOUT) as server:
+    with ServerThread(_with_apps(settings, "ok = true"), timeout=TIMEOUT, module_services=False) as server:
         m = Meter(server.ttp_port)
         assert m.ask("TTP /ok/M1/ping s3cret") == "OK"
         assert m.ask("TTP /ok/M1/ping wrong") == "402 Unauthorized"
@@ -381,7 +381,7 @@ def test_ok_app(settings, units):
 
 
 def test_switched_off_app_is_501(settings, units):
-    with ServerThread(_with_apps(settings, "ok = false"), timeout=TIMEOUT) as server:
+    with ServerThread(_with_apps(settings, "ok = false"), timeout=TIMEOUT, module_services=False) as server:
         m = Meter(server.ttp_port)
         assert m.ask("TTP /ok/M1/ping s3cret") == "501 Not implemented"
         m.close()
@@ -391,7 +391,7 @@ def test_missing_app_stops_the_start(settings, units):
     from txm.errors import ConfigError
 
     with pytest.raises(ConfigError, match="nothere"):
-        ServerThread(_with_apps(settings, "nothere = true")).start()
+        ServerThread(_with_apps(settings, "nothere = true"), module_services=False).start()
 
 
 def test_app_from_an_entry_point(settings, units, tmp_path, monkeypatch):
@@ -406,7 +406,7 @@ def test_app_from_an_entry_point(settings, units, tmp_path, monkeypatch):
     from txm.config import read_settings
 
     settings.path.write_text(settings.path.read_text() + "\n[ttpapps]\nping = true\n")
-    with ServerThread(make_settings(read_settings(settings.path)), timeout=TIMEOUT) as server:
+    with ServerThread(make_settings(read_settings(settings.path)), timeout=TIMEOUT, module_services=False) as server:
         m = Meter(server.ttp_port)
         assert m.ask("TTP /ping/M1/x s3cret") == "OK pong M1"
         m.close()

@@ -152,9 +152,12 @@ class Server:
     """``txm serve`` as an object: see the module docstring for its life."""
 
     def __init__(self, settings: Settings, services: Iterable[Service] | None = None,
-                 handle_signals: bool = True):
+                 handle_signals: bool = True, module_services: bool = True):
+        """``services`` start beside the loop in addition to those of :data:`SERVICE_MODULES`
+        (left out with ``module_services`` false: the TTP server alone, as its tests want)."""
         self.settings = settings
         self.handle_signals = handle_signals
+        self.module_services = module_services
         self._extra_services = list(services or [])
         self.services: list[Service] = []
         self.ready = threading.Event()
@@ -232,7 +235,8 @@ class Server:
                            f"{exc.strerror or exc}") from None
         self.loop = Loop(settings, Handler(settings, database, verbs), listener)
         try:
-            for service in [*self._extra_services, *self._module_services()]:
+            module_services = self._module_services() if self.module_services else []
+            for service in [*self._extra_services, *module_services]:
                 service.start()
                 self.services.append(service)
         except BaseException:
@@ -306,8 +310,9 @@ class ServerThread:
     Start-up errors are raised from ``__enter__``; ``stop()`` waits for the graceful stop.
     """
 
-    def __init__(self, settings: Settings, services: Iterable[Service] | None = None, timeout: float = 30.0):
-        self.server = Server(settings, services, handle_signals=False)
+    def __init__(self, settings: Settings, services: Iterable[Service] | None = None, timeout: float = 30.0,
+                 module_services: bool = True):
+        self.server = Server(settings, services, handle_signals=False, module_services=module_services)
         self.timeout = timeout
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
