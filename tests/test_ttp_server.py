@@ -50,7 +50,7 @@ class Meter:
     """A raw TTP connection."""
 
     def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, module_services=False)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
         self.buf = b""
 
     def send(self, data: bytes) -> None:
@@ -237,7 +237,7 @@ def test_one_request_in_many_packets(meter):
 
 def test_request_then_half_close_still_gets_its_reply(serve):
     server = serve()
-    with socket.create_connection(("127.0.0.1", server.ttp_port), timeout=TIMEOUT, module_services=False) as sock:
+    with socket.create_connection(("127.0.0.1", server.ttp_port), timeout=TIMEOUT) as sock:
         sock.sendall(b"TTP /dl/M1/last s3cret\r")
         sock.shutdown(socket.SHUT_WR)
         data = b""
