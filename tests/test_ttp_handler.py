@@ -117,7 +117,10 @@ def test_commit_interval_commits_every_n_writes_and_on_flush(settings, units):
 def test_unit_changes_apply_to_the_next_pass(settings, units):
     handler = make_handler(settings, units)
     assert handler.handle(requests("TTP /up/A/<2020-1-1 0:0:0;1> ka")) == ["OK"]
-    models.Unit.update(key="new", channels=2).where(models.Unit.code == "A").execute()
+    other = models.make_database(settings)  # as the admin panel or txm unit would: another connection
+    with other.bind_ctx([models.Unit]):
+        models.Unit.update(key="new", channels=2).where(models.Unit.code == "A").execute()
+    other.close()
     assert handler.handle(requests("TTP /up/A/<2020-1-1 0:0:1;1;2> ka")) == ["402 Unauthorized"]
     assert handler.handle(requests("TTP /up/A/<2020-1-1 0:0:1;1> new")) == ["400 Bad request"]
     assert handler.handle(requests("TTP /up/A/<2020-1-1 0:0:1;1;2> new")) == ["OK"]

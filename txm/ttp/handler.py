@@ -13,8 +13,9 @@ A verb is a function ``verb(call: Call) -> str`` returning the reply line withou
   between ``/<code>/`` and the key) and ``key``;
 * ``call.unit()`` -- the unit named by the request, authenticated: ``405 Unit Not Found`` when
   there is none, ``402 Unauthorized`` when the key is wrong (constant-time compare through
-  :func:`keys_match`). Units are read fresh in every pass, so a changed code or key takes
-  effect at the next request;
+  :func:`keys_match`). A code or key changed by any other database connection (admin panel,
+  ``txm unit``, another node) takes effect at the next request (see
+  :meth:`~txm.ttp.store.SampleStore.units_for_pass`); a verb should not change units itself;
 * ``call.db`` -- the peewee database, inside the pass's transaction. Write with peewee or SQL
   as usual: it is committed with the pass, before any ``OK`` goes out when ``COMMIT_INTERVAL``
   is 1. Each call runs in its own savepoint, so a failing call leaves nothing behind and never
@@ -234,6 +235,7 @@ class Handler:
 
     def _abandon(self) -> None:
         """Roll back after a failure of the whole pass; reconnect on the next one."""
+        self.store.forget_units()
         txn, self._txn = self._txn, None
         self._pending_writes = 0
         self._after_commit = []
@@ -260,7 +262,7 @@ class Handler:
         received = utcnow()
         try:
             self._begin()
-            self._units = self.store.units({r.code for r in requests})
+            self._units = self.store.units_for_pass({r.code for r in requests})
             replies = [self._call(request, received) for request in requests]
             if self.commit_interval <= 1 or self._pending_writes >= self.commit_interval or (
                     time.monotonic() - self._txn_started >= MAX_COMMIT_DELAY):

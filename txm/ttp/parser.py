@@ -200,6 +200,8 @@ _ONE_SAMPLE_RE = re.compile(r"<([^<>]*)>")
 _TIMESTAMP_RE = re.compile(
     r"\s*(\d{1,4})-(\d{1,2})-(\d{1,2})[ T]+(\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d{1,6}))?\s*\Z")
 _NUMBER_RE = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*\Z")
+_NUMBER = r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*"
+_NUMBERS_RE = re.compile(f"{_NUMBER}(?:;{_NUMBER})*\\Z")
 
 
 def parse_timestamp(text: str) -> dt.datetime:
@@ -247,8 +249,13 @@ def parse_samples(argument: str, channels: int | None = None) -> list[SampleIn]:
         if len(fields) < 2:
             raise bad("sample has no values")
         sent = fields[0]
-        samples.append(SampleIn(parse_timestamp(sent), sent,
-                                tuple(parse_number(v) for v in fields[1:])))
+        numbers = body[len(sent) + 1:]
+        if not _NUMBERS_RE.match(numbers):
+            raise bad("value is not a number")
+        values = tuple(map(float, fields[1:]))
+        if not all(map(math.isfinite, values)):
+            raise bad("value is out of range")
+        samples.append(SampleIn(parse_timestamp(sent), sent, values))
     return samples
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import peewee as pw
 
@@ -26,6 +26,8 @@ from txm.db import CHANNEL_COLUMNS
 ROWS_PER_STATEMENT = 900
 #: Most unit codes per lookup query.
 CODES_PER_QUERY = 500
+#: Most units kept between passes (SQLite); the cache starts afresh beyond it.
+UNIT_CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,8 @@ class SampleStore:
         self._row_sql: dict[int, str] = {}
         self._last_sql: dict[int, str] = {}
         self._units_sql: dict[int, str] = {}
+        self._unit_cache: dict[str, UnitRecord] = {}
+        self._data_version: int | None = None
 
     # --- values as each driver wants them -----------------------------------------------------
 
@@ -81,7 +85,35 @@ class SampleStore:
 
     # --- units ----------------------------------------------------------------------------------
 
-    def units(self, codes: Sequence[str]) -> dict[str, UnitRecord]:
+    def units_for_pass(self, codes: Iterable[str]) -> dict[str, UnitRecord]:
+        """The units with these codes as they are now; call inside the pass's transaction.
+
+        SQLite: units stay cached while ``PRAGMA data_version`` says no other connection has
+        committed anything (an admin's change to a code or key is another connection's commit),
+        so a busy server does not re-read them on every pass. Other engines: read every pass.
+        """
+        if self.kind != "sqlite":
+            return self.units(codes)
+        cursor = self.db.cursor()
+        cursor.execute("PRAGMA data_version")
+        version = cursor.fetchone()[0]
+        if version != self._data_version:
+            self._data_version = version
+            self._unit_cache = {}
+        cache = self._unit_cache
+        missing = [code for code in codes if code not in cache]
+        if missing:
+            cache.update(self.units(missing))
+            if len(cache) > UNIT_CACHE_SIZE:
+                cache.clear()
+        return cache
+
+    def forget_units(self) -> None:
+        """Drop cached units (after a rollback or a reconnection)."""
+        self._unit_cache = {}
+        self._data_version = None
+
+    def units(self, codes: Iterable[str]) -> dict[str, UnitRecord]:
         """The units with these codes, keyed by their exact code."""
         found: dict[str, UnitRecord] = {}
         codes = list(codes)
