@@ -236,3 +236,28 @@ def test_formatted_samples_parse_back(timestamp, values):
     sample = parse_samples("<" + ";".join([stamp, *map(format_value, values)]) + ">", len(values))[0]
     assert sample.timestamp == timestamp
     assert sample.values == tuple(values)
+
+
+@pytest.mark.parametrize("argument", [
+    "<2009-1-16 15:30:45;" + "1" * 300_000 + "x>",
+    "<2009-1-16 15:30:45;" + "1" * 300_000 + ">",
+    "<" + " " * 300_000 + "2009-1-16 15:30:45;1 x>",
+    "<2009-1-16 15:30:45;1" + ";1" * 150_000 + "x>",
+    "<2009-1-16 15:30:45;1>" * 30_000 + "<",
+    "<2009-1-16 15:30:45;1" + " " * 300_000 + "x>",
+], ids=["digits-then-junk", "long-number", "spaces", "many-values", "many-samples", "trailing-spaces"])
+def test_long_hostile_uploads_are_answered_not_stuck(argument):
+    """Patterns are unambiguous, so a long crafted request costs linear time (an alarm guards it)."""
+    import signal
+
+    def stuck(signum, frame):
+        raise AssertionError("parsing took more than 20 s: catastrophic backtracking")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(20)
+    try:
+        with pytest.raises(ProtocolError):
+            parse_samples(argument, channels=1)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

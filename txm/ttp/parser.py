@@ -198,10 +198,15 @@ class SampleIn:
 _SAMPLES_RE = re.compile(r"(?:<[^<>]*>)+\Z")
 _ONE_SAMPLE_RE = re.compile(r"<([^<>]*)>")
 _TIMESTAMP_RE = re.compile(
-    r"\s*(\d{1,4})-(\d{1,2})-(\d{1,2})[ T]+(\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d{1,6}))?\s*\Z")
-_NUMBER_RE = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*\Z")
-_NUMBER = r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*"
+    r"[ \t]*(\d{1,4})-(\d{1,2})-(\d{1,2})[ T](\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d{1,6}))?[ \t]*\Z")
+# Every pattern here is unambiguous (each character can be matched one way only), so no input,
+# however long, makes the regular expression engine backtrack for long.
+_STRICT_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+_NUMBER = r"[ \t]*" + _STRICT_NUMBER + r"[ \t]*"
+_NUMBER_RE = re.compile(_NUMBER + r"\Z")
 _NUMBERS_RE = re.compile(f"{_NUMBER}(?:;{_NUMBER})*\\Z")
+_STRICT_NUMBERS_RE = re.compile(f"{_STRICT_NUMBER}(?:;{_STRICT_NUMBER})*\\Z")
+_STRICT_TIMESTAMP_RE = re.compile(r"(\d{1,4})-(\d{1,2})-(\d{1,2}) (\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d{1,6}))?\Z")
 
 
 def parse_timestamp(text: str) -> dt.datetime:
@@ -239,6 +244,45 @@ def parse_samples(argument: str, channels: int | None = None) -> list[SampleIn]:
 
     With ``channels`` given, every sample must carry exactly that many values.
     """
+    samples = _parse_fast(argument, channels)
+    if samples is None:
+        samples = _parse_careful(argument, channels)  # also finds the reason for a refusal
+    return samples
+
+
+def _parse_fast(argument: str, channels: int | None) -> list[SampleIn] | None:
+    """Well-formed uploads without stray spaces, the hot path; None for anything unusual."""
+    if argument[:1] != "<" or argument[-1:] != ">":
+        return None
+    samples = []
+    datetime = dt.datetime
+    match_timestamp = _STRICT_TIMESTAMP_RE.match
+    match_numbers = _STRICT_NUMBERS_RE.match
+    for body in argument[1:-1].split("><"):
+        sent, _, numbers = body.partition(";")
+        stamp = match_timestamp(sent)
+        if stamp is None or not match_numbers(numbers):
+            return None
+        fields = numbers.split(";")
+        if channels is not None and len(fields) != channels:
+            return None
+        values = tuple(map(float, fields))
+        year, month, day, hour, minute, second, micro = stamp.groups()
+        y = int(year)
+        if len(year) < 4:
+            y += 2000
+        try:
+            timestamp = datetime(y, int(month), int(day), int(hour), int(minute), int(second),
+                                 int(micro.ljust(6, "0")) if micro else 0)
+        except ValueError:
+            return None
+        samples.append(SampleIn(timestamp, sent, values))
+    if not all(math.isfinite(v) for sample in samples for v in sample.values):
+        return None
+    return samples
+
+
+def _parse_careful(argument: str, channels: int | None) -> list[SampleIn]:
     if not _SAMPLES_RE.match(argument):
         raise bad("upload is not a series of <timestamp;value;...> samples")
     samples = []
