@@ -159,12 +159,22 @@ class Loop:
                 except OSError:
                     pass
             else:
-                if mask & selectors.EVENT_WRITE:
-                    self._write_pending(data)
-                if mask & selectors.EVENT_READ and self.connections.get(data.fd) is data:
-                    self._read(data, now, items)
+                try:
+                    if mask & selectors.EVENT_WRITE:
+                        self._write_pending(data)
+                    if mask & selectors.EVENT_READ and self.connections.get(data.fd) is data:
+                        self._read(data, now, items)
+                except Exception:  # a bug must cost one connection, never the loop
+                    log.exception("%s: unexpected failure; closing the connection", data.describe())
+                    items = [item for item in items if item[0] is not data]
+                    self._close(data)
         if items:
-            self._answer(items)
+            try:
+                self._answer(items)
+            except Exception:
+                log.exception("unexpected failure answering %d request(s); closing their connections", len(items))
+                for conn in {conn for conn, _ in items}:
+                    self._close(conn)
         self.handler.tick()
         if self._requests_since_sweep >= self.maintenance_interval or now >= self._next_sweep:
             self._sweep(time.monotonic())
