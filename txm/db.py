@@ -167,7 +167,9 @@ class Sample(BaseModel):
     """One timestamped sample of a unit: channel values in ``ch1`` .. ``ch32``."""
 
     id = pw.BigAutoField()
-    unit = pw.ForeignKeyField(Unit, on_delete="CASCADE", backref="samples")
+    # No index of its own: the unique (unit, timestamp) index serves every lookup by unit, and a
+    # second index would double the cost of each stored sample.
+    unit = pw.ForeignKeyField(Unit, on_delete="CASCADE", backref="samples", index=False)
     timestamp = pw.DateTimeField()  # the meter's time, microseconds kept
     received = pw.DateTimeField(default=utcnow)  # server time (UTC) it arrived
 
