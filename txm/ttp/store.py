@@ -159,9 +159,23 @@ class SampleStore:
                        received: dt.datetime) -> list[bool]:
         """Insert samples whose timestamps differ from each other; return, per sample, whether it
         went in (False: the unit already has a sample with that timestamp)."""
-        inserted: list[bool] = []
         received_value = self.db_timestamp(received)
         cursor = self.db.cursor()
+        if len(samples) <= ROWS_PER_STATEMENT or self.kind != "sqlite":
+            return self._insert_chunks(cursor, unit, samples, received_value)
+        # Several statements: all of them or none (the caller's savepoint covers other engines).
+        cursor.execute("SAVEPOINT txm_samples")
+        try:
+            result = self._insert_chunks(cursor, unit, samples, received_value)
+        except BaseException:
+            cursor.execute("ROLLBACK TO SAVEPOINT txm_samples")
+            cursor.execute("RELEASE SAVEPOINT txm_samples")
+            raise
+        cursor.execute("RELEASE SAVEPOINT txm_samples")
+        return result
+
+    def _insert_chunks(self, cursor, unit: UnitRecord, samples, received_value) -> list[bool]:
+        inserted: list[bool] = []
         for start in range(0, len(samples), ROWS_PER_STATEMENT):
             chunk = samples[start:start + ROWS_PER_STATEMENT]
             params: list[Any] = []
