@@ -125,3 +125,10 @@ def test_unit_changes_apply_to_the_next_pass(settings, units):
     assert handler.handle(requests("TTP /up/A/<2020-1-1 0:0:1;1> new")) == ["400 Bad request"]
     assert handler.handle(requests("TTP /up/A/<2020-1-1 0:0:1;1;2> new")) == ["OK"]
     handler.close()
+
+
+def test_a_verb_returning_no_text_is_500_and_line_breaks_never_split_a_reply(settings, units):
+    handler = make_handler(settings, units, {"none": lambda call: None, "two": lambda call: "OK a\rb\nc"})
+    assert handler.handle(requests("TTP /none/A/x ka", "TTP /two/A/x ka", "TTP /dl/A/last ka")) == [
+        "500 Internal error", "OK a b c", "404 Data Not found"]
+    handler.close()

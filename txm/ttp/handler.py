@@ -287,6 +287,10 @@ class Handler:
             if cursor is not None:
                 cursor.execute("SAVEPOINT txm_call")
             reply = verb(call)
+            if not isinstance(reply, str):
+                raise TypeError(f"verb {request.verb!r} returned {type(reply).__name__}, not the reply text")
+            if "\r" in reply or "\n" in reply:  # one reply is one line
+                reply = reply.replace("\r", " ").replace("\n", " ")
             if cursor is not None:
                 cursor.execute("RELEASE SAVEPOINT txm_call")
         except ProtocolError as exc:
