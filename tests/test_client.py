@@ -114,3 +114,17 @@ def test_send_ttp_no_server_exits_2(run_cli):
 def test_send_ttp_usage_errors_exit_2(run_cli):
     assert "needs at least one --value" in run_cli("send-ttp", "up", "M1", "k", expect=2).output
     assert "takes CODE and KEY" in run_cli("send-ttp", "last", "M1", expect=2).output
+
+
+def test_client_reconnects_when_the_server_closes_after_each_reply(settings, database, run_cli):
+    manage.add_unit("M1", "s3cret", 1)
+    database.close()
+    with ServerThread(settings.replace(DS_PORT=0, BIND_ADDRESS="127.0.0.1", SOCKET_OPEN=False), timeout=10,
+                      module_services=False) as running:
+        with TTPClient("127.0.0.1", running.ttp_port, timeout=10) as client:
+            for second in range(3):
+                assert client.upload("M1", "s3cret", [(dt.datetime(2020, 1, 1, 0, 0, second), [second])]) == "OK"
+            assert client.last("M1", "s3cret").values == [2.0]
+        result = run_cli("send-ttp", "--port", str(running.ttp_port), "TTP /dl/M1/last s3cret",
+                         "TTP /dl/M1/last s3cret")
+        assert len(result.output.splitlines()) == 2

@@ -417,3 +417,17 @@ def test_port_zero_reports_the_bound_port(serve):
     assert server.ttp_port > 0
     assert Path  # the listening socket answers on exactly that port
     Meter(server.ttp_port).close()
+
+
+def test_app_as_a_package_folder(settings, units):
+    from txm.config import read_settings
+
+    package = settings.base_dir / "TTPApps" / "echo"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("from .reply import handle\n")
+    (package / "reply.py").write_text("def handle(call):\n    return 'OK ' + call.request.argument\n")
+    settings.path.write_text(settings.path.read_text() + "\n[ttpapps]\necho = true\n")
+    with ServerThread(make_settings(read_settings(settings.path)), timeout=TIMEOUT, module_services=False) as server:
+        m = Meter(server.ttp_port)
+        assert m.ask("TTP /echo/M1/hello there k") == "OK hello there"
+        m.close()
