@@ -78,6 +78,7 @@ def run_upload(args, units: list[int], epoch: int) -> dict:
     warm_until = start + args.warmup
     end = warm_until + args.seconds
     counted_requests = 0
+    all_requests = 0
     for conn in conns:
         conn.sock.send(upload_line(conn, args.samples, args.channels, args.key, epoch))
         conn.sent_at = time.perf_counter()
@@ -96,6 +97,7 @@ def run_upload(args, units: list[int], epoch: int) -> dict:
             while b"\r" in conn.buf:
                 reply, _, conn.buf = conn.buf.partition(b"\r")
                 now = time.perf_counter()
+                all_requests += 1
                 if warm_until <= conn.sent_at and now <= end:
                     latencies.append(now - conn.sent_at)
                     counted_requests += 1
@@ -113,7 +115,7 @@ def run_upload(args, units: list[int], epoch: int) -> dict:
     for conn in conns:
         conn.sock.close()
     return {"requests": counted_requests, "samples": counted_requests * args.samples, "errors": errors,
-            "error_replies": replies, "latencies": latencies, "seconds": args.seconds}
+            "error_replies": replies, "latencies": latencies, "seconds": args.seconds, "all_requests": all_requests}
 
 
 def run_cycle(args, units: list[int], epoch: int) -> dict:
@@ -126,6 +128,7 @@ def run_cycle(args, units: list[int], epoch: int) -> dict:
     warm_until = start + args.warmup
     end = warm_until + args.seconds
     counters = {u: 0 for u in units}
+    all_requests = 0
 
     def begin(unit: int) -> None:
         sock = socket.socket()
@@ -185,6 +188,7 @@ def run_cycle(args, units: list[int], epoch: int) -> dict:
                 continue
             if not reply.startswith(b"OK <"):
                 errors += 1
+            all_requests += 2
             now = time.perf_counter()
             sel.unregister(conn.sock)
             conn.sock.close()
@@ -196,7 +200,7 @@ def run_cycle(args, units: list[int], epoch: int) -> dict:
             else:
                 active -= 1
     return {"requests": done * 2, "connections": done, "samples": done, "errors": errors, "error_replies": {},
-            "latencies": latencies, "seconds": args.seconds}
+            "latencies": latencies, "seconds": args.seconds, "all_requests": all_requests}
 
 
 def run_idle(args, units: list[int], epoch: int) -> dict:
@@ -259,6 +263,7 @@ def run(args) -> dict:
         "requests_per_s": requests / args.seconds,
         "samples_per_s": sum(r["samples"] for r in results) / args.seconds,
         "errors": sum(r["errors"] for r in results),
+        "all_requests": sum(r.get("all_requests", 0) for r in results),
         "error_replies": {k: v for r in results for k, v in r["error_replies"].items()},
         "p50_ms": percentile(latencies, 50) * 1000, "p90_ms": percentile(latencies, 90) * 1000,
         "p99_ms": percentile(latencies, 99) * 1000, "max_ms": (latencies[-1] * 1000 if latencies else float("nan")),
