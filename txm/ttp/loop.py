@@ -204,7 +204,8 @@ class Loop:
             conn = Connection(sock, peer, self.max_bytes, now)
             self.connections[conn.fd] = conn
             self.selector.register(sock, selectors.EVENT_READ, conn)
-            log.debug("%s: connected (%d open)", conn.describe(), len(self.connections))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s: connected (%d open)", conn.describe(), len(self.connections))
 
     def _refuse(self, sock: socket.socket, now: float) -> None:
         self._refused += 1
