@@ -295,3 +295,19 @@ def test_logs_never_hold_unit_keys(settings, caplog):
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "402" in text and "405" in text and "501" in text
     assert "TopSecretKey" not in text
+
+
+def test_raise_file_limit_moves_the_soft_limit_toward_the_hard_one():
+    import resource
+
+    from txm.serve import raise_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        lowered = max(64, min(soft, hard) // 2)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+        wanted = lowered + 10 if hard == resource.RLIM_INFINITY else min(hard, lowered + 10)
+        assert raise_file_limit(wanted) >= wanted
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= wanted
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
