@@ -6,7 +6,7 @@ Each run makes a new folder with a txm.toml and a fresh database, creates the un
 a table (and JSON with --json FILE). ``--quick`` is a smoke run: short and small.
 
 Example:
-  python bench/ttp_scenarios.py                 # the full set, about 3 minutes
+  python bench/ttp_scenarios.py                 # the full set, several minutes
   python bench/ttp_scenarios.py --quick         # a few seconds, proves the scripts work
   python bench/ttp_scenarios.py --only 100x1 --only single
 """
