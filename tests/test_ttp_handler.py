@@ -132,3 +132,40 @@ def test_a_verb_returning_no_text_is_500_and_line_breaks_never_split_a_reply(set
     assert handler.handle(requests("TTP /none/A/x ka", "TTP /two/A/x ka", "TTP /dl/A/last ka")) == [
         "500 Internal error", "OK a b c", "404 Data Not found"]
     handler.close()
+
+
+_REPLY_RE = __import__("re").compile(r"(OK( [^\r\n]*)?|(400|402|404|405|406|500|501) [^\r\n]+)\Z")
+
+
+def test_random_request_lines_always_get_a_protocol_reply(settings, units):
+    """Bytes in, whatever they are: every complete line gets exactly one well-formed reply."""
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hsettings
+    from hypothesis import strategies as st
+
+    from txm.ttp.parser import TOO_LONG, Framer
+
+    handler = make_handler(settings, units)
+    pieces = st.sampled_from([b"TTP /", b"up/", b"dl/", b"al/", b"A/", b"B/", b"last", b" ka", b" kb", b"<",
+                              b">", b";", b"2020-1-1 0:0:", b"1", b"-2.5", b"e9", b"\r", b"\n", b" ", b"\xff"])
+
+    @hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.one_of(pieces, st.binary(max_size=5)), max_size=30))
+    def check(parts):
+        framer = Framer(200)
+        lines = framer.feed(b"".join(parts) + b"\r")
+        parsed, replies = [], []
+        for line in lines:
+            if line is TOO_LONG:
+                break
+            try:
+                parsed.append(parse_request(line))
+            except ProtocolError as exc:
+                replies.append(exc.reply())
+        replies += handler.handle(parsed)
+        assert all(_REPLY_RE.match(reply) for reply in replies), replies
+
+    try:
+        check()
+    finally:
+        handler.close()
