@@ -431,3 +431,30 @@ def test_app_as_a_package_folder(settings, units):
         m = Meter(server.ttp_port)
         assert m.ask("TTP /echo/M1/hello there k") == "OK hello there"
         m.close()
+
+
+def test_server_recovers_when_its_database_connection_is_cut(serve, settings, backend):
+    """PostgreSQL/MariaDB: a dropped connection costs the requests of one pass a 500, no more."""
+    if backend.name == "sqlite":
+        pytest.skip("SQLite has no server connection to cut")
+    server = serve()
+    m = Meter(server.ttp_port)
+    assert m.ask("TTP /up/M1/<2009-1-16 15:30:00;1;2;3;4> s3cret") == "OK"
+    admin = backend._admin()
+    with admin.cursor() as cur:
+        if backend.name == "postgresql":
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                        "AND pid <> pg_backend_pid()", (settings.DATABASE_NAME,))
+        else:
+            cur.execute("SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()",
+                        (settings.DATABASE_NAME,))
+            for (pid,) in cur.fetchall():
+                cur.execute(f"KILL {int(pid)}")
+    admin.close()
+    first = m.ask("TTP /up/M1/<2009-1-16 15:30:01;1;2;3;4> s3cret")
+    assert first in ("OK", "500 Internal error")
+    replies = [m.ask(f"TTP /up/M1/<2009-1-16 15:30:{s};1;2;3;4> s3cret") for s in range(2, 6)]
+    assert replies == ["OK"] * 4
+    stamps = {row[0].second for row in stored("M1")}
+    assert stamps >= {0, 2, 3, 4, 5} and (first != "OK" or 1 in stamps)
+    m.close()

@@ -103,9 +103,9 @@ class SampleStore:
         cache = self._unit_cache
         missing = [code for code in codes if code not in cache]
         if missing:
+            if len(cache) + len(missing) > UNIT_CACHE_SIZE:
+                self._unit_cache = cache = {code: cache[code] for code in codes if code in cache}
             cache.update(self.units(missing))
-            if len(cache) > UNIT_CACHE_SIZE:
-                cache.clear()
         return cache
 
     def forget_units(self) -> None:
