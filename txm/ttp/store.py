@@ -94,6 +94,7 @@ class SampleStore:
         """
         if self.kind != "sqlite":
             return self.units(codes)
+        codes = list(codes)
         cursor = self.db.cursor()
         cursor.execute("PRAGMA data_version")
         version = cursor.fetchone()[0]
