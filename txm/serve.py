@@ -190,7 +190,6 @@ class Server:
 
         Every failure is a :class:`TxmError` with a one-line reason; nothing is left running.
         """
-        settings = self.settings
         self._install_signals()
         try:
             self._start()
