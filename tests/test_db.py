@@ -146,3 +146,13 @@ def test_unreachable_server_is_a_clear_error(tmp_path):
 def test_get_unit_not_found(database):
     with pytest.raises(NotFound, match="no unit with code 'X'"):
         manage.get_unit("X")
+
+
+def test_sample_ids_are_never_reused(database):
+    """Exports and LoggerNet record numbers rely on ids that only grow, even after deletions."""
+    unit = manage.add_unit("M1", "k", 1)
+    first = m.Sample.create(unit=unit, timestamp=dt.datetime(2020, 1, 1), ch1=1)
+    newest = m.Sample.create(unit=unit, timestamp=dt.datetime(2020, 1, 2), ch1=2)
+    newest.delete_instance()
+    again = m.Sample.create(unit=unit, timestamp=dt.datetime(2020, 1, 3), ch1=3)
+    assert again.id > newest.id > first.id

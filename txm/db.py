@@ -43,6 +43,21 @@ class JSONField(pw.TextField):
         return None if value is None else json.loads(value)
 
 
+class SampleIdField(pw.BigAutoField):
+    """A 64-bit auto-increment id that is never handed out twice.
+
+    SQLite reuses the highest rowid after the newest rows are deleted unless the column is
+    declared AUTOINCREMENT; incremental exports and LoggerNet record numbers rely on ids that
+    only grow, so on SQLite this field adds it. PostgreSQL and MySQL never reuse ids.
+    """
+
+    def ddl(self, ctx):
+        node = super().ddl(ctx)
+        if ctx.state.field_types.get(self.field_type) == "INTEGER":  # SQLite's rowid alias
+            return pw.NodeList((node, pw.SQL("AUTOINCREMENT")))
+        return node
+
+
 class BaseModel(pw.Model):
     class Meta:
         database = database
@@ -166,7 +181,7 @@ class GroupUnit(BaseModel):
 class Sample(BaseModel):
     """One timestamped sample of a unit: channel values in ``ch1`` .. ``ch32``."""
 
-    id = pw.BigAutoField()
+    id = SampleIdField()
     # No index of its own: the unique (unit, timestamp) index serves every lookup by unit, and a
     # second index would double the cost of each stored sample.
     unit = pw.ForeignKeyField(Unit, on_delete="CASCADE", backref="samples", index=False)
