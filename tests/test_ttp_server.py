@@ -458,3 +458,42 @@ def test_server_recovers_when_its_database_connection_is_cut(serve, settings, ba
     stamps = {row[0].second for row in stored("M1")}
     assert stamps >= {0, 2, 3, 4, 5} and (first != "OK" or 1 in stamps)
     m.close()
+
+
+def test_junk_floods_and_slow_senders_do_not_block_other_meters(serve):
+    import random
+    import threading
+
+    server = serve(MAX_REQUEST_BYTES=4096)
+    rng = random.Random(7)
+    junk = bytes(rng.randrange(256) for _ in range(200_000))
+    stop = threading.Event()
+
+    def flood():
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", server.ttp_port), timeout=TIMEOUT) as sock:
+                    sock.settimeout(0.5)
+                    for i in range(0, len(junk), 8192):
+                        sock.sendall(junk[i:i + 8192])
+                        try:
+                            sock.recv(65536)
+                        except socket.timeout:
+                            pass
+            except OSError:
+                pass  # the server closed it (an over-long line): open another
+
+    slow = Meter(server.ttp_port)
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    good = Meter(server.ttp_port)
+    try:
+        for second in range(20):
+            slow.send(b"T")  # a byte at a time, never finishing
+            assert good.ask(f"TTP /up/M1/<2009-1-16 15:30:{second};1;2;3;4> s3cret") == "OK"
+    finally:
+        stop.set()
+        flooder.join(TIMEOUT)
+        slow.close()
+        good.close()
+    assert len(stored("M1")) == 20
