@@ -261,3 +261,34 @@ def test_long_hostile_uploads_are_answered_not_stuck(argument):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("text", ["2020-01-01 1:1:1.12", "2020-1-01 01:01:01", "20-01-01 01:01:01.1234",
+                                  "2020-01-01 01:01:01", "2020-01-01 01:01:01.000001", "2020-01-01 01:01:01.5",
+                                  "9-1-1 1:1:1.123456", "2020-12-31 23:59:59.999999"])
+def test_fast_and_careful_paths_agree(text):
+    from txm.ttp.parser import _parse_careful, _parse_fast
+
+    argument = f"<{text};1>"
+    assert _parse_fast(argument, 1) == _parse_careful(argument, 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2999, 12, 31)),
+       st.lists(st.booleans(), min_size=7, max_size=7), st.integers(min_value=0, max_value=6))
+def test_fast_path_equals_careful_path_for_any_padding(timestamp, pads, micro_digits):
+    from txm.ttp.parser import _parse_careful, _parse_fast
+
+    def part(value, width, pad):
+        return f"{value:0{width}d}" if pad else str(value)
+
+    year = part(timestamp.year, 4, True) if pads[0] else str(timestamp.year - 2000)
+    text = (f"{year}-{part(timestamp.month, 2, pads[1])}-{part(timestamp.day, 2, pads[2])} "
+            f"{part(timestamp.hour, 2, pads[3])}:{part(timestamp.minute, 2, pads[4])}:"
+            f"{part(timestamp.second, 2, pads[5])}")
+    if micro_digits:
+        text += "." + f"{timestamp.microsecond:06d}"[:micro_digits]
+    argument = f"<{text};1.5;-2>"
+    fast, careful = _parse_fast(argument, 2), _parse_careful(argument, 2)
+    assert fast == careful
+    assert careful[0].timestamp.replace(microsecond=0) == timestamp.replace(microsecond=0)

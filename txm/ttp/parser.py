@@ -256,6 +256,8 @@ def _parse_fast(argument: str, channels: int | None) -> list[SampleIn] | None:
         return None
     samples = []
     datetime = dt.datetime
+    from_iso = datetime.fromisoformat
+    isfinite = math.isfinite
     match_timestamp = _STRICT_TIMESTAMP_RE.match
     match_numbers = _STRICT_NUMBERS_RE.match
     for body in argument[1:-1].split("><"):
@@ -267,18 +269,24 @@ def _parse_fast(argument: str, channels: int | None) -> list[SampleIn] | None:
         if channels is not None and len(fields) != channels:
             return None
         values = tuple(map(float, fields))
-        year, month, day, hour, minute, second, micro = stamp.groups()
-        y = int(year)
-        if len(year) < 4:
-            y += 2000
+        # Only an exponent or a very long number can overflow to infinity.
+        if ("e" in numbers or "E" in numbers or len(numbers) > 300) and not all(map(isfinite, values)):
+            return None
         try:
-            timestamp = datetime(y, int(month), int(day), int(hour), int(minute), int(second),
-                                 int(micro.ljust(6, "0")) if micro else 0)
+            size = len(sent)
+            if (size == 19 or (size == 26 and sent[19] == ".")) and sent[4] == "-" and sent[7] == "-" \
+                    and sent[10] == " " and sent[13] == ":" and sent[16] == ":":
+                timestamp = from_iso(sent)  # fully zero-padded, as most meters send it
+            else:
+                year, month, day, hour, minute, second, micro = stamp.groups()
+                y = int(year)
+                if len(year) < 4:
+                    y += 2000
+                timestamp = datetime(y, int(month), int(day), int(hour), int(minute), int(second),
+                                     int(micro.ljust(6, "0")) if micro else 0)
         except ValueError:
             return None
         samples.append(SampleIn(timestamp, sent, values))
-    if not all(math.isfinite(v) for sample in samples for v in sample.values):
-        return None
     return samples
 
 
