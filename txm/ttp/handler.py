@@ -40,6 +40,7 @@ import datetime as dt
 import hmac
 import importlib
 import logging
+import random
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -61,6 +62,14 @@ BUILTIN_VERB_MODULES: tuple[str, ...] = ("txm.ttp.handler", "txm.alarms")
 
 #: Seconds an uncommitted upload may wait when COMMIT_INTERVAL is more than 1.
 MAX_COMMIT_DELAY = 1.0
+#: Attempts at one request, in a transaction of its own, after its pass met a lock conflict.
+CONFLICT_ATTEMPTS = 6
+
+#: Error codes of a transaction that lost a lock conflict with another database session:
+#: PostgreSQL SQLSTATEs (deadlock, serialization failure, lock not available) and MySQL error
+#: numbers (deadlock, lock wait timeout).
+_PG_CONFLICTS = frozenset({"40P01", "40001", "55P03"})
+_MYSQL_CONFLICTS = frozenset({1213, 1205})
 
 OK = "OK"
 
@@ -68,6 +77,25 @@ OK = "OK"
 def keys_match(given: str, stored: str) -> bool:
     """Compare a unit key in constant time."""
     return hmac.compare_digest(given.encode("utf-8"), (stored or "").encode("utf-8"))
+
+
+class LockConflict(Exception):
+    """Another database session (another txm node) holds rows this pass needs and waits for ours."""
+
+
+def is_lock_conflict(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or what it wraps) is a deadlock or lock timeout from the database."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "pgcode", None) in _PG_CONFLICTS:
+            return True
+        args = getattr(exc, "args", ())
+        if args and isinstance(args[0], int) and args[0] in _MYSQL_CONFLICTS:
+            return True
+        # peewee wraps a driver's exception as its first argument
+        exc = args[0] if args and isinstance(args[0], BaseException) else (exc.__cause__ or exc.__context__)
+    return False
 
 
 class Call:
@@ -203,6 +231,7 @@ class Handler:
         self._pending_writes = 0
         self._units: dict[str, UnitRecord] = {}
         self._after_commit: list[Callable[[], Any]] = []
+        self._uncommitted: list[tuple[Request, dt.datetime]] = []  # answered, not yet committed
         self.requests_handled = 0
 
     # --- connection and transaction ----------------------------------------------------------
@@ -224,6 +253,7 @@ class Handler:
     def _commit(self) -> None:
         txn, self._txn = self._txn, None
         self._pending_writes = 0
+        self._uncommitted = []
         callbacks, self._after_commit = self._after_commit, []
         if txn is not None:
             txn.__exit__(None, None, None)  # commits; rolls back and raises on failure
@@ -236,18 +266,23 @@ class Handler:
     def _abandon(self) -> None:
         """Roll back after a failure of the whole pass; reconnect on the next one."""
         self.store.forget_units()
+        self._rollback()
+        self._uncommitted = []
+        try:
+            self.db.close()
+        except Exception:
+            log.debug("closing the database failed", exc_info=True)
+
+    def _rollback(self) -> None:
+        """Roll the open transaction back (what it wrote is gone); keep the connection."""
         txn, self._txn = self._txn, None
         self._pending_writes = 0
         self._after_commit = []
         try:
             if txn is not None:
-                txn.__exit__(RuntimeError, RuntimeError("abandoned"), None)
+                txn.__exit__(RuntimeError, RuntimeError("rolled back"), None)
         except Exception:
             log.debug("rollback failed", exc_info=True)
-        try:
-            self.db.close()
-        except Exception:
-            log.debug("closing the database failed", exc_info=True)
 
     # --- answering ---------------------------------------------------------------------------
 
@@ -261,12 +296,15 @@ class Handler:
         self.requests_handled += len(requests)
         received = utcnow()
         try:
-            self._begin()
-            self._units = self.store.units_for_pass({r.code for r in requests})
-            replies = [self._call(request, received) for request in requests]
-            if self.commit_interval <= 1 or self._pending_writes >= self.commit_interval or (
-                    time.monotonic() - self._txn_started >= MAX_COMMIT_DELAY):
-                self._commit()
+            try:
+                self._begin()
+                self._units = self.store.units_for_pass({r.code for r in requests})
+                replies = [self._call(request, received) for request in requests]
+                if self.commit_interval <= 1 or self._pending_writes >= self.commit_interval or (
+                        time.monotonic() - self._txn_started >= MAX_COMMIT_DELAY):
+                    self._commit()
+            except LockConflict:
+                replies = self._one_by_one(requests, received)
         except Exception:
             log.exception("database failure; %d request(s) of this pass answered 500", len(requests))
             self._abandon()
@@ -274,6 +312,35 @@ class Handler:
         finally:
             self._units = {}
         return replies
+
+    def _one_by_one(self, requests: list[Request], received: dt.datetime) -> list[str]:
+        """After a lock conflict with another node: roll the pass back, then answer each request
+        in a transaction of its own, so no transaction of ours holds rows while it waits.
+
+        On MySQL a deadlock rolls back the whole transaction, including writes of earlier passes
+        already answered (``COMMIT_INTERVAL`` > 1): those are written again first.
+        """
+        log.info("lock conflict with another database session; answering %d request(s) one by one",
+                 len(requests))
+        replay, self._uncommitted = self._uncommitted, []
+        self._rollback()
+        for request, when in replay:
+            self._alone(request, when)
+        return [self._alone(request, received) for request in requests]
+
+    def _alone(self, request: Request, received: dt.datetime) -> str:
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                self._begin()
+                self._units = self.store.units_for_pass({request.code})
+                reply = self._call(request, received)
+                self._commit()
+                return reply
+            except LockConflict:
+                self._rollback()
+                time.sleep(random.uniform(0, 0.005 * attempt))  # let the other session finish
+        log.error("%s: 500 (still in a lock conflict after %d attempts)", request.describe(), CONFLICT_ATTEMPTS)
+        return error_reply(500)
 
     def _call(self, request: Request, received: dt.datetime) -> str:
         verb = self.verbs.get(request.verb)
@@ -304,7 +371,9 @@ class Handler:
             log.log(logging.DEBUG if exc.code in (404, 406) else logging.INFO,
                     "%s: %d %s", request.describe(), exc.code, exc.reason or exc.args[0])
             reply = exc.reply()
-        except Exception:
+        except Exception as exc:
+            if is_lock_conflict(exc):
+                raise LockConflict() from exc  # the whole pass is redone, see _one_by_one
             if cursor is not None:
                 self._undo(cursor)
             call.wrote = False
@@ -312,6 +381,8 @@ class Handler:
             reply = error_reply(500)
         if call.wrote:
             self._pending_writes += 1
+            if self.commit_interval > 1:
+                self._uncommitted.append((request, received))
         return reply
 
     def _undo(self, cursor) -> None:
