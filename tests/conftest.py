@@ -43,6 +43,22 @@ def selected_backends(config_) -> list[str]:
     return list(dict.fromkeys(["sqlite", *names]))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "server_databases: runs on PostgreSQL and MariaDB only, not SQLite")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests about database servers are not collected for SQLite (deselected, not skipped)."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_sqlite = callspec is not None and callspec.params.get("backend") == "sqlite"
+        (drop if on_sqlite and item.get_closest_marker("server_databases") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend", selected_backends(metafunc.config), indirect=True)

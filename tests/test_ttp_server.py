@@ -433,10 +433,9 @@ def test_app_as_a_package_folder(settings, units):
         m.close()
 
 
+@pytest.mark.server_databases
 def test_server_recovers_when_its_database_connection_is_cut(serve, settings, backend):
     """PostgreSQL/MariaDB: a dropped connection costs the requests of one pass a 500, no more."""
-    if backend.name == "sqlite":
-        pytest.skip("SQLite has no server connection to cut")
     server = serve()
     m = Meter(server.ttp_port)
     assert m.ask("TTP /up/M1/<2009-1-16 15:30:00;1;2;3;4> s3cret") == "OK"
