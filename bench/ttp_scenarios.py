@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Run the TTP benchmark scenarios against a fresh ``txm serve`` (SQLite, COMMIT_INTERVAL 1).
+"""Run the TTP benchmark scenarios against a fresh ``txm serve`` (COMMIT_INTERVAL 1).
 
-Each run makes a new folder with a txm.toml and a fresh database, creates the units, starts
+Each run makes a new folder with a txm.toml and a fresh database (SQLite by default;
+``--database postgresql`` or ``mysql`` makes a new database on the local server), creates the units, starts
 ``python -m txm serve`` from this checkout, runs bench/ttpload.py for each scenario, and prints
 a table (and JSON with --json FILE). ``--quick`` is a smoke run: short and small.
 
@@ -9,6 +10,7 @@ Example:
   python bench/ttp_scenarios.py                 # the full set, several minutes
   python bench/ttp_scenarios.py --quick         # a few seconds, proves the scripts work
   python bench/ttp_scenarios.py --only 100x1 --only single
+  python bench/ttp_scenarios.py --database postgresql
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import datetime as dt
 import json
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -68,28 +69,90 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def prepare(folder: Path, prefill: int) -> Path:
-    db_path = folder / "txm.db"
+#: Where a database server's fresh benchmark databases are made (the project machine's services).
+SERVERS = {
+    "postgresql": {"DATABASE_HOST": "127.0.0.1", "DATABASE_PORT": 5432, "DATABASE_USER": "postgres"},
+    "mysql": {"DATABASE_HOST": "127.0.0.1", "DATABASE_PORT": 3306, "DATABASE_USER": "root"},
+}
+
+
+class BenchDatabase:
+    """A fresh, empty database for one scenario: an SQLite file, or a new database on a server."""
+
+    def __init__(self, engine: str, folder: Path):
+        self.engine = engine
+        self.folder = folder
+        self.name = str(folder / "txm.db") if engine == "sqlite3" else f"txm_bench_{os.getpid()}_{folder.name}"
+        if engine != "sqlite3":
+            self._admin(f"CREATE DATABASE {self.name}")
+
+    def _admin(self, statement: str) -> None:
+        server = SERVERS[self.engine]
+        if self.engine == "postgresql":
+            import psycopg2
+
+            conn = psycopg2.connect(host=server["DATABASE_HOST"], port=server["DATABASE_PORT"],
+                                    user=server["DATABASE_USER"], dbname="test")
+            conn.autocommit = True
+        else:
+            import pymysql
+
+            conn = pymysql.connect(host=server["DATABASE_HOST"], port=server["DATABASE_PORT"],
+                                   user=server["DATABASE_USER"], password="", database="test", autocommit=True)
+        with conn.cursor() as cur:
+            cur.execute(statement)
+        conn.close()
+
+    def settings_toml(self) -> str:
+        lines = [f'DATABASE_ENGINE = "{self.engine}"', f'DATABASE_NAME = "{self.name}"']
+        for key, value in SERVERS.get(self.engine, {}).items():
+            lines.append(f"{key} = {value!r}".replace("'", '"'))
+        return "\n".join(lines) + "\n"
+
+    def drop(self) -> None:
+        if self.engine == "postgresql":
+            self._admin(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+        elif self.engine == "mysql":
+            self._admin(f"DROP DATABASE IF EXISTS {self.name}")
+
+
+def prepare(folder: Path, prefill: int, bench_db: BenchDatabase) -> Path:
+    """A txm.toml naming the scenario's database, with the units made and the samples prefilled."""
+    from txm import config as txm_config
+    from txm import db as models
+    from txm import manage
+
     config = folder / "txm.toml"
-    config.write_text(f'DATABASE_NAME = "{db_path}"\nDS_PORT = 0\nBIND_ADDRESS = "127.0.0.1"\n'
-                      f"MAX_CONNECTIONS = 20000\nCOMMIT_INTERVAL = 1\n")
-    subprocess.run([sys.executable, "-m", "txm", "--config", str(config), "syncdb"], check=True,
-                   cwd=REPO, capture_output=True)
-    conn = sqlite3.connect(db_path)
-    now = dt.datetime.utcnow().isoformat(" ")
-    conn.executemany(
-        "INSERT INTO unit (code, key, name, channels, labels, show_labels, graph_width, graph_height, graph_axes,"
-        " has_reports, report_fields, created) VALUES (?, ?, '', ?, '[]', 0, 800, 400, '[]', 1, '[]', ?)",
-        [(f"U{i}", KEY, CHANNELS, now) for i in range(UNITS)] + [("FILL", KEY, CHANNELS, now)])
+    config.write_text(bench_db.settings_toml() + 'DS_PORT = 0\nHTTP_PORT = 0\nBIND_ADDRESS = "127.0.0.1"\n'
+                      "MAX_CONNECTIONS = 20000\nCOMMIT_INTERVAL = 1\n")
+    database = manage.syncdb(txm_config.read_settings(config)).database
+    with database.atomic():
+        models.Unit.insert_many([{"code": f"U{i}", "key": KEY, "channels": CHANNELS} for i in range(UNITS)]
+                                + [{"code": "FILL", "key": KEY, "channels": CHANNELS}]).execute()
     if prefill:
-        fill_id = conn.execute("SELECT id FROM unit WHERE code = 'FILL'").fetchone()[0]
+        fill_id = models.Unit.get(models.Unit.code == "FILL").id
         base = dt.datetime(2000, 1, 1)
-        rows = ((fill_id, str(base + dt.timedelta(seconds=i)), now, 1.0, 2.0, 3.0, 4.0) for i in range(prefill))
-        conn.executemany("INSERT INTO sample (unit_id, timestamp, received, ch1, ch2, ch3, ch4) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-    conn.commit()
-    conn.close()
+        received = models.utcnow()
+        fields = [models.Sample.unit, models.Sample.timestamp, models.Sample.received,
+                  models.Sample.ch1, models.Sample.ch2, models.Sample.ch3, models.Sample.ch4]
+        for start in range(0, prefill, 10_000):
+            rows = [(fill_id, base + dt.timedelta(seconds=i), received, 1.0, 2.0, 3.0, 4.0)
+                    for i in range(start, min(prefill, start + 10_000))]
+            with database.atomic():
+                models.Sample.insert_many(rows, fields=fields).execute()
+    database.close()
     return config
+
+
+def count_samples(config: Path) -> int:
+    from txm import config as txm_config
+    from txm import db as models
+
+    database = models.open_database(txm_config.read_settings(config))
+    try:
+        return models.Sample.select().count()
+    finally:
+        database.close()
 
 
 def start_server(config: Path) -> tuple[subprocess.Popen, int]:
@@ -131,10 +194,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_scenario(port: int, proc: subprocess.Popen, scenario: dict, processes: int, epoch: int,
-                 db_path: Path) -> dict:
+                 config: Path) -> dict:
     """One scenario; adds the server's CPU time per request (a figure less sensitive to a busy machine)."""
     before = cpu_seconds(proc.pid)
-    result = _run_scenario(port, proc, scenario, processes, epoch, db_path)
+    result = _run_scenario(port, proc, scenario, processes, epoch, config)
     used = cpu_seconds(proc.pid) - before
     if result.get("all_requests"):  # warm-up included, as the CPU time is
         result["server_cpu_us_per_request"] = used / result["all_requests"] * 1e6
@@ -142,7 +205,7 @@ def run_scenario(port: int, proc: subprocess.Popen, scenario: dict, processes: i
 
 
 def _run_scenario(port: int, proc: subprocess.Popen, scenario: dict, processes: int, epoch: int,
-                  db_path: Path) -> dict:
+                  config: Path) -> dict:
     if scenario["mode"] == "idle":
         before = rss_kb(proc.pid)
         result: dict = {}
@@ -168,9 +231,7 @@ def _run_scenario(port: int, proc: subprocess.Popen, scenario: dict, processes: 
             slices.append(load(port, {**scenario, "mode": "upload"}, processes, epoch + 1000 + n,
                                seconds=slice_seconds, warmup=0.2))
             n += 1
-        conn = sqlite3.connect(db_path)
-        total = conn.execute("SELECT COUNT(*) FROM sample").fetchone()[0]
-        conn.close()
+        total = count_samples(config)
         first, last = slices[0]["samples_per_s"], slices[-1]["samples_per_s"]
         return {"samples_per_s_first": first, "samples_per_s_last": last, "kept": last / first if first else 0,
                 "samples_in_database": total, "errors": sum(s["errors"] for s in slices),
@@ -186,6 +247,8 @@ def main(argv=None) -> int:
     p.add_argument("--prefill", type=int, default=None,
                    help="samples stored before the sustained run (default: 4,500,000; --quick: 0)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--database", choices=("sqlite3", "postgresql", "mysql"), default="sqlite3",
+                   help="engine: a fresh SQLite file, or a fresh database on the local PostgreSQL/MariaDB")
     args = p.parse_args(argv)
     chosen = [s for s in scenarios(args.quick) if not args.only or s["name"] in args.only]
     prefill = args.prefill if args.prefill is not None else (0 if args.quick else 4_500_000)
@@ -194,13 +257,17 @@ def main(argv=None) -> int:
         for number, scenario in enumerate(chosen):
             folder = Path(tmp) / scenario["name"]
             folder.mkdir()
-            config = prepare(folder, prefill if scenario["mode"] == "sustained" else 0)
-            proc, port = start_server(config)
+            bench_db = BenchDatabase(args.database, folder)
             try:
-                result = run_scenario(port, proc, scenario, args.processes, number * 10, folder / "txm.db")
+                config = prepare(folder, prefill if scenario["mode"] == "sustained" else 0, bench_db)
+                proc, port = start_server(config)
+                try:
+                    result = run_scenario(port, proc, scenario, args.processes, number * 10, config)
+                finally:
+                    proc.terminate()
+                    proc.wait(30)
             finally:
-                proc.terminate()
-                proc.wait(30)
+                bench_db.drop()
             results.append({"scenario": scenario["name"], "what": scenario["what"], "target": scenario["target"],
                             **{k: v for k, v in result.items() if k != "latencies"}})
             print(format_result(results[-1]), flush=True)
