@@ -515,8 +515,15 @@ def _write_file(run: UnitExport, path: Path, progress: Progress) -> None:
             _write(run, out, progress)
         os.replace(partial, path)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
+        _remove(partial)
         raise TxmError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
-        partial.unlink(missing_ok=True)
+        _remove(partial)
         raise
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
