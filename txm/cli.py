@@ -596,3 +596,53 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):
         pass
+
+
+@cli.command("loggernet-pull")
+@click.option("--host", default=None, help="The Data Export server (LoggerNet or another txm). Default: LOGGERNET_HOST.")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Its port. Default: LOGGERNET_PORT (1200).")
+@click.option("--format", "fmt", type=click.Choice(["standard", "rtms"]), default=None,
+              help="The record format it sends. Default: LOGGERNET_FORMAT.")
+@click.option("--watchdog", type=click.FloatRange(min=0.01), default=None, metavar="SECONDS",
+              help="Reopen the connection when no record comes for this long. Default: LOGGERNET_WATCHDOG_SECONDS.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every record.")
+@pass_context
+def loggernet_pull(ctx: Context, host: str | None, port: int | None, fmt: str | None, watchdog: float | None,
+                   verbose: bool) -> None:
+    """Pull records from a LoggerNet Data Export server into units, until stopped.
+
+    Each record is committed to the database and only then acknowledged; a record sent again
+    after a lost acknowledgement is acknowledged without being stored twice. Each station and
+    table is a unit (LOGGERNET_UNITS, or created when LOGGERNET_AUTO_CREATE is on). A failed
+    connection is retried every 5 s. Ctrl-C or SIGTERM stops it cleanly. txm serve does the
+    same when LOGGERNET_HOST is set.
+
+    \b
+    Example:
+      txm loggernet-pull --host loggernet.example.com --port 1200 --format rtms
+    """
+    import signal
+    import threading
+
+    from txm.loggernet.client import PullClient
+
+    settings = ctx.settings
+    host = host or settings.LOGGERNET_HOST
+    if not host:
+        raise click.UsageError("name the Data Export server with --host (or set LOGGERNET_HOST)")
+    _setup_logging(verbose)
+    database = ctx.open_db()
+    client = PullClient(settings, database, host=host, port=port, fmt=fmt, watchdog=watchdog)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    ctx.err.print(f"{client.description}; Ctrl-C stops.")
+    try:
+        client.run(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    ctx.err.print(f"Stopped after acknowledging {client.acknowledged} record(s).")
