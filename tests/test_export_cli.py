@@ -38,6 +38,7 @@ def test_one_unit_to_standard_output(run_cli, units):
                                    b"2026-01-01 00:00:01,1.0,10.0,\r\n"
                                    b"2026-01-01 00:00:02,2.0,20.0,\r\n")
     assert result.stderr_bytes == b""  # no progress bar, no summary without a terminal
+    assert run_cli("export-csv", "M1", "-o", "-").stdout_bytes == result.stdout_bytes
 
 
 def test_fields_range_and_report_options(run_cli, units):

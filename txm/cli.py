@@ -529,7 +529,7 @@ def migrate_db(ctx: Context, source: str, destination: str) -> None:
 @click.option("--fields", metavar="LIST",
               help="Channels: numbers, ranges or labels (1,3 / 2-4 / Flow,Temp) or 'all'. "
                    "Default: the unit's report fields.")
-@click.option("-o", "--output", type=click.Path(), help="File to write (folder with --all). Default: standard output.")
+@click.option("-o", "--output", type=click.Path(), help="File to write (folder with --all); - or none: standard output.")
 @click.option("--since-last", "since_last", metavar="NAME",
               help="Only samples stored since the last run under NAME (kept in the database), in storage order.")
 @pass_context
@@ -556,6 +556,8 @@ def export_csv(ctx: Context, code: str | None, all_units: bool, start: str | Non
 
     if all_units == (code is not None):
         raise click.UsageError("name one unit CODE, or give --all")
+    if output == "-":
+        output = None
     if all_units and not output:
         raise click.UsageError("--all writes one file per unit: name the folder with -o DIR")
     ctx.open_db()

@@ -41,6 +41,7 @@ import peewee as pw
 from txm import db as models
 from txm.config import Settings
 from txm.errors import ConfigError, TxmError
+from txm.export import write_transaction
 from txm.loggernet import records
 from txm.ttp.store import SampleStore, UnitRecord
 
@@ -104,7 +105,7 @@ class RecordStore:
         when = record.time()
         numbers = [f.number() for f in record.fields if f.numeric]
         self.db.connect(reuse_if_open=True)
-        with self.db.atomic():
+        with write_transaction(self.db):
             source = (models.LoggerNetSource.select()
                       .where((models.LoggerNetSource.station == record.station)
                              & (models.LoggerNetSource.table_name == record.table)).first())

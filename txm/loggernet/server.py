@@ -38,7 +38,7 @@ import peewee as pw
 from txm import db as models
 from txm.config import Settings
 from txm.errors import ConfigError, TxmError
-from txm.export import settled_last_id
+from txm.export import settled_last_id, write_transaction
 from txm.loggernet import records
 from txm.ttp.loop import make_listener
 
@@ -276,7 +276,10 @@ class ExportServer:
             if now < self._next_poll:
                 return
             self._next_poll = now + POLL_SECONDS
-            session.queue.extend(self._fetch(max(self.last_acked or 0, self._scanned)))
+            batch = self._fetch(max(self.last_acked or 0, self._scanned))
+            if len(batch) == BATCH:
+                self._next_poll = 0.0  # a backlog: the next batch as soon as this one is through
+            session.queue.extend(batch)
             if not session.queue:
                 return
         pending = session.queue.popleft()
@@ -293,7 +296,7 @@ class ExportServer:
         pending.deadline = time.monotonic() + self.resend_seconds
 
     def _advance(self, sample_id: int) -> None:
-        with self.db.atomic():
+        with write_transaction(self.db):
             cursor = models.ExportCursor.get_or_none(models.ExportCursor.name == CURSOR_NAME)
             if cursor is None:
                 models.ExportCursor.create(name=CURSOR_NAME, last_sample_id=sample_id, updated=models.utcnow())
