@@ -499,3 +499,15 @@ def test_loggernet_pull_command_stops_cleanly_on_sigint(config_file, database):
 def test_loggernet_pull_needs_a_host(run_cli, database):
     result = run_cli("loggernet-pull", expect=2)
     assert "--host" in result.output
+
+
+def test_txm_serve_refuses_to_start_with_a_bad_loggernet_setting(settings, database):
+    from txm.serve import ServerThread
+
+    values = settings.replace(DS_PORT=0, BIND_ADDRESS="127.0.0.1", LOGGERNET_HOST="127.0.0.1",
+                              LOGGERNET_UNITS=["Lgr=M1"])
+    with pytest.raises(ConfigError, match="LOGGERNET_UNITS entry 'Lgr=M1'"):
+        ServerThread(values).start()
+    # the TTP port was released: the same settings without the mistake start
+    with ServerThread(values.replace(LOGGERNET_HOST="", EXPORT_ENABLED=True, EXPORT_PORT=0)) as running:
+        assert [s.name for s in running.server.services] == ["dataexport"]

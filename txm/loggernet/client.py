@@ -275,6 +275,8 @@ class PullClient:
                 if outcome.ack is None:
                     log.warning("record not acknowledged: %s: %r", outcome.reason, line[:120])
                     continue
+                log.debug("record %s %s; acknowledging it", outcome.ack.decode("utf-8", "replace").strip(),
+                          "stored" if outcome.stored else "already stored")
                 try:
                     self.send_ack(sock, outcome.ack)
                 except OSError as exc:

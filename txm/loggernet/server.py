@@ -53,7 +53,7 @@ BATCH = 200
 #: Longest acknowledgement line kept; a longer one is discarded.
 MAX_ACK_BYTES = 4096
 #: Seconds a record may take to be written to a client that does not read.
-SEND_TIMEOUT = 30.0
+SEND_TIMEOUT = 10.0
 
 _LISTENER = object()
 
