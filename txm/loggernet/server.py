@@ -128,7 +128,16 @@ class ExportServer:
     def run(self, stop: threading.Event) -> None:
         try:
             while not stop.is_set():
-                self._step()
+                try:
+                    self._step()
+                except pw.PeeweeException as exc:
+                    log.warning("database error while exporting (retrying): %s", exc)
+                    self._reset_database()
+                    self._next_poll = time.monotonic() + POLL_SECONDS
+                except Exception:  # a bug must not end the service: drop the session, go on
+                    log.exception("Data Export server error; closing the session")
+                    self._end_session("internal error")
+                    stop.wait(1.0)
         finally:
             self.close()
 
@@ -146,18 +155,13 @@ class ExportServer:
         session = self.session
         if session is None:
             return
-        try:
-            if session.pending is None:
-                self._send_next(session)
-            elif time.monotonic() >= session.pending.deadline:
-                log.info("no acknowledgement from %s for record %s of %s within %g s; sending it again",
-                         session.peer, session.pending.sample_id, session.pending.record.station,
-                         self.resend_seconds)
-                self._send(session, session.pending)
-        except pw.PeeweeException as exc:
-            log.warning("database error while exporting (retrying): %s", exc)
-            self._reset_database()
-            self._next_poll = time.monotonic() + POLL_SECONDS
+        if session.pending is None:
+            self._send_next(session)
+        elif time.monotonic() >= session.pending.deadline:
+            log.info("no acknowledgement from %s for record %s of %s within %g s; sending it again",
+                     session.peer, session.pending.sample_id, session.pending.record.station,
+                     self.resend_seconds)
+            self._send(session, session.pending)
 
     def _accept(self) -> None:
         while True:
