@@ -215,6 +215,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Close and reopen the connection when no record comes for this long (RecIntv2).", 0.01),
     Setting("LOGGERNET_AUTO_CREATE", "loggernet", BOOL, True,
             "Create a unit, with a generated key, for each new station and table."),
+    Setting("LOGGERNET_UNITS", "loggernet", LIST, [],
+            "Units for stations and tables, as STATION.TABLE=CODE entries (none by default); "
+            "other stations and tables get auto-created units (or are refused)."),
+    Setting("LOGGERNET_MAX_RECORD_BYTES", "loggernet", INT, 1_048_576,
+            "Longest record accepted, in bytes; a longer one is logged, discarded and not acknowledged.", 1024),
 )
 
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}

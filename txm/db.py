@@ -315,10 +315,26 @@ class ExportCursor(BaseModel):
         table_name = "export_cursor"
 
 
+class LoggerNetSource(BaseModel):
+    """A LoggerNet station and table that ``txm loggernet-pull`` stores records of, its unit,
+    and the number of the last record stored (a record sent again is acknowledged, not stored)."""
+
+    station = pw.CharField(max_length=200)
+    table_name = pw.CharField(max_length=200)
+    unit = pw.ForeignKeyField(Unit, on_delete="CASCADE", backref="loggernet_sources")
+    last_record = pw.BigIntegerField(null=True)
+    updated = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "loggernet_source"
+        indexes = ((("station", "table_name"), True),)
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     Group, User, UserGroup, UserPermission, GroupPermission,
     Unit, UserUnit, GroupUnit, Sample, Alarm, MailingList, MailingListMember, AlarmMessage,
     View, ViewEntry, LogEntry, WebSession, ExportCursor,
+    LoggerNetSource,
 )
 
 

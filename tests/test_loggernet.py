@@ -1,0 +1,513 @@
+"""LoggerNet Data Export over real sockets: txm's export server, txm's pull client, and the two
+together, on every database backend."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from tests.conftest import TXM, txm_subprocess_env
+from tests.test_export import store_samples
+from txm import manage
+from txm import db as models
+from txm.errors import ConfigError
+from txm.loggernet import records
+from txm.loggernet.client import PullClient, parse_unit_map
+from txm.loggernet.server import CURSOR_NAME, ExportServer
+from txm.ttp.loop import make_listener
+
+LONG_AGO = dt.datetime(2026, 1, 1)  # "received": settled at once, also on database servers
+WAIT = 20.0
+
+
+def wait_for(condition, timeout: float = WAIT, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Running:
+    """A server or client object run in a thread until the block ends."""
+
+    def __init__(self, worker):
+        self.worker = worker
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=worker.run, args=(self.stop,), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self.worker
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(15)
+        assert not self.thread.is_alive(), "the worker did not stop"
+
+
+def server_settings(settings, **values):
+    base = {"BIND_ADDRESS": "127.0.0.1", "EXPORT_PORT": 0, "EXPORT_RESEND_SECONDS": 0.4,
+            "EXPORT_UNITS": ["M1", "M2"]}
+    base.update(values)
+    return settings.replace(**base)
+
+
+def client_settings(settings, port: int, **values):
+    base = {"LOGGERNET_HOST": "127.0.0.1", "LOGGERNET_PORT": port, "LOGGERNET_WATCHDOG_SECONDS": 30.0}
+    base.update(values)
+    return settings.replace(**base)
+
+
+class LineClient:
+    """A hand-driven Data Export client: read records, send whatever acknowledgement we like."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        self.buffer = b""
+
+    def record(self, timeout: float = WAIT) -> bytes:
+        self.sock.settimeout(timeout)
+        while b"\r\n" not in self.buffer:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("the server closed the connection")
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line + b"\r\n"
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def source_units(database):
+    manage.add_unit("M1", "k", 2, labels="Flow,Level")
+    manage.add_unit("M2", "k", 1)
+    manage.add_unit("M3", "k", 1)  # not in EXPORT_UNITS
+    store_samples(database, "M1", [(dt.datetime(2026, 1, 1, 0, 0, i, 250000 * i), [i * 1.5, None if i == 1 else -i])
+                                   for i in range(3)], received=LONG_AGO)
+    store_samples(database, "M3", [(dt.datetime(2026, 1, 1), [3.0])], received=LONG_AGO)
+    store_samples(database, "M2", [(dt.datetime(2026, 1, 2), [0.1])], received=LONG_AGO)
+    return database
+
+
+def sample_ids(code: str) -> list[int]:
+    return [s.id for s in models.Sample.select().join(models.Unit).where(models.Unit.code == code)
+            .order_by(models.Sample.id)]
+
+
+def samples_of(code: str) -> list[tuple]:
+    unit = models.Unit.get(models.Unit.code == code)
+    return [(s.timestamp, *[getattr(s, f"ch{i}") for i in range(1, unit.channels + 1)])
+            for s in models.Sample.select().where(models.Sample.unit == unit).order_by(models.Sample.timestamp)]
+
+
+def cursor_value() -> int | None:
+    row = models.ExportCursor.get_or_none(models.ExportCursor.name == CURSOR_NAME)
+    return row.last_sample_id if row else None
+
+
+# --- the export server, driven by hand ---------------------------------------------------------
+
+
+def test_server_sends_records_in_id_order_and_advances_only_on_the_right_ack(settings, source_units):
+    ids = sample_ids("M1") + sample_ids("M2")
+    with Running(ExportServer(server_settings(settings), source_units)) as server:
+        client = LineClient(server.port)
+        first = client.record()
+        assert first == (f'"M1","Samples","2026-01-01 00:00:00","{ids[0]}","Flow","FLOAT","0.0",'
+                         f'"Level","FLOAT","0.0"\r\n').encode()
+        # a wrong acknowledgement and a line that is none are ignored: the same record comes again
+        client.send(f"M1,Samples,{ids[0] + 1000}\r\nM9,Samples,{ids[0]}\r\nnonsense\r\n".encode())
+        assert client.record() == first
+        assert cursor_value() == 0
+        client.send(f"M1,Samples,{ids[0]}\r\n".encode())
+        second = client.record()
+        assert second == (f'"M1","Samples","2026-01-01 00:00:01.25","{ids[1]}","Flow","FLOAT","1.5",'
+                          f'"Level","FLOAT","NAN"\r\n').encode()
+        wait_for(lambda: cursor_value() == ids[0], what="the cursor to advance")
+        client.send(f"M1,Samples,{ids[1]}\r\n".encode())
+        assert client.record().startswith(b'"M1","Samples","2026-01-01 00:00:02.5"')
+        client.send(f"M1,Samples,{ids[2]}\r\n".encode())
+        assert client.record() == f'"M2","Samples","2026-01-02 00:00:00","{ids[3]}","ch1","FLOAT","0.1"\r\n'.encode()
+        client.send(f"M2,Samples,{ids[3]}\r\n".encode())
+        wait_for(lambda: server.acknowledged == 4, what="four acknowledgements")
+        # M3 is not exported; a new M1 sample is sent as it comes
+        store_samples(source_units, "M1", [(dt.datetime(2026, 2, 1), [9.0, 9.5])], received=LONG_AGO)
+        assert client.record().startswith(b'"M1","Samples","2026-02-01 00:00:00"')
+        client.close()
+    assert cursor_value() == ids[3]
+
+
+def test_server_rtms_format_and_resend_after_the_timeout(settings, source_units):
+    ids = sample_ids("M1")
+    with Running(ExportServer(server_settings(settings, EXPORT_FORMAT="rtms", EXPORT_TABLE="Sec15"),
+                              source_units)) as server:
+        client = LineClient(server.port)
+        line = client.record()
+        assert line == (f"M1,Sec15 (TMSTAMP TIMESTAMP,RECNBR DECIMAL(10,0),Flow FLOAT,Level FLOAT) "
+                        f"VALUES ('2026-01-01 00:00:00',{ids[0]},0.0,0.0)\r\n").encode()
+        began = time.monotonic()
+        assert client.record() == line  # no acknowledgement: sent again after EXPORT_RESEND_SECONDS
+        assert time.monotonic() - began >= 0.3
+        client.send(records.format_ack(records.parse_rtms(line)))
+        assert records.parse_rtms(client.record()).record_number == ids[1]
+        client.close()
+
+
+def test_one_client_at_a_time(settings, source_units):
+    with Running(ExportServer(server_settings(settings), source_units)) as server:
+        first = LineClient(server.port)
+        line = first.record()
+        second = LineClient(server.port)
+        with pytest.raises(EOFError):
+            second.record(timeout=5)  # refused: closed at once
+        second.close()
+        first.send(records.format_ack(records.parse_standard(line)))
+        assert first.record() != line  # the first client goes on undisturbed
+        first.close()
+        # once it has gone, the next client gets in and resumes after the acknowledged record
+        third = wait_for(lambda: _attach(server.port), what="a new client to be served")
+        assert records.parse_standard(third.record()).record_number == sample_ids("M1")[1]
+        third.close()
+
+
+def _attach(port: int):
+    client = LineClient(port)
+    try:
+        client.sock.settimeout(2)
+        client.buffer = client.sock.recv(65536)
+        if not client.buffer:
+            client.close()
+            return None
+    except OSError:
+        client.close()
+        return None
+    return client
+
+
+def test_server_restart_resumes_after_the_last_acknowledged_record(settings, source_units):
+    ids = sample_ids("M1") + sample_ids("M2")
+    with Running(ExportServer(server_settings(settings), source_units)) as server:
+        client = LineClient(server.port)
+        for expected in ids[:2]:
+            line = client.record()
+            assert records.parse_standard(line).record_number == expected
+            client.send(records.format_ack(records.parse_standard(line)))
+        wait_for(lambda: cursor_value() == ids[1], what="the second acknowledgement")
+        client.record()  # the third record, never acknowledged
+        client.close()
+    with Running(ExportServer(server_settings(settings), source_units)) as server:
+        client = LineClient(server.port)
+        assert records.parse_standard(client.record()).record_number == ids[2]
+        client.close()
+
+
+def test_export_start_newest_applies_to_the_first_session_only(settings, source_units):
+    ids = sample_ids("M1") + sample_ids("M2")
+    with Running(ExportServer(server_settings(settings, EXPORT_START="newest"), source_units)) as server:
+        client = LineClient(server.port)
+        assert records.parse_standard(client.record()).record_number == ids[-1]
+        client.close()
+    store_samples(source_units, "M2", [(dt.datetime(2026, 3, 1), [1.0])], received=LONG_AGO)
+    with Running(ExportServer(server_settings(settings, EXPORT_START="newest"), source_units)) as server:
+        client = LineClient(server.port)
+        assert records.parse_standard(client.record()).record_number == ids[-1]  # not acknowledged yet
+        client.close()
+
+
+def test_a_bad_table_name_is_a_configuration_error(settings, database):
+    with pytest.raises(ConfigError, match="EXPORT_TABLE"):
+        ExportServer(server_settings(settings, EXPORT_TABLE="my table"), database)
+
+
+# --- the pull client against a hand-driven server -----------------------------------------------
+
+
+class LineServer:
+    """A hand-driven Data Export server: accept, send records, read acknowledgements."""
+
+    def __init__(self, port: int = 0):
+        self.listener = make_listener("127.0.0.1", port)
+        self.listener.setblocking(True)
+        self.listener.settimeout(WAIT)
+        self.port = self.listener.getsockname()[1]
+        self.conn: socket.socket | None = None
+        self.buffer = b""
+
+    def accept(self, timeout: float = WAIT) -> None:
+        self.listener.settimeout(timeout)
+        self.conn, _ = self.listener.accept()
+        self.buffer = b""
+
+    def send(self, line: bytes) -> None:
+        assert self.conn is not None
+        self.conn.sendall(line)
+
+    def ack(self, timeout: float = WAIT) -> bytes:
+        assert self.conn is not None
+        self.conn.settimeout(timeout)
+        while b"\r\n" not in self.buffer:
+            data = self.conn.recv(4096)
+            if not data:
+                raise EOFError
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line + b"\r\n"
+
+    def no_ack(self, seconds: float) -> None:
+        assert self.conn is not None
+        self.conn.settimeout(seconds)
+        with pytest.raises(socket.timeout):
+            while True:
+                data = self.conn.recv(4096)
+                assert data, "the client closed the connection"
+                self.buffer += data
+                assert b"\r\n" not in self.buffer, f"unexpected acknowledgement {self.buffer!r}"
+
+    def close(self) -> None:
+        if self.conn:
+            self.conn.close()
+        self.listener.close()
+
+
+def std(station, table, stamp, recno, *fields) -> bytes:
+    return records.format_standard(records.Record(station, table, stamp, recno,
+                                                  tuple(records.Field(*f) for f in fields)))
+
+
+def test_client_stores_then_acknowledges_and_keeps_the_connection_on_bad_records(settings, database, caplog):
+    caplog.set_level(logging.INFO, logger="txm.loggernet")
+    fake = LineServer()
+    try:
+        with Running(PullClient(client_settings(settings, fake.port), database, retry_seconds=0.2)):
+            fake.accept()
+            fake.send(std("Lgr", "Sec15", "2026-05-01 10:00:00.5", 7, ("Battery_V", "FLOAT", "13.5"),
+                          ("Note", "VARCHAR(9)", "ok"), ("Temp(1)", "FLOAT", "NAN"), ("N", "INTEGER", "4")))
+            assert fake.ack() == b"Lgr,Sec15,7\r\n"
+            unit = models.Unit.get(models.Unit.code == "LgrSec15")  # stored before the acknowledgement
+            assert (unit.channels, unit.labels, unit.name) == (3, ["Battery_V", "Temp(1)", "N"], "Lgr Sec15")
+            assert samples_of("LgrSec15") == [(dt.datetime(2026, 5, 1, 10, 0, 0, 500000), 13.5, None, 4.0)]
+            # malformed: logged with the reason, not acknowledged, connection kept
+            fake.send(b'"Lgr","Sec15","2026-05-01 10:00:01","8","Battery_V","FLOAT","high"\r\n')
+            fake.send(b"garbage line\r\n")
+            fake.no_ack(0.5)
+            assert "not a number" in caplog.text and "does not start with a double quote" in caplog.text
+            fake.send(std("Lgr", "Sec15", "2026-05-01 10:00:01", 8, ("Battery_V", "FLOAT", "13.25")))
+            assert fake.ack() == b"Lgr,Sec15,8\r\n"
+            assert samples_of("LgrSec15")[-1] == (dt.datetime(2026, 5, 1, 10, 0, 1), 13.25, None, None)
+            source = models.LoggerNetSource.get()
+            assert (source.station, source.table_name, source.last_record, source.unit_id) == ("Lgr", "Sec15", 8,
+                                                                                              unit.id)
+    finally:
+        fake.close()
+
+
+def test_client_acknowledges_a_resent_record_without_storing_it_twice(settings, database, caplog):
+    caplog.set_level(logging.INFO, logger="txm.loggernet")
+    fake = LineServer()
+    record = std("Lgr", "T", "2026-05-01 10:00:00", 41, ("V", "FLOAT", "1.5"))
+    try:
+        with Running(PullClient(client_settings(settings, fake.port), database, retry_seconds=0.2)):
+            fake.accept()
+            fake.send(record)
+            assert fake.ack() == b"Lgr,T,41\r\n"
+            fake.send(record)  # as if the acknowledgement had been lost
+            assert fake.ack() == b"Lgr,T,41\r\n"
+            assert "was stored before" in caplog.text
+            # a new record number at a time the unit already has: acknowledged, not stored twice
+            fake.send(std("Lgr", "T", "2026-05-01 10:00:00", 42, ("V", "FLOAT", "2.5")))
+            assert fake.ack() == b"Lgr,T,42\r\n"
+            assert "already has a sample" in caplog.text
+        assert samples_of("LgrT") == [(dt.datetime(2026, 5, 1, 10), 1.5)]
+    finally:
+        fake.close()
+
+
+def test_client_uses_mapped_units_and_refuses_unknown_ones_without_auto_create(settings, database, caplog):
+    manage.add_unit("Tank", "k", 2)
+    fake = LineServer()
+    values = client_settings(settings, fake.port, LOGGERNET_AUTO_CREATE=False, LOGGERNET_UNITS=["Lgr.Sec15=Tank"])
+    try:
+        with Running(PullClient(values, database, retry_seconds=0.2)):
+            fake.accept()
+            fake.send(std("Other", "Sec15", "2026-05-01 10:00:00", 1, ("V", "FLOAT", "1")))
+            fake.no_ack(0.5)
+            assert "no unit for station Other table Sec15" in caplog.text
+            fake.send(std("Lgr", "Sec15", "2026-05-01 10:00:00", 2, ("A", "FLOAT", "1"), ("B", "FLOAT", "2"),
+                          ("C", "FLOAT", "3")))
+            assert fake.ack() == b"Lgr,Sec15,2\r\n"
+        assert samples_of("Tank") == [(dt.datetime(2026, 5, 1, 10), 1.0, 2.0)]
+        assert "keeps the first 2" in caplog.text
+        assert not models.Unit.select().where(models.Unit.code.startswith("Other")).exists()
+    finally:
+        fake.close()
+
+
+def test_unit_map_entries_are_checked():
+    assert parse_unit_map(["Lgr.Sec15=M1", " A_1.T = X2 "]) == {("Lgr", "Sec15"): "M1", ("A_1", "T"): "X2"}
+    for bad in ["Lgr=M1", "Lgr.Sec15", "Lgr.Sec15=M-1", ".T=M1"]:
+        with pytest.raises(ConfigError, match="STATION.TABLE=CODE"):
+            parse_unit_map([bad])
+
+
+def test_client_retries_a_failed_connection_and_reopens_on_the_watchdog(settings, database):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there yet
+    client = PullClient(client_settings(settings, port, LOGGERNET_WATCHDOG_SECONDS=0.5), database,
+                        retry_seconds=0.2)
+    with Running(client):
+        time.sleep(0.6)
+        assert client.sessions == 0
+        fake = LineServer(port)
+        try:
+            fake.accept()
+            first = fake.conn
+            fake.accept(timeout=10)  # no record for 0.5 s: the watchdog closes and reopens
+            assert first.recv(10) == b""  # the old connection was closed by the client
+            first.close()
+            fake.send(std("Lgr", "W", "2026-05-01 10:00:00", 1, ("V", "FLOAT", "1")))
+            assert fake.ack() == b"Lgr,W,1\r\n"
+            assert client.sessions >= 2
+        finally:
+            fake.close()
+
+
+def test_client_discards_an_over_long_record_and_goes_on(settings, database, caplog):
+    fake = LineServer()
+    values = client_settings(settings, fake.port, LOGGERNET_MAX_RECORD_BYTES=2048)
+    try:
+        with Running(PullClient(values, database, retry_seconds=0.2)):
+            fake.accept()
+            fake.send(std("Lgr", "L", "2026-05-01 10:00:00", 1, *[(f"F{i}", "FLOAT", "1.0") for i in range(200)]))
+            fake.no_ack(0.5)
+            assert "longer than 2048 bytes" in caplog.text
+            fake.send(std("Lgr", "L", "2026-05-01 10:00:01", 2, ("V", "FLOAT", "2")))
+            assert fake.ack() == b"Lgr,L,2\r\n"
+    finally:
+        fake.close()
+
+
+# --- txm to txm -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["standard", "rtms"])
+def test_txm_export_server_to_txm_client(settings, source_units, fmt, monkeypatch):
+    monkeypatch.setattr("txm.loggernet.server.BATCH", 2)  # several batches, one of them full
+    server = ExportServer(server_settings(settings, EXPORT_FORMAT=fmt), source_units)
+    with Running(server):
+        client = PullClient(client_settings(settings, server.port, LOGGERNET_FORMAT=fmt), source_units,
+                            retry_seconds=0.2)
+        with Running(client):
+            wait_for(lambda: server.acknowledged == 4, what="every record")
+            store_samples(source_units, "M2", [(dt.datetime(2026, 4, 1, 1, 2, 3, 456789), [-7.5])])  # received now
+            wait_for(lambda: server.acknowledged == 5, what="the new sample")
+    assert samples_of("M1Samples") == samples_of("M1")
+    assert samples_of("M2Samples") == samples_of("M2")
+    assert models.Unit.get(models.Unit.code == "M1Samples").labels == ["Flow", "Level"]
+    assert cursor_value() == max(sample_ids("M1") + sample_ids("M2"))
+    assert models.LoggerNetSource.get(models.LoggerNetSource.station == "M2").last_record == cursor_value()
+
+
+class DiesBeforeAcknowledging(PullClient):
+    """A client that dies after securing its second record and before acknowledging it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.died = threading.Event()
+
+    def send_ack(self, sock, ack):
+        if self.acknowledged == 1:
+            sock.shutdown(socket.SHUT_RDWR)
+            self.died.set()
+            raise OSError("killed")
+        super().send_ack(sock, ack)
+
+
+def test_client_killed_between_securing_and_acknowledging_loses_and_repeats_nothing(settings, source_units,
+                                                                                   caplog):
+    caplog.set_level(logging.INFO, logger="txm.loggernet")
+    ids = sample_ids("M1")
+    server = ExportServer(server_settings(settings), source_units)
+    with Running(server):
+        dying = DiesBeforeAcknowledging(client_settings(settings, server.port), source_units, retry_seconds=0.2)
+        with Running(dying):
+            wait_for(dying.died.is_set, what="the client to die")
+        assert server.acknowledged == 1
+        assert len(samples_of("M1Samples")) == 2  # the second record was secured
+        wait_for(lambda: server.session is None, what="the server to notice")
+        assert cursor_value() == ids[0]
+        # a fresh client (a restart): the server sends the unacknowledged record again
+        with Running(PullClient(client_settings(settings, server.port), source_units, retry_seconds=0.2)):
+            wait_for(lambda: server.acknowledged == 4, what="the rest")
+    assert "was stored before" in caplog.text
+    assert samples_of("M1Samples") == samples_of("M1")
+    assert samples_of("M2Samples") == samples_of("M2")
+
+
+def test_txm_serve_runs_the_export_server_as_a_service(settings, source_units):
+    from txm.client import TTPClient
+    from txm.serve import ServerThread
+
+    values = server_settings(settings, EXPORT_ENABLED=True, DS_PORT=0, EXPORT_UNITS=["M2"])
+    with ServerThread(values) as running:
+        service = next(s for s in running.server.services if s.name == "dataexport")
+        assert "LoggerNet Data Export server on 127.0.0.1:" in service.description
+        client = LineClient(service.worker.port)
+        line = client.record()
+        client.send(records.format_ack(records.parse_standard(line)))
+        with TTPClient("127.0.0.1", running.ttp_port) as meter:
+            assert meter.request("TTP /up/M2/<2026-6-1 12:00:00;4.5> k") == "OK"
+        assert client.record().startswith(b'"M2","Samples","2026-06-01 12:00:00"')
+        client.close()
+
+
+def test_loggernet_pull_command_stops_cleanly_on_sigint(config_file, database):
+    fake = LineServer()
+    proc = subprocess.Popen([*TXM, "--config", str(config_file), "loggernet-pull", "--host", "127.0.0.1",
+                             "--port", str(fake.port)], stderr=subprocess.PIPE, text=True,
+                            env=txm_subprocess_env())
+    try:
+        fake.accept()
+        fake.send(std("Cli", "T", "2026-05-01 10:00:00", 5, ("V", "FLOAT", "1")))
+        assert fake.ack() == b"Cli,T,5\r\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+        assert "Stopped after acknowledging 1 record(s)" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+        fake.close()
+
+
+def test_loggernet_pull_needs_a_host(run_cli, database):
+    result = run_cli("loggernet-pull", expect=2)
+    assert "--host" in result.output
+
+
+def test_txm_serve_refuses_to_start_with_a_bad_loggernet_setting(settings, database):
+    from txm.serve import ServerThread
+
+    values = settings.replace(DS_PORT=0, BIND_ADDRESS="127.0.0.1", LOGGERNET_HOST="127.0.0.1",
+                              LOGGERNET_UNITS=["Lgr=M1"])
+    with pytest.raises(ConfigError, match="LOGGERNET_UNITS entry 'Lgr=M1'"):
+        ServerThread(values).start()
+    # the TTP port was released: the same settings without the mistake start
+    with ServerThread(values.replace(LOGGERNET_HOST="", EXPORT_ENABLED=True, EXPORT_PORT=0)) as running:
+        assert [s.name for s in running.server.services] == ["dataexport"]
