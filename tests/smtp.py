@@ -15,11 +15,12 @@ import socket
 import ssl
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 @dataclass
@@ -72,16 +73,57 @@ class _Recorder:
                                                policy=email.policy.default)
             login = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
             self.server.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), message,
-                                                 bool(session.ssl) or smtp._tls_protocol is not None, login))
+                                                 smtp.transport.get_extra_info("ssl_object") is not None, login))
             self.server.arrived.notify_all()
         return "250 Message accepted"
 
 
+class _CountedSMTP(SMTP):
+    def __init__(self, controller: "_Controller", *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._controller = controller
+
+    def connection_made(self, transport):
+        self._controller.open_sessions.add(self)  # STARTTLS calls this twice; a set counts once
+        super().connection_made(transport)
+
+    def connection_lost(self, error):
+        self._controller.open_sessions.discard(self)
+        super().connection_lost(error)
+
+
 class _Controller(Controller):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.open_sessions: set[SMTP] = set()  # changed in the server's event loop thread only
+
+    def factory(self):
+        with warnings.catch_warnings():  # a login over implicit TLS is safe; aiosmtpd cannot tell
+            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS", UserWarning)
+            return _CountedSMTP(self, self.handler, **self.SMTP_kwargs)
+
+    def stop(self, *args, **kwargs):
+        # Let sessions finish closing (a TLS close takes a round trip) so none is left open.
+        deadline = time.monotonic() + 5
+        while self.open_sessions and time.monotonic() < deadline:
+            time.sleep(0.01)
+        super().stop(*args, **kwargs)
+
     def _trigger_server(self):
-        # Bound to port 0: learn the real port before the readiness probe connects to it.
+        # Bound to port 0: learn the real port first. The readiness probe says QUIT before it
+        # closes, so the server closes its side too (aiosmtpd's own probe leaves it open over TLS).
         self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()
+        with socket.create_connection((self.hostname, self.port), 5) as sock:
+            if self.ssl_context:
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                sock = context.wrap_socket(sock)
+            with sock:
+                sock.recv(1024)
+                sock.sendall(b"QUIT\r\n")
+                while sock.recv(1024):
+                    pass
 
 
 class SMTPServer:
@@ -107,10 +149,12 @@ class SMTPServer:
             def authenticate(server, session, envelope, mechanism, auth_data):
                 ok = isinstance(auth_data, LoginPassword) and (auth_data.login.decode(),
                                                                auth_data.password.decode()) == login
-                return AuthResult(success=ok, handled=False)
+                return AuthResult(success=ok, handled=False, auth_data=auth_data)
 
             kwargs.update(authenticator=authenticate, auth_required=True,
-                          auth_require_tls=bool(starttls_cert or tls_cert))
+                          # aiosmtpd counts only STARTTLS as TLS here; over implicit TLS the login is
+                          # encrypted all the same.
+                          auth_require_tls=bool(starttls_cert))
         self.controller = _Controller(_Recorder(self), hostname="127.0.0.1", port=0, ready_timeout=10, **kwargs)
 
     @property

@@ -187,3 +187,183 @@ def test_min_interval_suppresses_emails_but_stores_alarms(serve):
     assert [(a.data[0], a.email_status) for a in alarm_rows()] == [
         ("a", "sent"), ("b", "suppressed"), ("c", "sent"), ("d", "suppressed"), ("e", "suppressed")]
     assert len(smtp.messages) == 2
+
+
+# --- SMTP settings ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def certificate(tmp_path, monkeypatch):
+    """A self-signed certificate for 127.0.0.1, trusted by this process's TLS clients."""
+    cert, key = make_certificate(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    return cert, key
+
+
+def test_starttls_and_login_are_honoured(serve, certificate, caplog):
+    caplog.set_level(logging.DEBUG, logger="txm")
+    with SMTPServer(starttls_cert=certificate, login=("mailer", "pa55-w0rd")) as smtp:
+        server = serve(smtp.port, EMAIL_USE_TLS=True, EMAIL_HOST_USER="mailer", EMAIL_HOST_PASSWORD="pa55-w0rd")
+        meter = Meter(server.ttp_port)
+        assert meter.ask(ALARM) == "OK"
+        [got] = smtp.wait_for(1)
+        meter.close()
+    assert got.tls and got.login == "mailer"
+    wait_until(lambda: statuses() == ["sent"], "the alarm marked sent")
+    assert "pa55-w0rd" not in caplog.text
+
+
+def test_implicit_tls_is_honoured(serve, certificate):
+    with SMTPServer(tls_cert=certificate, login=("mailer", "pw")) as smtp:
+        server = serve(smtp.port, EMAIL_USE_SSL=True, EMAIL_HOST_USER="mailer", EMAIL_HOST_PASSWORD="pw")
+        meter = Meter(server.ttp_port)
+        assert meter.ask(ALARM) == "OK"
+        [got] = smtp.wait_for(1)
+        meter.close()
+    assert got.tls and got.login == "mailer"
+
+
+def test_a_server_that_requires_starttls_refuses_plain_settings(serve, certificate):
+    with SMTPServer(starttls_cert=certificate) as smtp:
+        server = serve(smtp.port)  # EMAIL_USE_TLS off
+        meter = Meter(server.ttp_port)
+        assert meter.ask(ALARM) == "OK"
+        meter.close()
+        [row] = wait_until(lambda: [a for a in alarm_rows() if a.email_status == "failed"], "the alarm failed")
+        assert smtp.messages == []
+    assert "530" in row.email_error and "STARTTLS" in row.email_error
+
+
+def test_wrong_password_fails_at_once_with_the_reason_and_is_not_logged(serve, certificate, caplog):
+    caplog.set_level(logging.DEBUG, logger="txm")
+    with SMTPServer(starttls_cert=certificate, login=("mailer", "right")) as smtp:
+        server = serve(smtp.port, EMAIL_USE_TLS=True, EMAIL_HOST_USER="mailer", EMAIL_HOST_PASSWORD="wr0ng-secret")
+        meter = Meter(server.ttp_port)
+        assert meter.ask(ALARM) == "OK"
+        meter.close()
+        [row] = wait_until(lambda: [a for a in alarm_rows() if a.email_status == "failed"], "the alarm failed")
+    assert row.email_attempts == 1  # a refused login is not tried again
+    assert "refused the login of 'mailer'" in row.email_error and "535" in row.email_error
+    assert "wr0ng-secret" not in caplog.text and "wr0ng-secret" not in row.email_error
+
+
+def test_an_untrusted_certificate_is_refused(serve, tmp_path):
+    cert = make_certificate(tmp_path)  # not made trusted
+    with SMTPServer(starttls_cert=cert) as smtp:
+        server = serve(smtp.port, EMAIL_USE_TLS=True, ALARM_EMAIL_ATTEMPTS=2)
+        meter = Meter(server.ttp_port)
+        assert meter.ask(ALARM) == "OK"
+        meter.close()
+        [row] = wait_until(lambda: [a for a in alarm_rows() if a.email_status == "failed"], "the alarm failed")
+        assert smtp.messages == []
+    assert "CERTIFICATE_VERIFY_FAILED" in row.email_error
+
+
+def test_tls_and_ssl_together_stop_the_start(settings, people):
+    with pytest.raises(ConfigError, match="EMAIL_USE_TLS and EMAIL_USE_SSL"):
+        ServerThread(server_settings(settings, 25, EMAIL_USE_TLS=True, EMAIL_USE_SSL=True)).start()
+
+
+# --- failures, retries, restarts --------------------------------------------------------------------
+
+
+def test_smtp_down_retries_then_fails_and_ttp_is_never_held(serve, caplog):
+    caplog.set_level(logging.INFO, logger="txm")
+    with SilentServer() as silent:
+        server = serve(silent.port, ALARM_EMAIL_ATTEMPTS=3, EMAIL_TIMEOUT=30.0)
+        meter = Meter(server.ttp_port)
+        assert meter.ask(ALARM) == "OK"
+        # The worker is now inside an SMTP exchange that does not move...
+        assert silent.connected.wait(TIMEOUT)
+        # ...and meters are answered all the same, alarms and uploads alike.
+        assert meter.ask("TTP /al/M1/<3;second> s3cret") == "OK"
+        assert meter.ask("TTP /up/M1/<2026-1-1 0:0:0;1;2> s3cret") == "OK"
+        assert statuses() == ["pending", "pending"]
+        silent.release()  # the hung server goes away: every further attempt is refused
+        rows = wait_until(lambda: [a for a in alarm_rows() if a.email_status == "failed"] if
+                          "pending" not in statuses() else None, "both alarms failed")
+        meter.close()
+    assert [a.email_status for a in rows] == ["failed", "failed"]
+    assert all(a.email_attempts == 3 for a in rows)
+    assert all("cannot reach the SMTP server 127.0.0.1" in a.email_error for a in rows)
+    assert "email failed after 3 attempt(s)" in caplog.text
+
+
+def test_temporary_refusals_are_retried_until_sent(serve):
+    with SMTPServer() as smtp:
+        smtp.refusals = ["451 4.3.0 try again later", "452 4.3.1 out of space"]
+        server = serve(smtp.port, ALARM_EMAIL_ATTEMPTS=4)
+        meter = Meter(server.ttp_port)
+        assert meter.ask(ALARM) == "OK"
+        smtp.wait_for(1)
+        meter.close()
+        [row] = wait_until(lambda: [a for a in alarm_rows() if a.email_status == "sent"], "the alarm sent")
+    assert row.email_attempts == 3
+
+
+def test_a_permanent_refusal_fails_at_once(serve):
+    with SMTPServer() as smtp:
+        smtp.refusals = ["554 5.7.1 message refused"]
+        server = serve(smtp.port, ALARM_EMAIL_ATTEMPTS=5)
+        meter = Meter(server.ttp_port)
+        assert meter.ask(ALARM) == "OK"
+        meter.close()
+        [row] = wait_until(lambda: [a for a in alarm_rows() if a.email_status == "failed"], "the alarm failed")
+        assert smtp.messages == []
+    assert row.email_attempts == 1 and "554 5.7.1 message refused" in row.email_error
+
+
+def test_restart_sends_the_emails_left_pending(settings, people):
+    port = closed_port()
+    values = {"ALARM_EMAIL_ATTEMPTS": 100, "ALARM_EMAIL_RETRY_DELAY": 0.5}
+    with ServerThread(server_settings(settings, port, **values), timeout=TIMEOUT) as server:
+        meter = Meter(server.ttp_port)
+        assert meter.ask("TTP /al/M1/<1;first> s3cret") == "OK"
+        assert meter.ask("TTP /al/M1/<2;second> s3cret") == "OK"
+        meter.close()
+        wait_until(lambda: all(a.email_attempts >= 1 for a in alarm_rows()), "failed attempts")
+    # The server is stopped: both emails are still owed.
+    assert statuses() == ["pending", "pending"]
+    with SMTPServer() as smtp:
+        with ServerThread(server_settings(settings, smtp.port, **values), timeout=TIMEOUT):
+            got = smtp.wait_for(2)
+            wait_until(lambda: statuses() == ["sent", "sent"], "both marked sent")
+    assert sorted(m.body.split("data.0: ")[1].strip() for m in got) == ["first", "second"]
+
+
+def test_emails_of_a_node_that_died_before_sending_go_out_at_the_next_start(settings, people):
+    """Alarms stored but never sent (the process was killed), one with a claim that ran out."""
+    models.database.connect(reuse_if_open=True)
+    unit = models.Unit.get(code="M1")
+    now = models.utcnow()
+    models.Alarm.create(unit=unit, level=1, data=["never tried"], received=now)
+    models.Alarm.create(unit=unit, level=1, data=["claim ran out"], received=now,
+                        email_claimed_until=now - dt.timedelta(seconds=1))
+    models.Alarm.create(unit=unit, level=1, data=["claimed by a live node"], received=now,
+                        email_claimed_until=now + dt.timedelta(hours=1))
+    models.database.close()
+    with SMTPServer() as smtp:
+        with ServerThread(server_settings(settings, smtp.port), timeout=TIMEOUT):
+            got = smtp.wait_for(2)
+            wait_until(lambda: statuses()[:2] == ["sent", "sent"], "both marked sent")
+    assert sorted(m.body.split("data.0: ")[1].strip() for m in got) == ["claim ran out", "never tried"]
+    assert statuses()[2] == "pending"
+
+
+# --- send_test_email -------------------------------------------------------------------------------
+
+
+def test_send_test_email(settings, people):
+    models.database.connect(reuse_if_open=True)
+    unit = models.Unit.get(code="M1")
+    with SMTPServer() as smtp:
+        alarms.send_test_email(server_settings(settings, smtp.port), unit, 4, ["2026-1-1 0:0:0", "9"],
+                               ["ops@example.com"])
+        [got] = smtp.wait_for(1)
+    assert got.rcpt_tos == ["ops@example.com"]
+    assert got.message["Subject"] == "Alarm level 4 from unit M1 (North tank)"
+    with pytest.raises(alarms.EmailError, match="cannot reach the SMTP server 127.0.0.1:.*refused"):
+        alarms.send_test_email(server_settings(settings, closed_port()), unit, 4, [], ["ops@example.com"])
+    with pytest.raises(alarms.InvalidValue):
+        alarms.send_test_email(server_settings(settings, closed_port()), unit, 4, [], [" "])
+    models.database.close()
