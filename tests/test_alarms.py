@@ -264,6 +264,12 @@ def test_tls_and_ssl_together_stop_the_start(settings, people):
         ServerThread(server_settings(settings, 25, EMAIL_USE_TLS=True, EMAIL_USE_SSL=True)).start()
 
 
+def test_a_sender_with_a_line_break_stops_the_start(settings, people):
+    bad = server_settings(settings, 25, DEFAULT_FROM_EMAIL="txm@example.com\nBcc: someone@example.com")
+    with pytest.raises(ConfigError, match="DEFAULT_FROM_EMAIL may not hold a line break"):
+        ServerThread(bad).start()
+
+
 # --- failures, retries, restarts --------------------------------------------------------------------
 
 

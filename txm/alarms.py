@@ -237,6 +237,9 @@ def check_email_settings(settings: Settings) -> None:
         raise ConfigError("EMAIL_USE_TLS and EMAIL_USE_SSL cannot both be on: EMAIL_USE_TLS starts TLS on a "
                           "plain connection (STARTTLS, usually port 587), EMAIL_USE_SSL connects over TLS "
                           "from the start (usually port 465)")
+    for key in ("DEFAULT_FROM_EMAIL", "EMAIL_HOST", "EMAIL_HOST_USER"):
+        if _CONTROL_RE.search(settings[key]):
+            raise ConfigError(f"{key} may not hold a line break or another control character")
 
 
 def make_email(settings: Settings, subject: str, body: str, recipients: Sequence[str],
@@ -556,8 +559,12 @@ class EmailWorker:
             return "none"
         attempts = alarm.email_attempts + 1
         try:
-            subject, body = render_alarm_email(unit, alarm.level, list(alarm.data or []), alarm.received)
-            message = make_email(self.settings, subject, body, found.addresses, alarm_id)
+            try:
+                subject, body = render_alarm_email(unit, alarm.level, list(alarm.data or []), alarm.received)
+                message = make_email(self.settings, subject, body, found.addresses, alarm_id)
+            except Exception as exc:  # trying again would fail the same way
+                log.exception("alarm %d of unit %s: the email could not be made", alarm_id, unit.code)
+                raise EmailError(f"the email could not be made: {type(exc).__name__}: {exc}", True) from None
             refused = smtp_send(self.settings, message)
         except EmailError as exc:
             if exc.permanent or attempts >= self.settings.ALARM_EMAIL_ATTEMPTS:
