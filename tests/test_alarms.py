@@ -373,3 +373,42 @@ def test_send_test_email(settings, people):
     with pytest.raises(alarms.InvalidValue):
         alarms.send_test_email(server_settings(settings, closed_port()), unit, 4, [], [" "])
     models.database.close()
+
+
+# --- the verb inside the handler, without sockets ----------------------------------------------------
+
+
+def test_handler_stores_alarms_in_the_pass_and_wakes_the_worker_after_the_commit(settings, people):
+    from txm.ttp.handler import Handler, builtin_verbs
+    from txm.ttp.parser import parse_request
+
+    database = models.open_database(settings)
+    handler = Handler(settings, database, builtin_verbs())
+    handler.open()
+    seen: list[int] = []
+
+    def wake() -> None:  # runs after the commit: another connection sees the alarms
+        other = models.make_database(settings)
+        other.connect()
+        seen.append(other.execute_sql("SELECT COUNT(*) FROM alarm").fetchone()[0])
+        other.close()
+
+    handler.alarm_email_wakeup = wake
+    replies = handler.handle([parse_request(line.encode()) for line in (
+        "TTP /al/M1/<1;a> s3cret", "TTP /al/M1/<x> s3cret", "TTP /up/M1/<2020-1-1 0:0:0;1;2> s3cret",
+        "TTP /al/M1/<2;b;c> s3cret")])
+    handler.close()
+    assert replies == ["OK", "400 Bad request", "OK", "OK"]
+    assert seen == [2, 2]  # once per stored alarm, each time with both committed
+    assert [(a.level, a.data, a.email_status) for a in alarm_rows()] == [(1, ["a"], "pending"),
+                                                                         (2, ["b", "c"], "pending")]
+
+
+def test_alarms_with_a_commit_interval_are_emailed_once_committed(serve):
+    with SMTPServer() as smtp:
+        server = serve(smtp.port, COMMIT_INTERVAL=1000)
+        meter = Meter(server.ttp_port)
+        assert meter.ask(ALARM) == "OK"  # answered before the commit
+        smtp.wait_for(1)
+        meter.close()
+    wait_until(lambda: statuses() == ["sent"], "the alarm marked sent")
