@@ -19,6 +19,10 @@ def render(template: str, unit, level: int = 3, data=("2009-1-16 15:30:45", "11.
     return alarms.render_message(template, "", unit, level, list(data))[0]
 
 
+def render_body(template: str, unit, level: int = 3, data=("2009-1-16 15:30:45", "11.5")) -> str:
+    return alarms.render_message("", template, unit, level, list(data))[1]
+
+
 def test_the_manuals_examples(unit):
     assert render("{{ level }}", unit) == "3"
     assert render("{{ unit.name }} {{ unit.code }} {{ unit.channels }}", unit) == "North tank M1 2"
@@ -129,3 +133,34 @@ def test_body_is_bounded(unit):
     body = alarms.render_message("s", "{% for i in range(99999) %}{% for j in range(99999) %}x{% endfor %}{% endfor %}",
                                  unit, 1, [])[1]
     assert len(body) < alarms.MAX_BODY_CHARS + 100 and body.endswith("characters]\n")
+
+
+@pytest.mark.parametrize("greedy", [
+    '{{ "x" * 1000000000 }}',
+    "{{ 2 ** 100000000 }}",
+    "{% set a = 2 ** 64 %}" + "{% set a = a * a %}" * 40 + "{{ a }}",  # squared 40 times
+    '{{ "%1000000000s" % 1 }}',
+    '{{ "%1000000000s"|format(1) }}',
+    '{{ "x"|center(1000000000) }}',
+    '{{ "a"|indent(1000000000) }}',
+    '{{ data.0|replace("", "y" * 99999) }}',
+    '{{ range(100000)|join("y" * 99999) }}',
+    '{% set a = "y" * 99999 %}{% set b = a ~ a %}{{ b }}',
+    '{% set a = "y" * 60000 %}{{ a + a }}',
+    "{{ unit.name.center(1000000000) }}",
+    "{{ data.0.zfill(1000000000) }}",
+    '{{ "{:>1000000000}".format(1) }}',
+    '{{ (2).to_bytes(1000000000, "big") }}',
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+])
+def test_templates_cannot_exhaust_memory_or_time(unit, greedy):
+    """Each of these would take gigabytes or hours; the render is refused instead."""
+    with pytest.raises(InvalidValue):
+        render(greedy, unit)
+
+
+def test_reasonable_use_of_the_same_tools_still_works(unit):
+    text = render_body('{{ data.0.upper() }}|{{ "%.1f"|format(2.345) }}|{{ "%5s" % "a" }}|{{ data|join(", ") }}|'
+                  '{{ "a" ~ data.1 }}|{{ 3 * 4 }}|{{ 2 ** 10 }}|{{ data.1|replace("5", "6") }}|'
+                  '{{ "=" * 10 }}|{% for d in data %}{{ loop.index }}{% endfor %}', unit)
+    assert text == "2009-1-16 15:30:45|2.3|    a|2009-1-16 15:30:45, 11.5|a11.5|12|1024|11.6|==========|12"
