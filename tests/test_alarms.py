@@ -189,6 +189,34 @@ def test_min_interval_suppresses_emails_but_stores_alarms(serve):
     assert len(smtp.messages) == 2
 
 
+def test_min_interval_lets_an_alarm_through_once_the_interval_has_passed(serve):
+    models.database.connect(reuse_if_open=True)
+    two_hours_ago = models.utcnow() - dt.timedelta(hours=2)
+    models.Alarm.create(unit=models.Unit.get(code="M1"), level=1, data=["old"], received=two_hours_ago,
+                        email_status="sent", email_sent=two_hours_ago)
+    models.database.close()
+    with SMTPServer() as smtp:
+        server = serve(smtp.port, ALARM_EMAIL_MIN_INTERVAL=3600.0)
+        meter = Meter(server.ttp_port)
+        assert meter.ask("TTP /al/M1/<1;new> s3cret") == "OK"
+        assert meter.ask("TTP /al/M1/<1;newer> s3cret") == "OK"
+        [got] = smtp.wait_for(1)
+        meter.close()
+        wait_until(lambda: "pending" not in statuses(), "every alarm decided")
+    assert "data.0: new" in got.body
+    assert statuses() == ["sent", "sent", "suppressed"]
+
+
+def test_recipients_skip_members_without_an_address_and_inactive_users(settings, people):
+    models.database.connect(reuse_if_open=True)
+    models.User.update(is_active=False).where(models.User.username == "bob").execute()
+    found = alarms.recipients_of(models.Unit.get(code="M1"))
+    assert found.addresses == ["alice@example.com"]
+    assert found.skipped == ["bob (inactive)", "carol (no email address)"]
+    assert not alarms.recipients_of(models.Unit.get(code="M2")).has_list
+    models.database.close()
+
+
 # --- SMTP settings ---------------------------------------------------------------------------------
 
 

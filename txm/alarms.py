@@ -180,6 +180,8 @@ LEVEL_RANGE = (-(2 ** 31), 2 ** 31 - 1)
 _ALARM_RE = re.compile(r"<([^<>]*)>\Z")
 _LEVEL_RE = re.compile(r"[ \t]*([+-]?\d{1,10})[ \t]*\Z")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+#: What became of an alarm's email (``alarm.email_status``), see docs/alarms.md.
+EMAIL_STATUSES = ("pending", "sent", "failed", "suppressed", "none")
 #: Email statuses that count as an email for ALARM_EMAIL_MIN_INTERVAL.
 _EMAILED = ("pending", "sent", "failed")
 
@@ -234,8 +236,9 @@ def alarm_verb(call) -> str:
         if wake is not None:
             call.after_commit(wake)
     else:
-        call.log.info("alarm of unit %s level %d stored; email suppressed (ALARM_EMAIL_MIN_INTERVAL)",
-                      unit.code, level)
+        # DEBUG: a flapping meter must not flood the log either.
+        call.log.debug("alarm of unit %s level %d stored; email suppressed (ALARM_EMAIL_MIN_INTERVAL)",
+                       unit.code, level)
     return "OK"
 
 
