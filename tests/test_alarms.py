@@ -440,3 +440,18 @@ def test_alarms_with_a_commit_interval_are_emailed_once_committed(serve):
         smtp.wait_for(1)
         meter.close()
     wait_until(lambda: statuses() == ["sent"], "the alarm marked sent")
+
+
+def test_the_worker_waits_for_a_claim_held_by_another_node_without_spinning(settings, people):
+    database = models.open_database(settings)
+    now = models.utcnow()
+    models.Alarm.create(unit=models.Unit.get(code="M1"), level=1, data=[], received=now, email_next_attempt=now,
+                        email_claimed_until=now + dt.timedelta(seconds=300))
+    worker = alarms.EmailWorker(server_settings(settings, closed_port()), database)
+    # Nothing is due: the one pending email is another node's for 5 minutes, so look again
+    # after the usual poll interval, not at once.
+    assert worker.run_once() == alarms.POLL_SECONDS
+    models.Alarm.update(email_claimed_until=now + dt.timedelta(seconds=3)).execute()
+    assert 1 < worker.run_once() <= 3
+    assert statuses() == ["pending"]
+    database.close()

@@ -27,6 +27,7 @@ from txm.alarm_templates import (DEFAULT_BODY, DEFAULT_SUBJECT, MAX_BODY_CHARS, 
                                  MAX_SUBJECT_CHARS, UnitView, check_template, render_message)
 from txm.config import Settings
 from txm.errors import ConfigError, InvalidValue, NotFound, TxmError
+from txm.ttp.parser import bad
 
 log = logging.getLogger("txm.alarms")
 
@@ -179,7 +180,7 @@ LEVEL_RANGE = (-(2 ** 31), 2 ** 31 - 1)
 
 _ALARM_RE = re.compile(r"<([^<>]*)>\Z")
 _LEVEL_RE = re.compile(r"[ \t]*([+-]?\d{1,10})[ \t]*\Z")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: What became of an alarm's email (``alarm.email_status``), see docs/alarms.md.
 EMAIL_STATUSES = ("pending", "sent", "failed", "suppressed", "none")
 #: Email statuses that count as an email for ALARM_EMAIL_MIN_INTERVAL.
@@ -188,8 +189,6 @@ _EMAILED = ("pending", "sent", "failed")
 
 def parse_alarm(argument: str) -> tuple[int, list[str]]:
     """``<LEVEL;DATA;DATA...>`` as (level, data); :class:`ProtocolError` 400 when malformed."""
-    from txm.ttp.parser import bad
-
     match = _ALARM_RE.match(argument)
     if match is None:
         raise bad("alarm is not <level;data;...>")
@@ -229,7 +228,7 @@ def alarm_verb(call) -> str:
         if recent.exists(call.db):
             status = "suppressed"
     m.Alarm.insert(unit=unit.id, level=level, data=data, received=call.received, email_status=status,
-                   email_next_attempt=call.received).execute(call.db)
+                   email_next_attempt=call.received if status == "pending" else None).execute(call.db)
     call.wrote = True
     if status == "pending":
         wake = getattr(call.handler, "alarm_email_wakeup", None)
@@ -357,16 +356,22 @@ class EmailWorker:
                 & (m.Alarm.email_claimed_until.is_null() | (m.Alarm.email_claimed_until < now)))
 
     def _next_wait(self) -> float:
-        pending = m.Alarm.select(pw.fn.MIN(m.Alarm.email_next_attempt), pw.fn.MIN(m.Alarm.email_claimed_until)) \
-            .where(m.Alarm.email_status == "pending").tuples().first()
+        """Seconds until a pending email becomes due: a retry's time comes, or a claim (another
+        node's) runs out; at most :data:`POLL_SECONDS`."""
         now = m.utcnow()
+        pending = m.Alarm.email_status == "pending"
+        unclaimed = m.Alarm.email_claimed_until.is_null() | (m.Alarm.email_claimed_until < now)
+        retry = (m.Alarm.select(pw.fn.MIN(m.Alarm.email_next_attempt))
+                 .where(pending & unclaimed & (m.Alarm.email_next_attempt > now)).scalar())
+        claim = (m.Alarm.select(pw.fn.MIN(m.Alarm.email_claimed_until))
+                 .where(pending & (m.Alarm.email_claimed_until >= now)).scalar())
         wait = POLL_SECONDS
-        for when in pending or ():
+        for when in (retry, claim):
             if when is not None:
                 if not isinstance(when, dt.datetime):  # SQLite aggregates come back as text
                     when = dt.datetime.fromisoformat(str(when))
-                wait = min(wait, max(0.0, (when - now).total_seconds()))
-        return wait
+                wait = min(wait, (when - now).total_seconds())
+        return max(0.01, wait)
 
     def _claim(self, alarm_id: int) -> dt.datetime | None:
         """Take the alarm's email for this node; None when another node has it or it is done."""
@@ -388,7 +393,9 @@ class EmailWorker:
         claim = self._claim(alarm_id)
         if claim is None:
             return None
-        alarm = m.Alarm.get_by_id(alarm_id)
+        alarm = m.Alarm.get_or_none(m.Alarm.id == alarm_id)
+        if alarm is None:  # deleted (admin panel) since it was claimed
+            return None
         unit = alarm.unit
         found = recipients_of(unit)
         for who in found.skipped:
@@ -403,6 +410,8 @@ class EmailWorker:
             try:
                 subject, body = render_alarm_email(unit, alarm.level, list(alarm.data or []), alarm.received)
                 message = make_email(self.settings, subject, body, found.addresses, alarm_id)
+            except pw.PeeweeException:
+                raise  # the database, not the email: the claim runs out and it is tried again
             except Exception as exc:  # trying again would fail the same way
                 log.exception("alarm %d of unit %s: the email could not be made", alarm_id, unit.code)
                 raise EmailError(f"the email could not be made: {type(exc).__name__}: {exc}", True) from None
