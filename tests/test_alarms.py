@@ -130,6 +130,7 @@ def test_default_message_without_an_alarm_message(serve):
     "TTP /al/M1/<1;" + ";".join(["v"] * 65) + "> s3cret",  # too many items
     "TTP /al/M1/<1;" + "v" * 201 + "> s3cret",  # item too long
     "TTP /al/M1/<1;a\tb> s3cret",  # control character
+    "TTP /al/M1/<1;a\x85b> s3cret",  # C1 control character (NEL)
 ])
 def test_malformed_alarms_are_400_and_store_nothing(serve, line):
     server = serve(closed_port())

@@ -61,6 +61,7 @@ def test_two_nodes_send_each_alarm_email_once(serve_process, settings, config_fi
         database.close()
         for node in nodes:
             assert node.stop() == 0
+            assert f"Alarm emails through 127.0.0.1:{smtp.port}" in "\n".join(node.lines)
         sent = collections.Counter(m.message["X-Txm-Alarm"] for m in smtp.messages)
     assert len(ids) == total
     assert sent == collections.Counter(str(i) for i in ids), "some alarm was emailed twice or never"
