@@ -89,7 +89,7 @@ def make_email(settings: Settings, subject: str, body: str, recipients: Sequence
     message["Subject"] = subject
     message["From"] = sender
     message["To"] = ", ".join(recipients)
-    message["Date"] = formatdate(localtime=False)
+    message["Date"] = formatdate(usegmt=True)
     # make_msgid's default domain asks DNS for this host's name, which can stall; the sender's
     # domain serves as well.
     message["Message-ID"] = make_msgid("txm", domain=sender.rpartition("@")[2] or "localhost")
