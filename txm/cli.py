@@ -648,3 +648,97 @@ def loggernet_pull(ctx: Context, host: str | None, port: int | None, fmt: str | 
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     ctx.err.print(f"Stopped after acknowledging {client.acknowledged} record(s).")
+# --- mailing lists -----------------------------------------------------------------------------
+
+
+@cli.group("mailing-list", cls=TxmGroup, context_settings=CONTEXT)
+def mailing_list() -> None:
+    """Manage each unit's mailing list: the users its alarm emails go to.
+
+    \b
+    Example:
+      txm mailing-list add M1 alice bob
+    """
+
+
+@mailing_list.command("add")
+@click.argument("code")
+@click.argument("users", nargs=-1, required=True)
+@pass_context
+def mailing_list_add(ctx: Context, code: str, users: tuple[str, ...]) -> None:
+    """Put users on a unit's mailing list (creating the list when the unit has none).
+
+    Users need an email address to receive alarm emails (txm user add NAME --email ...).
+
+    \b
+    Example:
+      txm mailing-list add M1 alice bob
+    """
+    from txm import alarms
+
+    ctx.open_db()
+    change = alarms.mailing_list_add(code, users)
+    if change.changed:
+        ctx.out.print(f"Added {', '.join(change.changed)} to the mailing list of unit {code!r}.")
+    if change.unchanged:
+        ctx.out.print(f"Already on it: {', '.join(change.unchanged)}.")
+    _warn_no_email(ctx, code)
+
+
+@mailing_list.command("remove")
+@click.argument("code")
+@click.argument("users", nargs=-1, required=True)
+@pass_context
+def mailing_list_remove(ctx: Context, code: str, users: tuple[str, ...]) -> None:
+    """Take users off a unit's mailing list.
+
+    \b
+    Example:
+      txm mailing-list remove M1 bob
+    """
+    from txm import alarms
+
+    ctx.open_db()
+    change = alarms.mailing_list_remove(code, users)
+    if change.changed:
+        ctx.out.print(f"Removed {', '.join(change.changed)} from the mailing list of unit {code!r}.")
+    if change.unchanged:
+        ctx.out.print(f"Not on it: {', '.join(change.unchanged)}.")
+
+
+@mailing_list.command("show")
+@click.argument("code")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_context
+def mailing_list_show(ctx: Context, code: str, as_json: bool) -> None:
+    """Show who is on a unit's mailing list, and who will not get its emails.
+
+    \b
+    Example:
+      txm mailing-list show M1
+    """
+    from txm import alarms
+
+    ctx.open_db()
+    unit_, users = alarms.mailing_list_members(code)
+    if as_json:
+        click.echo(json.dumps([{"username": u.username, "email": u.email, "active": u.is_active,
+                                "receives": bool(u.is_active and u.email.strip())} for u in users], indent=2))
+        return
+    if not users:
+        ctx.out.print(f"The mailing list of unit {code!r} is empty: its alarms send no email.")
+        return
+    table = Table("user", "email", "receives alarm emails", box=None, pad_edge=False)
+    for u in users:
+        receives = ("no: inactive" if not u.is_active else "yes" if u.email.strip() else "no: no email address")
+        table.add_row(u.username, u.email, receives)
+    ctx.out.print(table)
+
+
+def _warn_no_email(ctx: Context, code: str) -> None:
+    from txm import alarms
+
+    _, users = alarms.mailing_list_members(code)
+    for u in users:
+        if not u.email.strip():
+            ctx.warn(f"{u.username} has no email address and gets no alarm email")

@@ -52,6 +52,7 @@ log = logging.getLogger("txm.serve")
 #: A module that is not part of this installation is left out.
 SERVICE_MODULES: tuple[str, ...] = (
     "txm.loggernet",
+    "txm.alarms",
 )
 
 #: File descriptors kept free beside the meter connections (database, logs, web server).

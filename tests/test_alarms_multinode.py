@@ -1,0 +1,67 @@
+"""Several txm nodes on one database: each alarm email goes out once.
+
+Two ``txm serve`` processes share the database of the backend under test and one SMTP server.
+Alarms wait in the database before both start (so both workers race for them at once), and
+more arrive through both nodes while they run.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+from tests.conftest import write_toml
+from tests.smtp import SMTPServer
+from tests.test_serve import _database_values, serve_process  # noqa: F401  (fixture)
+from txm import alarms, manage
+from txm import db as models
+from txm.client import TTPClient
+
+WAITING = 60
+PER_NODE = 20
+
+
+def test_two_nodes_send_each_alarm_email_once(serve_process, settings, config_file):
+    manage.syncdb(settings)
+    unit = manage.add_unit("M1", "k3y", 1)
+    manage.add_user("alice", "pw", email="alice@example.com")
+    alarms.mailing_list_add("M1", ["alice"])
+    now = models.utcnow()
+    with models.database.atomic():
+        for i in range(WAITING):
+            models.Alarm.create(unit=unit, level=1, data=[f"waiting {i}"], received=now)
+    models.database.close()
+
+    with SMTPServer() as smtp:
+        write_toml(config_file, {**_database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0,
+                                 "BIND_ADDRESS": "127.0.0.1", "EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": smtp.port,
+                                 "ALARM_EMAIL_RETRY_DELAY": 0.1})
+        nodes = [serve_process(), serve_process()]
+        ports = [node.wait_ready() for node in nodes]
+
+        def raise_alarms(port: int, name: str) -> None:
+            with TTPClient("127.0.0.1", port, timeout=20) as client:
+                for i in range(PER_NODE):
+                    assert client.request(f"TTP /al/M1/<2;{name} {i}> k3y") == "OK"
+
+        threads = [threading.Thread(target=raise_alarms, args=(port, name)) for port, name in zip(ports, "AB")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        total = WAITING + 2 * PER_NODE
+        smtp.wait_for(total, timeout=120)
+        database = models.open_database(settings)
+        deadline = time.monotonic() + 60
+        while models.Alarm.select().where(models.Alarm.email_status != "sent").exists():
+            assert time.monotonic() < deadline, "not every alarm was marked sent"
+            time.sleep(0.05)
+        ids = [a.id for a in models.Alarm.select(models.Alarm.id)]
+        database.close()
+        for node in nodes:
+            assert node.stop() == 0
+            assert f"Alarm emails through 127.0.0.1:{smtp.port}" in "\n".join(node.lines)
+        sent = collections.Counter(m.message["X-Txm-Alarm"] for m in smtp.messages)
+    assert len(ids) == total
+    assert sent == collections.Counter(str(i) for i in ids), "some alarm was emailed twice or never"

@@ -1,0 +1,534 @@
+"""Alarms: the ``al`` TTP verb, the alarm email templates, sending them, and mailing lists.
+
+The templates and their sandbox live in :mod:`txm.alarm_templates`; the names the admin panel
+uses are available here too: :func:`check_template`, :func:`render_message`,
+:func:`render_alarm_email`, :func:`send_test_email`. docs/alarms.md describes it all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import smtplib
+import socket
+import ssl
+import threading
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from typing import Any, Iterable, Sequence
+
+import peewee as pw
+
+from txm import db as m
+# The template API is offered here as well (the admin panel imports it from txm.alarms).
+from txm.alarm_templates import (DEFAULT_BODY, DEFAULT_SUBJECT, MAX_BODY_CHARS,  # noqa: F401
+                                 MAX_SUBJECT_CHARS, UnitView, check_template, render_message)
+from txm.config import Settings
+from txm.errors import ConfigError, InvalidValue, NotFound, TxmError
+from txm.ttp.parser import bad
+
+log = logging.getLogger("txm.alarms")
+
+
+class EmailError(TxmError):
+    """An email could not be sent. ``permanent`` is true when trying again cannot help
+    (the server refused the sender, every recipient, or the login)."""
+
+    def __init__(self, reason: str, permanent: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+
+
+def alarm_message(unit: Any, level: int) -> m.AlarmMessage | None:
+    """The unit's saved alarm message for the level, if any."""
+    return m.AlarmMessage.get_or_none((m.AlarmMessage.unit == unit.id) & (m.AlarmMessage.level == int(level)))
+
+
+def render_alarm_email(unit: Any, level: int, data: list[str], received: dt.datetime | None = None
+                       ) -> tuple[str, str]:
+    """(subject, body) of the email for an alarm: from the unit's alarm message for the level,
+    or the built-in default when it has none.
+
+    A saved template that fails while rendering does not stop the email: the default message is
+    sent instead, with a line saying what went wrong, and the failure is logged.
+    """
+    message = alarm_message(unit, level)
+    if message is not None:
+        try:
+            return render_message(message.subject, message.body, unit, level, data, received)
+        except InvalidValue as exc:
+            log.warning("alarm message of unit %s level %d failed (%s); sending the default message",
+                        unit.code, level, exc)
+            subject, body = render_message(DEFAULT_SUBJECT, DEFAULT_BODY, unit, level, data, received)
+            return subject, body + f"\n(The alarm message for level {level} failed: {exc})\n"
+    return render_message(DEFAULT_SUBJECT, DEFAULT_BODY, unit, level, data, received)
+
+
+# --- sending -------------------------------------------------------------------------------------
+
+
+def check_email_settings(settings: Settings) -> None:
+    """Raise :class:`ConfigError` for SMTP settings that cannot work together."""
+    if settings.EMAIL_USE_TLS and settings.EMAIL_USE_SSL:
+        raise ConfigError("EMAIL_USE_TLS and EMAIL_USE_SSL cannot both be on: EMAIL_USE_TLS starts TLS on a "
+                          "plain connection (STARTTLS, usually port 587), EMAIL_USE_SSL connects over TLS "
+                          "from the start (usually port 465)")
+    for key in ("DEFAULT_FROM_EMAIL", "EMAIL_HOST", "EMAIL_HOST_USER"):
+        if _CONTROL_RE.search(settings[key]):
+            raise ConfigError(f"{key} may not hold a line break or another control character")
+
+
+def make_email(settings: Settings, subject: str, body: str, recipients: Sequence[str],
+               alarm_id: int | None = None) -> EmailMessage:
+    """A plain-text email from DEFAULT_FROM_EMAIL to the recipients."""
+    sender = settings.DEFAULT_FROM_EMAIL
+    message = EmailMessage()
+    message["Subject"] = subject
+    message["From"] = sender
+    message["To"] = ", ".join(recipients)
+    message["Date"] = formatdate(usegmt=True)
+    # make_msgid's default domain asks DNS for this host's name, which can stall; the sender's
+    # domain serves as well.
+    message["Message-ID"] = make_msgid("txm", domain=sender.rpartition("@")[2] or "localhost")
+    message["Auto-Submitted"] = "auto-generated"
+    if alarm_id is not None:
+        message["X-Txm-Alarm"] = str(alarm_id)
+    message.set_content(body)
+    return message
+
+
+def _reply_text(code: int, text: bytes | str) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return f"{code} {' '.join(str(text).split())}"
+
+
+def smtp_send(settings: Settings, message: EmailMessage) -> dict[str, str]:
+    """Send one message through the configured SMTP server.
+
+    Returns the recipients the server refused (address: reply) when it accepted some of them.
+    Raises :class:`EmailError` with the server's reason otherwise. The password is sent to the
+    server only, never logged.
+    """
+    check_email_settings(settings)
+    host, port, timeout = settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT
+    where = f"{host}:{port}"
+    context = ssl.create_default_context()
+    try:
+        if settings.EMAIL_USE_SSL:
+            client: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
+        else:
+            client = smtplib.SMTP(host, port, timeout=timeout)
+        with client:
+            if settings.EMAIL_USE_TLS:
+                client.starttls(context=context)
+            if settings.EMAIL_HOST_USER:
+                client.login(settings.EMAIL_HOST_USER, settings.EMAIL_HOST_PASSWORD)
+            refused = client.send_message(message)
+    except smtplib.SMTPRecipientsRefused as exc:
+        reasons = "; ".join(f"{addr}: {_reply_text(code, text)}" for addr, (code, text) in exc.recipients.items())
+        permanent = all(code >= 500 for code, _ in exc.recipients.values())
+        raise EmailError(f"the SMTP server {where} refused every recipient ({reasons})", permanent) from None
+    except smtplib.SMTPAuthenticationError as exc:
+        raise EmailError(f"the SMTP server {where} refused the login of {settings.EMAIL_HOST_USER!r}: "
+                         f"{_reply_text(exc.smtp_code, exc.smtp_error)}", True) from None
+    except smtplib.SMTPNotSupportedError as exc:
+        raise EmailError(f"the SMTP server {where} does not support what the settings ask: {exc}", True) from None
+    except smtplib.SMTPResponseException as exc:
+        raise EmailError(f"the SMTP server {where} answered {_reply_text(exc.smtp_code, exc.smtp_error)}",
+                         exc.smtp_code >= 500) from None
+    except smtplib.SMTPServerDisconnected as exc:
+        raise EmailError(f"the SMTP server {where} closed the connection: {exc or 'no reason given'}") from None
+    except ssl.SSLError as exc:
+        raise EmailError(f"TLS with the SMTP server {where} failed: {exc.reason or exc}") from None
+    except (socket.timeout, TimeoutError):
+        raise EmailError(f"the SMTP server {where} did not answer within {timeout:g} s") from None
+    except OSError as exc:
+        raise EmailError(f"cannot reach the SMTP server {where}: {exc.strerror or exc}") from None
+    except smtplib.SMTPException as exc:
+        raise EmailError(f"sending through the SMTP server {where} failed: {exc}") from None
+    return {addr: _reply_text(code, text) for addr, (code, text) in (refused or {}).items()}
+
+
+def send_test_email(settings: Settings, unit: Any, level: int, data: list[str], recipients: list[str]) -> None:
+    """Render the unit's alarm email for ``level`` with ``data`` and send it now to ``recipients``.
+
+    Raises :class:`EmailError` (a :class:`TxmError`) with the SMTP server's reason when it fails,
+    and :class:`InvalidValue` when there is no recipient.
+    """
+    recipients = [r.strip() for r in recipients if r and r.strip()]
+    if not recipients:
+        raise InvalidValue("a test email needs at least one recipient address")
+    subject, body = render_alarm_email(unit, level, data)
+    refused = smtp_send(settings, make_email(settings, subject, body, recipients))
+    if refused:
+        raise EmailError("the SMTP server refused some recipients: "
+                         + "; ".join(f"{addr}: {why}" for addr, why in refused.items()), True)
+
+
+# --- the TTP verb --------------------------------------------------------------------------------
+
+#: Most data items an alarm may carry after its level.
+MAX_ALARM_DATA = 64
+#: Longest data item, in characters.
+MAX_ALARM_DATA_CHARS = 200
+#: Alarm levels are stored in a 32-bit integer column.
+LEVEL_RANGE = (-(2 ** 31), 2 ** 31 - 1)
+
+_ALARM_RE = re.compile(r"<([^<>]*)>\Z")
+_LEVEL_RE = re.compile(r"[ \t]*([+-]?\d{1,10})[ \t]*\Z")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: What became of an alarm's email (``alarm.email_status``), see docs/alarms.md.
+EMAIL_STATUSES = ("pending", "sent", "failed", "suppressed", "none")
+#: Email statuses that count as an email for ALARM_EMAIL_MIN_INTERVAL.
+_EMAILED = ("pending", "sent", "failed")
+
+
+def parse_alarm(argument: str) -> tuple[int, list[str]]:
+    """``<LEVEL;DATA;DATA...>`` as (level, data); :class:`ProtocolError` 400 when malformed."""
+    match = _ALARM_RE.match(argument)
+    if match is None:
+        raise bad("alarm is not <level;data;...>")
+    level_text, *data = match.group(1).split(";")
+    level_match = _LEVEL_RE.match(level_text)
+    if level_match is None:
+        raise bad("alarm level is not a whole number")
+    level = int(level_match.group(1))
+    if not LEVEL_RANGE[0] <= level <= LEVEL_RANGE[1]:
+        raise bad("alarm level is out of range")
+    if len(data) > MAX_ALARM_DATA:
+        raise bad(f"alarm has {len(data)} data items, at most {MAX_ALARM_DATA} are accepted")
+    for item in data:
+        if len(item) > MAX_ALARM_DATA_CHARS:
+            raise bad(f"alarm data item is longer than {MAX_ALARM_DATA_CHARS} characters")
+        if _CONTROL_RE.search(item):
+            raise bad("alarm data holds a control character")
+    return level, data
+
+
+def alarm_verb(call) -> str:
+    """``TTP /al/<code>/<LEVEL;DATA;DATA...> <key>``: store an alarm; its email goes out later.
+
+    ``OK`` once the alarm is committed with the pass. With ALARM_EMAIL_MIN_INTERVAL set, an alarm
+    that follows an emailed one of the same unit and level too soon is stored as ``suppressed``.
+    """
+    unit = call.unit()
+    level, data = parse_alarm(call.request.argument)
+    status = "pending"
+    interval = call.settings.ALARM_EMAIL_MIN_INTERVAL
+    if interval > 0:
+        since = call.received - dt.timedelta(seconds=interval)
+        recent = (m.Alarm.select(m.Alarm.id)
+                  .where((m.Alarm.unit == unit.id) & (m.Alarm.level == level) & (m.Alarm.received > since)
+                         & m.Alarm.email_status.in_(_EMAILED))
+                  .limit(1))
+        if recent.exists(call.db):
+            status = "suppressed"
+    m.Alarm.insert(unit=unit.id, level=level, data=data, received=call.received, email_status=status,
+                   email_next_attempt=call.received if status == "pending" else None).execute(call.db)
+    call.wrote = True
+    if status == "pending":
+        wake = getattr(call.handler, "alarm_email_wakeup", None)
+        if wake is not None:
+            call.after_commit(wake)
+    else:
+        # DEBUG: a flapping meter must not flood the log either.
+        call.log.debug("alarm of unit %s level %d stored; email suppressed (ALARM_EMAIL_MIN_INTERVAL)",
+                       unit.code, level)
+    return "OK"
+
+
+TTP_VERBS = {"al": alarm_verb}
+
+
+# --- the email worker ----------------------------------------------------------------------------
+
+#: Seconds between looks at the database for emails that are due, beside the wake-ups the
+#: verb gives (other nodes' left-over emails, retries).
+POLL_SECONDS = 10.0
+#: Alarms claimed per look.
+CLAIM_BATCH = 50
+#: Longest wait before a failed email is tried again.
+MAX_RETRY_DELAY = 3600.0
+
+
+def claim_seconds(settings: Settings) -> float:
+    """How long a node holds an email it is sending: longer than any SMTP exchange can take
+    (each of its steps may take EMAIL_TIMEOUT), so no other node sends it meanwhile."""
+    return 60 + 10 * settings.EMAIL_TIMEOUT
+
+
+def retry_delay(settings: Settings, attempts: int) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt: the delay doubles each time."""
+    return min(MAX_RETRY_DELAY, settings.ALARM_EMAIL_RETRY_DELAY * 2 ** max(0, attempts - 1))
+
+
+@dataclass
+class Recipients:
+    addresses: list[str]
+    skipped: list[str]  # users left out, with why
+    has_list: bool
+
+
+def recipients_of(unit: Any) -> Recipients:
+    """The addresses of the unit's mailing list members; users without one (or inactive) skipped."""
+    mailing_list = m.MailingList.get_or_none(m.MailingList.unit == unit.id)
+    if mailing_list is None:
+        return Recipients([], [], False)
+    addresses: list[str] = []
+    skipped: list[str] = []
+    members = (m.User.select().join(m.MailingListMember)
+               .where(m.MailingListMember.mailing_list == mailing_list).order_by(m.User.username))
+    for user in members:
+        email = (user.email or "").strip()
+        if not user.is_active:
+            skipped.append(f"{user.username} (inactive)")
+        elif not email:
+            skipped.append(f"{user.username} (no email address)")
+        elif email not in addresses:
+            addresses.append(email)
+    return Recipients(addresses, skipped, True)
+
+
+class EmailWorker:
+    """Sends the emails of pending alarms, claiming each in the database first.
+
+    Use :meth:`run_once` to send what is due now (tests, scripts) or :meth:`run` in a thread
+    (:class:`EmailService`). Works on the models' database from its own thread's connection.
+    """
+
+    def __init__(self, settings: Settings, database):
+        check_email_settings(settings)
+        self.settings = settings
+        self.db = database
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+
+    def wake(self) -> None:
+        """Look for due emails now (the verb calls this once an alarm is committed)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        """Send due emails until :meth:`stop`; survive database and SMTP failures."""
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                self.db.connect(reuse_if_open=True)
+                wait = self.run_once()
+            except Exception:
+                log.exception("the alarm email worker failed; trying again in %g s", POLL_SECONDS)
+                wait = POLL_SECONDS
+                self._close()
+            self._wake.wait(wait)
+        self._close()
+
+    def _close(self) -> None:
+        try:
+            self.db.close()
+        except Exception:
+            log.debug("closing the database failed", exc_info=True)
+
+    def run_once(self) -> float:
+        """Send every email due now; return the seconds until the next one may be due."""
+        while not self._stopping.is_set():
+            now = m.utcnow()
+            due = [row[0] for row in m.Alarm.select(m.Alarm.id).where(self._due(now))
+                   .order_by(m.Alarm.id).limit(CLAIM_BATCH).tuples()]
+            for alarm_id in due:
+                if self._stopping.is_set():
+                    break
+                self.process(alarm_id)
+            if len(due) < CLAIM_BATCH:
+                break
+        return self._next_wait()
+
+    @staticmethod
+    def _due(now: dt.datetime):
+        return ((m.Alarm.email_status == "pending")
+                & (m.Alarm.email_next_attempt.is_null() | (m.Alarm.email_next_attempt <= now))
+                & (m.Alarm.email_claimed_until.is_null() | (m.Alarm.email_claimed_until < now)))
+
+    def _next_wait(self) -> float:
+        """Seconds until a pending email becomes due: a retry's time comes, or a claim (another
+        node's) runs out; at most :data:`POLL_SECONDS`."""
+        now = m.utcnow()
+        pending = m.Alarm.email_status == "pending"
+        unclaimed = m.Alarm.email_claimed_until.is_null() | (m.Alarm.email_claimed_until < now)
+        retry = (m.Alarm.select(pw.fn.MIN(m.Alarm.email_next_attempt))
+                 .where(pending & unclaimed & (m.Alarm.email_next_attempt > now)).scalar())
+        claim = (m.Alarm.select(pw.fn.MIN(m.Alarm.email_claimed_until))
+                 .where(pending & (m.Alarm.email_claimed_until >= now)).scalar())
+        wait = POLL_SECONDS
+        for when in (retry, claim):
+            if when is not None:
+                if not isinstance(when, dt.datetime):  # SQLite aggregates come back as text
+                    when = dt.datetime.fromisoformat(str(when))
+                wait = min(wait, (when - now).total_seconds())
+        return max(0.01, wait)
+
+    def _claim(self, alarm_id: int) -> dt.datetime | None:
+        """Take the alarm's email for this node; None when another node has it or it is done."""
+        now = m.utcnow()
+        until = now + dt.timedelta(seconds=claim_seconds(self.settings))
+        taken = m.Alarm.update(email_claimed_until=until).where((m.Alarm.id == alarm_id) & self._due(now)).execute()
+        return until if taken == 1 else None
+
+    def _finish(self, alarm_id: int, claim: dt.datetime, **values: Any) -> None:
+        values["email_claimed_until"] = None
+        updated = m.Alarm.update(**values).where((m.Alarm.id == alarm_id)
+                                                 & (m.Alarm.email_claimed_until == claim)).execute()
+        if updated != 1:
+            log.warning("alarm %d: its claim ran out while this node was sending; another node may send it too",
+                        alarm_id)
+
+    def process(self, alarm_id: int) -> str | None:
+        """Claim, render and send one alarm's email; return its new status (None: not ours)."""
+        claim = self._claim(alarm_id)
+        if claim is None:
+            return None
+        alarm = m.Alarm.get_or_none(m.Alarm.id == alarm_id)
+        if alarm is None:  # deleted (admin panel) since it was claimed
+            return None
+        unit = alarm.unit
+        found = recipients_of(unit)
+        for who in found.skipped:
+            log.info("alarm %d of unit %s: mailing list member %s skipped", alarm_id, unit.code, who)
+        if not found.addresses:
+            why = "the unit has no mailing list" if not found.has_list else "no mailing list member has an email address"
+            log.info("alarm %d of unit %s level %d: no email sent (%s)", alarm_id, unit.code, alarm.level, why)
+            self._finish(alarm_id, claim, email_status="none", email_error=why)
+            return "none"
+        attempts = alarm.email_attempts + 1
+        try:
+            try:
+                subject, body = render_alarm_email(unit, alarm.level, list(alarm.data or []), alarm.received)
+                message = make_email(self.settings, subject, body, found.addresses, alarm_id)
+            except pw.PeeweeException:
+                raise  # the database, not the email: the claim runs out and it is tried again
+            except Exception as exc:  # trying again would fail the same way
+                log.exception("alarm %d of unit %s: the email could not be made", alarm_id, unit.code)
+                raise EmailError(f"the email could not be made: {type(exc).__name__}: {exc}", True) from None
+            refused = smtp_send(self.settings, message)
+        except EmailError as exc:
+            if exc.permanent or attempts >= self.settings.ALARM_EMAIL_ATTEMPTS:
+                log.error("alarm %d of unit %s: email failed after %d attempt(s): %s",
+                          alarm_id, unit.code, attempts, exc.reason)
+                self._finish(alarm_id, claim, email_status="failed", email_error=exc.reason,
+                             email_attempts=attempts)
+                return "failed"
+            delay = retry_delay(self.settings, attempts)
+            log.warning("alarm %d of unit %s: email attempt %d failed (%s); trying again in %g s",
+                        alarm_id, unit.code, attempts, exc.reason, delay)
+            self._finish(alarm_id, claim, email_error=exc.reason, email_attempts=attempts,
+                         email_next_attempt=m.utcnow() + dt.timedelta(seconds=delay))
+            return "pending"
+        note = "; ".join(f"refused {addr}: {why}" for addr, why in refused.items())
+        if note:
+            log.warning("alarm %d of unit %s: %s", alarm_id, unit.code, note)
+        log.info("alarm %d of unit %s level %d: email sent to %d recipient(s)",
+                 alarm_id, unit.code, alarm.level, len(found.addresses) - len(refused))
+        self._finish(alarm_id, claim, email_status="sent", email_error=note, email_attempts=attempts,
+                     email_sent=m.utcnow())
+        return "sent"
+
+
+class EmailService:
+    """The email worker as a service of ``txm serve``: a thread beside the TTP loop."""
+
+    name = "email"
+
+    def __init__(self, settings: Settings, database):
+        self.worker = EmailWorker(settings, database)
+        self.description = (f"Alarm emails through {settings.EMAIL_HOST}:{settings.EMAIL_PORT}"
+                            + (" (STARTTLS)" if settings.EMAIL_USE_TLS else " (TLS)" if settings.EMAIL_USE_SSL else ""))
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.worker.run, name="txm-email", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+        if self._thread is not None:
+            # An SMTP exchange under way is left to finish on its own (the thread is a daemon);
+            # its claim runs out and another start sends the email if it did not go out.
+            self._thread.join(5)
+
+
+def make_services(settings: Settings, server) -> list[EmailService]:
+    """``txm serve``'s email worker; the TTP handler wakes it when an alarm is committed."""
+    service = EmailService(settings, server.loop.handler.db)
+    server.loop.handler.alarm_email_wakeup = service.worker.wake
+    return [service]
+
+
+# --- mailing lists -------------------------------------------------------------------------------
+
+
+@dataclass
+class MailingListChange:
+    unit: m.Unit
+    changed: list[str]  # user names added or removed
+    unchanged: list[str]  # already on the list (add), or not on it (remove)
+
+
+def _users(usernames: Iterable[str]) -> list[m.User]:
+    names = list(dict.fromkeys(n.strip() for n in usernames if n and n.strip()))
+    if not names:
+        raise InvalidValue("name at least one user")
+    found = {u.username: u for u in m.User.select().where(m.User.username.in_(names))}
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise NotFound(f"there is no user named {', '.join(repr(n) for n in missing)}; see txm user list")
+    return [found[n] for n in names]
+
+
+def mailing_list_add(code: str, usernames: Iterable[str]) -> MailingListChange:
+    """Put users on the unit's mailing list (created when the unit has none). Nothing changes
+    when a unit or user is unknown."""
+    from txm.manage import get_unit
+
+    unit = get_unit(code)
+    users = _users(usernames)
+    with m.database.atomic():
+        mailing_list, _ = m.MailingList.get_or_create(unit=unit, defaults={"name": unit.code})
+        present = {row[0] for row in m.MailingListMember.select(m.MailingListMember.user)
+                   .where(m.MailingListMember.mailing_list == mailing_list).tuples()}
+        added = [u for u in users if u.id not in present]
+        for user in added:
+            m.MailingListMember.create(mailing_list=mailing_list, user=user)
+    return MailingListChange(unit, [u.username for u in added], [u.username for u in users if u.id in present])
+
+
+def mailing_list_remove(code: str, usernames: Iterable[str]) -> MailingListChange:
+    """Take users off the unit's mailing list. Nothing changes when a unit or user is unknown."""
+    from txm.manage import get_unit
+
+    unit = get_unit(code)
+    users = _users(usernames)
+    mailing_list = m.MailingList.get_or_none(m.MailingList.unit == unit)
+    removed: list[str] = []
+    if mailing_list is not None:
+        with m.database.atomic():
+            for user in users:
+                if m.MailingListMember.delete().where((m.MailingListMember.mailing_list == mailing_list)
+                                                      & (m.MailingListMember.user == user)).execute():
+                    removed.append(user.username)
+    return MailingListChange(unit, removed, [u.username for u in users if u.username not in removed])
+
+
+def mailing_list_members(code: str) -> tuple[m.Unit, list[m.User]]:
+    """The unit and the users on its mailing list, by name."""
+    from txm.manage import get_unit
+
+    unit = get_unit(code)
+    users = list(m.User.select().join(m.MailingListMember).join(m.MailingList)
+                 .where(m.MailingList.unit == unit).order_by(m.User.username))
+    return unit, users
