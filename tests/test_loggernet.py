@@ -510,4 +510,4 @@ def test_txm_serve_refuses_to_start_with_a_bad_loggernet_setting(settings, datab
         ServerThread(values).start()
     # the TTP port was released: the same settings without the mistake start
     with ServerThread(values.replace(LOGGERNET_HOST="", EXPORT_ENABLED=True, EXPORT_PORT=0)) as running:
-        assert [s.name for s in running.server.services] == ["dataexport"]
+        assert "dataexport" in [s.name for s in running.server.services]
