@@ -504,7 +504,7 @@ class _CorePlugin:
                 _disconnect()  # a broken connection: the next request opens a new one
                 raise
             if outermost:
-                core.save_session(bottle.response)
+                core.save_session(result if isinstance(result, bottle.HTTPResponse) else bottle.response)
                 core.purge()
             return result
 
