@@ -5,7 +5,11 @@ Routes (docs/web.md describes them for users):
 * ``/login``, ``/logout`` (POST), ``/password`` -- logging in and out, changing one's password;
 * ``/`` -- the units the user may see and the multiple-meter views;
 * ``/static/<file>`` -- the stylesheet;
-* ``/admin/`` -- the admin panel, when :mod:`txm.admin` is installed (its own app, mounted).
+* ``/units/<code>/`` graphs and statistics, ``/units/<code>/data.csv`` the CSV download;
+* ``/views/<id>/`` -- a multiple-meter view, refreshed from ``/api/views/<id>``;
+* ``/api/...`` -- the JSON API (session or HTTP basic auth);
+* ``/admin/`` -- the admin panel, when :mod:`txm.admin` is installed (its own app, mounted);
+* HTTP Apps at their urls (:mod:`txm.httpapps`).
 
 Sessions, access checks, CSRF and error pages come from :mod:`txm.webcore`.
 
@@ -37,6 +41,7 @@ from txm.errors import TxmError
 from txm.passwords import DEFAULT_PASSWORD, check_password, make_password, weakness
 from txm import data, export
 from txm.errors import InvalidValue
+from txm.httpapps import mount_apps
 from txm.graphs import graph_channels, render_graphs, unit_axes
 from txm.permissions import can_see_unit, visible_units
 from txm.webcore import STATIC, LoginRefused, WebCore, format_when, safe_next
@@ -64,6 +69,7 @@ def make_app(settings: Settings, database: Any = None) -> bottle.Bottle:
     _account_routes(app, core)
     _page_routes(app, core, settings)
     mount_admin(app, settings)
+    mount_apps(app, settings)
     return app
 
 
