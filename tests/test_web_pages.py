@@ -125,7 +125,7 @@ def test_csv_download_has_labels_the_range_and_a_filename(ann):
     res = ann.get("/units/M1/data.csv?from=2026-03-01 12:00&to=2026-03-01 12:02")
     assert res.content_type == "text/csv"
     assert res.headers["Content-Disposition"] == (
-        'attachment; filename="M1_2026-03-01T120000_to_2026-03-01T120300.csv"')
+        'attachment; filename="M1_2026-03-01T120000_to_2026-03-01T120259.csv"')
     rows = list(csv.reader(io.StringIO(res.text)))
     assert rows == [["timestamp", "Flow", "Temp"], ["2026-03-01 12:00:00", "0.0", "20.0"],
                     ["2026-03-01 12:01:00", "1.0", "20.1"], ["2026-03-01 12:02:00", "2.0", "20.2"]]

@@ -377,13 +377,15 @@ def _range_query(chosen: data.DateRange) -> str:
 
 
 def _csv_name(unit: m.Unit, chosen: data.DateRange) -> str:
-    """``M1_2026-01-01T000000_to_2026-01-02T000000.csv``: the unit and the range (end exclusive)."""
+    """``M1_2026-01-01T000000_to_2026-01-31T235959.csv``: the unit and the first and last second
+    of the range."""
     def part(value: dt.datetime | None, open_name: str) -> str:
         return value.strftime("%Y-%m-%dT%H%M%S") if value is not None else open_name
 
     if chosen.start is None and chosen.end is None:
         return f"{unit.code}_all.csv"
-    return f"{unit.code}_{part(chosen.start, 'start')}_to_{part(chosen.end, 'end')}.csv"
+    last = chosen.end - dt.timedelta(microseconds=1) if chosen.end is not None else None
+    return f"{unit.code}_{part(chosen.start, 'start')}_to_{part(last, 'end')}.csv"
 
 
 # --- the admin panel and HTTP Apps ------------------------------------------------------------------
