@@ -516,9 +516,14 @@ def run_web_process(stop_event: Any, settings_state: tuple, sock: socket.socket,
         app = make_app(settings)
         # A small output watermark: a big CSV download's thread waits for the client instead of
         # buffering megabytes ahead of it, so memory stays flat however long the download.
+        proxy: dict[str, Any] = {}
+        if settings.TRUSTED_PROXY:
+            proxy = {"trusted_proxy": settings.TRUSTED_PROXY, "trusted_proxy_count": 1,
+                     "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}}
         server = waitress.create_server(app, sockets=[sock], threads=WEB_THREADS, ident="txm",
                                         clear_untrusted_proxy_headers=True,
-                                        outbuf_high_watermark=OUTPUT_WATERMARK, outbuf_overflow=OUTPUT_WATERMARK)
+                                        outbuf_high_watermark=OUTPUT_WATERMARK, outbuf_overflow=OUTPUT_WATERMARK,
+                                        **proxy)
     except TxmError as exc:
         ready.send(str(exc))
         return
