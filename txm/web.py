@@ -29,7 +29,6 @@ import signal
 import socket
 import sys
 import threading
-import warnings
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -398,10 +397,7 @@ def _csv_name(unit: m.Unit, chosen: data.DateRange) -> str:
 def mount_admin(app: bottle.Bottle, settings: Settings) -> bool:
     """Mount ``txm.admin.make_app(settings)`` at ``/admin/`` when that module is installed."""
     try:
-        with warnings.catch_warnings():
-            # pygal's import hook warns on any module not found once pygal is loaded.
-            warnings.simplefilter("ignore", ImportWarning)
-            admin = importlib.import_module("txm.admin")
+        admin = importlib.import_module("txm.admin")
     except ModuleNotFoundError as exc:
         if exc.name == "txm.admin":
             return False
