@@ -472,8 +472,11 @@ class WebService:
         reader.close()
         if message != "ready":
             self.stop()
-            code = self._process.exitcode
-            raise TxmError(message or f"the web interface did not start (its process ended with code {code})")
+            if isinstance(message, tuple):
+                error = TxmError(message[1])
+                error.exit_code = message[0]  # 2 for a configuration error, as the CLI documents
+                raise error
+            raise TxmError(f"the web interface did not start (its process ended with code {self._process.exitcode})")
         host = settings.BIND_ADDRESS
         shown = f"[{host}]" if ":" in host else host
         self.description = f"Web interface listening on http://{shown}:{self.port}/"
@@ -521,11 +524,11 @@ def run_web_process(stop_event: Any, settings_state: tuple, sock: socket.socket,
                                         outbuf_high_watermark=OUTPUT_WATERMARK, outbuf_overflow=OUTPUT_WATERMARK,
                                         **proxy)
     except TxmError as exc:
-        ready.send(str(exc))
+        ready.send((exc.exit_code, str(exc)))
         return
-    except Exception as exc:  # a broken HTTP App, say: one line for the parent to report
+    except Exception as exc:  # a bug: one line for the parent to report, the traceback in the log
         log.exception("the web interface cannot start")
-        ready.send(f"the web interface cannot start: {type(exc).__name__}: {exc}")
+        ready.send((1, f"the web interface cannot start: {type(exc).__name__}: {exc}"))
         return
     ready.send("ready")
     ready.close()
