@@ -487,7 +487,10 @@ class WebService:
     Binding in the parent makes a port already in use stop ``txm serve`` at once with a one-line
     reason, and makes ``HTTP_PORT`` 0 report the real port. The child gets the socket, opens its
     own database connection, builds the app, says ready (or why not) over a pipe, and serves with
-    waitress until asked to stop -- or until its parent is gone.
+    waitress until asked to stop -- or until its parent is gone. The parent keeps the listening
+    socket: should the child die (a crash, the kernel's out-of-memory killer), a watcher thread
+    logs it and starts a new child on the same socket, and browsers' connections wait in the
+    socket's queue meanwhile.
     """
 
     name = "web"
@@ -496,22 +499,43 @@ class WebService:
         self.settings = settings
         self.port: int | None = None
         self.description = ""
+        self.restarts = 0
+        self._sock: socket.socket | None = None
         self._process: multiprocessing.Process | None = None
         self._stop_event: Any = None
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._ctx = multiprocessing.get_context("spawn")
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def start(self) -> None:
         settings = self.settings
-        sock = bind(settings.BIND_ADDRESS, settings.HTTP_PORT)
-        self.port = sock.getsockname()[1]
-        ctx = multiprocessing.get_context("spawn")
-        self._stop_event = ctx.Event()
-        reader, writer = ctx.Pipe(duplex=False)
-        self._process = ctx.Process(target=run_web_process, name="txm-web", daemon=True,
-                                    args=(self._stop_event, _settings_state(settings), sock, writer))
+        self._sock = bind(settings.BIND_ADDRESS, settings.HTTP_PORT)
+        self.port = self._sock.getsockname()[1]
         try:
-            self._process.start()
+            self._spawn()
+        except BaseException:
+            self.stop()
+            raise
+        host = settings.BIND_ADDRESS
+        shown = f"[{host}]" if ":" in host else host
+        self.description = f"Web interface listening on http://{shown}:{self.port}/"
+        self._watcher = threading.Thread(target=self._watch, name="txm-web-watcher", daemon=True)
+        self._watcher.start()
+
+    def _spawn(self) -> None:
+        """Start a child on the socket and wait until it is ready; TxmError saying why not."""
+        self._stop_event = self._ctx.Event()
+        reader, writer = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(target=run_web_process, name="txm-web", daemon=True,
+                                    args=(self._stop_event, _settings_state(self.settings), self._sock, writer))
+        self._process = process
+        try:
+            process.start()
         finally:
-            sock.close()  # the child has its own copy
             writer.close()
         message = None
         if reader.poll(START_TIMEOUT):
@@ -521,25 +545,52 @@ class WebService:
                 message = None
         reader.close()
         if message != "ready":
-            self.stop()
+            self._end_child()
             if isinstance(message, tuple):
                 error = TxmError(message[1])
                 error.exit_code = message[0]  # 2 for a configuration error, as the CLI documents
                 raise error
-            raise TxmError(f"the web interface did not start (its process ended with code {self._process.exitcode})")
-        host = settings.BIND_ADDRESS
-        shown = f"[{host}]" if ":" in host else host
-        self.description = f"Web interface listening on http://{shown}:{self.port}/"
+            raise TxmError(f"the web interface did not start (its process ended with code {process.exitcode})")
 
-    def stop(self) -> None:
-        if self._process is None or self._process.pid is None:
+    def _watch(self) -> None:
+        delay = 1.0
+        while not self._stopping.is_set():
+            process = self._process
+            if process is None:
+                return
+            process.join(1.0)
+            if process.is_alive() or self._stopping.is_set():
+                continue
+            log.error("the web process ended unexpectedly (exit code %s); starting it again", process.exitcode)
+            if self._stopping.wait(delay):
+                return
+            try:
+                self._spawn()
+                self.restarts += 1
+                delay = 1.0
+            except TxmError as exc:
+                log.error("the web interface cannot start again: %s", exc)
+                delay = min(delay * 2, 60.0)
+
+    def _end_child(self) -> None:
+        process = self._process
+        if process is None or process.pid is None:
             return
         self._stop_event.set()
-        self._process.join(10)
-        if self._process.is_alive():
+        process.join(10)
+        if process.is_alive():
             log.warning("the web process did not stop within 10 s; terminating it")
-            self._process.terminate()
-            self._process.join(5)
+            process.terminate()
+            process.join(5)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join(15)
+        self._end_child()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 def _settings_state(settings: Settings) -> tuple:
