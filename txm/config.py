@@ -163,6 +163,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Most TTP connections held at once; further ones are refused without disturbing the others.", 1),
     Setting("LOGIN_REQUIRED", "main", BOOL, True,
             "Visitors must log in to see units, graphs and views (the admin panel always needs a staff login)."),
+    Setting("SESSION_DAYS", "main", INT, 14,
+            "Days a web login lasts without use; each visit renews it.", 1, 3650),
+    Setting("SESSION_COOKIE_SECURE", "main", BOOL, False,
+            "Send the session cookie over HTTPS only: set it when users reach txm through an HTTPS proxy."),
+    Setting("TRUSTED_PROXY", "main", STR, "",
+            "Address of a reverse proxy in front of the web interface (e.g. 127.0.0.1) whose X-Forwarded-For, "
+            "-Proto and -Host headers are believed; empty: none are."),
     # email
     Setting("EMAIL_HOST", "email", STR, "localhost", "SMTP server that sends alarm emails."),
     Setting("EMAIL_PORT", "email", INT, 25, "SMTP server port.", 1, 65535),
@@ -196,7 +203,10 @@ SETTINGS: tuple[Setting, ...] = (
             "N > 1: answer at once and commit every N uploads and at least every second.", 1),
     # graph
     Setting("MAX_PLOT_POINTS", "graph", INT, 0,
-            "Most points drawn per graph line; longer lines are reduced keeping peaks. 0: no limit.", 0),
+            "Most points drawn per graph line; longer lines are reduced keeping peaks. "
+            "0: as many as the graph's width can show (4 per pixel).", 0),
+    Setting("STALE_SECONDS", "graph", FLOAT, 600.0,
+            "A multiple-meter view marks a unit stale when its newest sample arrived longer ago than this.", 1),
     # admin
     Setting("ALLOW_SAMPLE_DELETION", "admin", BOOL, True, "The admin panel may delete samples."),
     Setting("ALLOW_ALARM_DELETION", "admin", BOOL, True, "The admin panel may delete alarms."),

@@ -53,6 +53,7 @@ log = logging.getLogger("txm.serve")
 SERVICE_MODULES: tuple[str, ...] = (
     "txm.loggernet",
     "txm.alarms",
+    "txm.web",
 )
 
 #: File descriptors kept free beside the meter connections (database, logs, web server).
