@@ -1033,12 +1033,13 @@ class AlarmMessageAdmin(ModelAdmin):
 SAMPLE_ALARM_DATA = ["2026-01-01 12:00:00", "42.5", "17"]
 
 
-def preview_alarm_message(message: m.AlarmMessage, data: Sequence[str] | None = None) -> tuple[str, str]:
-    """The saved message rendered with sample data: (subject, body)."""
+def preview_alarm_message(unit: m.Unit, level: int, subject: str, body: str,
+                          data: Sequence[str] | None = None) -> tuple[str, str]:
+    """A subject and body template (as typed, saved or not) rendered with sample data."""
     api = _alarms_api()
     if api is None:
         raise TxmError("alarm emails are not part of this installation")
-    return api.render_alarm_email(message.unit, message.level, list(data if data is not None else SAMPLE_ALARM_DATA))
+    return api.render_message(subject, body, unit, level, list(data if data is not None else SAMPLE_ALARM_DATA))
 
 
 def send_test_alarm_email(actor: Actor, message: m.AlarmMessage, recipients: Sequence[str],
