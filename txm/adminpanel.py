@@ -85,7 +85,7 @@ def log_action(actor: Actor, action: str, model: str, obj_id: Any, obj_repr: str
     """Record one add / change / delete in the action log."""
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE - 1] + "…"
-    return m.LogEntry.create(user=actor.user, username=actor.user.username, action=action, model=model,
+    return m.LogEntry.create(user=actor.user.id, username=actor.user.username, action=action, model=model,
                              object_id=str(obj_id if obj_id is not None else "")[:64],
                              object_repr=str(obj_repr)[:200], change_message=message)
 
@@ -358,10 +358,13 @@ class ModelAdmin:
         """What deleting it also removes, or other things the person should know first."""
         return []
 
-    def delete(self, actor: Actor, obj: Any) -> str:
-        """Delete the object; return the log message."""
-        obj.delete_instance(recursive=True)
+    def prepare_delete(self, actor: Actor, obj: Any) -> str:
+        """Work done before the deletion's transaction (batches of data); returns a log message or ""."""
         return ""
+
+    def delete(self, actor: Actor, obj: Any) -> None:
+        """Delete the object (inside a transaction with its log entry)."""
+        obj.delete_instance(recursive=True)
 
     def permission_name(self) -> str:
         return self.name
@@ -429,9 +432,17 @@ def delete(admin: ModelAdmin, actor: Actor, obj: Any) -> str:
     if problems:
         raise InvalidValue(" ".join(problems))
     obj_id, obj_repr = obj.id, admin.repr(obj)
-    message = admin.delete(actor, obj) or "Deleted."
-    log_action(actor, "delete", admin.name, obj_id, obj_repr, message)
-    return message
+    message = admin.prepare_delete(actor, obj)
+    own = isinstance(obj, m.User) and obj.id == actor.user.id
+    with m.database.atomic():
+        problems = admin.delete_problems(actor, obj)  # again, now inside the transaction
+        if problems:
+            raise InvalidValue(" ".join(problems))
+        admin.delete(actor, obj)
+        if own:  # the log keeps the name; the row it would point to is gone
+            actor = Actor(m.User(id=None, username=actor.user.username), actor.settings, actor.perms)
+        log_action(actor, "delete", admin.name, obj_id, obj_repr, message or "Deleted.")
+    return message or "Deleted."
 
 
 # --- choices -------------------------------------------------------------------------------
@@ -501,7 +512,7 @@ class UserAdmin(ModelAdmin):
     description = "People who log in: staff and superuser status, groups, permissions, units they see."
     columns = [Column("User name", lambda u: u.username), Column("Email", lambda u: u.email),
                Column("Active", lambda u: u.is_active), Column("Staff", lambda u: u.is_staff),
-               Column("Superuser", lambda u: u.is_superuser), Column("Last login", lambda u: u.last_login or "")]
+               Column("Superuser", lambda u: u.is_superuser), Column("Last login", lambda u: _stamp(u.last_login)[:16] if u.last_login else "never")]
     search_fields = ("username", "email", "first_name", "last_name")
     ordering = (m.User.username,)
 
@@ -881,11 +892,9 @@ class UnitAdmin(ModelAdmin):
         out.append("Its mailing list, alarm messages and places in multiple-meter views go too.")
         return out
 
-    def delete(self, actor, obj):
+    def prepare_delete(self, actor, obj):
         samples = _delete_batches_samples(obj, None)[0]
         alarms = _delete_batches_alarms(obj, None)[0]
-        with m.database.atomic():
-            obj.delete_instance(recursive=True)
         return f"Deleted with {samples} sample(s) and {alarms} alarm(s)."
 
 
@@ -1273,7 +1282,7 @@ def alarm_repr(alarm: m.Alarm) -> str:
     return f"{alarm.unit.code} alarm level {alarm.level} received {_stamp(alarm.received)}"
 
 
-def _require_deletion(actor: Actor, model: str) -> None:
+def require_deletion(actor: Actor, model: str) -> None:
     setting = "ALLOW_SAMPLE_DELETION" if model == "sample" else "ALLOW_ALARM_DELETION"
     if not actor.settings[setting]:
         raise Forbidden(f"{model} deletion is switched off on this server ({setting} is no)")
@@ -1282,7 +1291,7 @@ def _require_deletion(actor: Actor, model: str) -> None:
 
 def deletion_allowed(actor: Actor, model: str) -> bool:
     try:
-        _require_deletion(actor, model)
+        require_deletion(actor, model)
     except Forbidden:
         return False
     return True
@@ -1294,8 +1303,8 @@ def delete_sample(actor: Actor, sample: m.Sample) -> None:
 
 def delete_samples_selected(actor: Actor, ids: Sequence[Any]) -> int:
     """The "Delete selected Samples" action: every sample gets its own log entry, as the manual says."""
-    _require_deletion(actor, "sample")
-    numbers = _selected_ids(ids)
+    require_deletion(actor, "sample")
+    numbers = selected_ids(ids)
     deleted = 0
     with m.database.atomic():
         for sample in m.Sample.select(m.Sample, m.Unit).join(m.Unit).where(m.Sample.id.in_(numbers)):
@@ -1312,8 +1321,8 @@ def delete_alarm(actor: Actor, alarm: m.Alarm) -> None:
 
 def delete_alarms_selected(actor: Actor, ids: Sequence[Any]) -> int:
     """Delete the chosen alarms, one log entry each."""
-    _require_deletion(actor, "alarm")
-    numbers = _selected_ids(ids)
+    require_deletion(actor, "alarm")
+    numbers = selected_ids(ids)
     deleted = 0
     with m.database.atomic():
         for alarm in m.Alarm.select(m.Alarm, m.Unit).join(m.Unit).where(m.Alarm.id.in_(numbers)):
@@ -1323,7 +1332,7 @@ def delete_alarms_selected(actor: Actor, ids: Sequence[Any]) -> int:
     return deleted
 
 
-def _selected_ids(ids: Sequence[Any]) -> list[int]:
+def selected_ids(ids: Sequence[Any]) -> list[int]:
     try:
         numbers = sorted({int(i) for i in ids})
     except (TypeError, ValueError):
@@ -1391,7 +1400,7 @@ def delete_samples_bulk(actor: Actor, unit: Optional[m.Unit] = None,
 
     Deletes in batches and writes ONE log entry naming the latest deleted sample.
     """
-    _require_deletion(actor, "sample")
+    require_deletion(actor, "sample")
     total, latest, latest_unit = 0, None, None
     for u in _units(unit):
         count, newest = _delete_batches_samples(u, older_than)
@@ -1412,7 +1421,7 @@ def delete_samples_bulk(actor: Actor, unit: Optional[m.Unit] = None,
 def delete_alarms_bulk(actor: Actor, unit: Optional[m.Unit] = None,
                        older_than: Optional[dt.datetime] = None) -> BulkResult:
     """ "Delete All Alarms" / "Delete Old Alarms..." (by time received, UTC); ONE log entry."""
-    _require_deletion(actor, "alarm")
+    require_deletion(actor, "alarm")
     total, latest = 0, None
     for u in _units(unit):
         count, newest = _delete_batches_alarms(u, older_than)
