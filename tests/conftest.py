@@ -153,8 +153,11 @@ def write_toml(path: Path, values: dict[str, object]) -> Path:
 
 @pytest.fixture
 def config_file(tmp_path, backend) -> Path:
-    """A txm.toml naming a fresh database of the backend under test (tables not created)."""
-    return write_toml(tmp_path / "txm.toml", backend.database_values(tmp_path))
+    """A txm.toml naming a fresh database of the backend under test (tables not created).
+
+    ``HTTP_PORT`` is 0 so that a ``txm serve`` started from it never fights over port 8080.
+    """
+    return write_toml(tmp_path / "txm.toml", {**backend.database_values(tmp_path), "HTTP_PORT": 0})
 
 
 @pytest.fixture

@@ -199,8 +199,9 @@ def test_sigkill_during_uploads_loses_no_acknowledged_sample(serve_process, sett
 
 
 def _database_values(settings) -> dict:
-    return {key: settings[key] for key in ("DATABASE_ENGINE", "DATABASE_NAME", "DATABASE_HOST",
-                                           "DATABASE_PORT", "DATABASE_USER") if settings[key]}
+    values = {key: settings[key] for key in ("DATABASE_ENGINE", "DATABASE_NAME", "DATABASE_HOST",
+                                             "DATABASE_PORT", "DATABASE_USER") if settings[key]}
+    return {**values, "HTTP_PORT": 0}  # the web interface on any free port
 
 
 def _count(code: str, settings) -> int:

@@ -514,3 +514,85 @@ def migrate_db(ctx: Context, source: str, destination: str) -> None:
     rows = sum(c.destination for c in counts)
     ctx.out.print(f"Copied {rows} row(s) in {len(counts)} table(s) from {src.database_label()} "
                   f"to {dst.database_label()}; row counts match.")
+
+
+# --- exports -----------------------------------------------------------------------------------
+
+
+@cli.command("export-csv")
+@click.argument("code", required=False)
+@click.option("--all", "all_units", is_flag=True, help="Every unit, one CODE.csv each into the folder -o DIR.")
+@click.option("--from", "start", metavar="DATETIME",
+              help="First sample time, inclusive: YYYY-MM-DD, 'YYYY-MM-DD HH:MM[:SS]', today, yesterday.")
+@click.option("--to", "end", metavar="DATETIME",
+              help="Last sample time, inclusive of the whole day/minute/second it names.")
+@click.option("--fields", metavar="LIST",
+              help="Channels: numbers, ranges or labels (1,3 / 2-4 / Flow,Temp) or 'all'. "
+                   "Default: the unit's report fields.")
+@click.option("-o", "--output", type=click.Path(), help="File to write (folder with --all). Default: standard output.")
+@click.option("--since-last", "since_last", metavar="NAME",
+              help="Only samples stored since the last run under NAME (kept in the database), in storage order.")
+@pass_context
+def export_csv(ctx: Context, code: str | None, all_units: bool, start: str | None, end: str | None,
+               fields: str | None, output: str | None, since_last: str | None) -> None:
+    """Export a unit's samples as CSV, for spreadsheets and cron jobs.
+
+    Columns: timestamp (the meter's time, YYYY-MM-DD HH:MM:SS[.ffffff]) and one per channel,
+    named by its label; the same as the web interface's download. Rows come in timestamp
+    order; with --since-last in the order they were stored, so a nightly job never misses or
+    repeats a sample even when meters back-fill. A progress bar shows at a terminal only.
+
+    \b
+    Example:
+      txm export-csv M1 --from 2026-01-01 --to 2026-01-31 > m1-january.csv
+      txm export-csv M1 --fields Flow,Temp -o flow.csv
+      txm export-csv --all --since-last nightly -o /srv/export/$(date +%F)
+    """
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from txm import export
+
+    if all_units == (code is not None):
+        raise click.UsageError("name one unit CODE, or give --all")
+    if all_units and not output:
+        raise click.UsageError("--all writes one file per unit: name the folder with -o DIR")
+    ctx.open_db()
+    with Progress(TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=ctx.err, disable=not ctx.err.is_terminal) as bar:
+        task = bar.add_task("samples", total=None)
+
+        class BarProgress(export.Progress):
+            wants_total = ctx.err.is_terminal
+
+            def total(self, samples: int) -> None:
+                bar.update(task, total=samples)
+
+            def advance(self, samples: int) -> None:
+                bar.advance(task, samples)
+
+        out = Path(output) if output else sys.stdout.buffer
+        if not output:
+            sys.stdout.flush()
+        try:
+            result = export.export_csv(models.database.obj, code, out, fields=fields, start=start, end=end,
+                                       since_last=since_last, progress=BarProgress())
+        except BrokenPipeError:
+            _silence_stdout()
+            raise TxmError("the output was closed before the export finished; nothing was marked as exported"
+                           ) from None
+    if ctx.err.is_terminal:
+        where = ", ".join(str(f) for f in result.files[:3]) + (" ..." if len(result.files) > 3 else "")
+        ctx.err.print(f"Exported {result.samples} sample(s)" + (f" to {where}" if where else "") + ".")
+
+
+def _silence_stdout() -> None:
+    """After the reader of standard output went away, let the exit not complain about it again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass

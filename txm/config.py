@@ -163,6 +163,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Most TTP connections held at once; further ones are refused without disturbing the others.", 1),
     Setting("LOGIN_REQUIRED", "main", BOOL, True,
             "Visitors must log in to see units, graphs and views (the admin panel always needs a staff login)."),
+    Setting("SESSION_DAYS", "main", INT, 14,
+            "Days a web login lasts without use; each visit renews it.", 1, 3650),
+    Setting("SESSION_COOKIE_SECURE", "main", BOOL, False,
+            "Send the session cookie over HTTPS only: set it when users reach txm through an HTTPS proxy."),
     # email
     Setting("EMAIL_HOST", "email", STR, "localhost", "SMTP server that sends alarm emails."),
     Setting("EMAIL_PORT", "email", INT, 25, "SMTP server port.", 1, 65535),

@@ -315,10 +315,23 @@ class ExportCursor(BaseModel):
         table_name = "export_cursor"
 
 
+class LoginFailure(BaseModel):
+    """A failed web login, kept so that every txm node limits guessing by user and by address."""
+
+    id = pw.BigAutoField()
+    username = pw.CharField(max_length=150, index=True)  # as typed, lower-cased
+    address = pw.CharField(max_length=45, index=True)  # the client's IP address
+    when = pw.DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = "login_failure"
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     Group, User, UserGroup, UserPermission, GroupPermission,
     Unit, UserUnit, GroupUnit, Sample, Alarm, MailingList, MailingListMember, AlarmMessage,
     View, ViewEntry, LogEntry, WebSession, ExportCursor,
+    LoginFailure,
 )
 
 

@@ -51,6 +51,7 @@ log = logging.getLogger("txm.serve")
 #: Modules whose ``make_services(settings, server)`` add services to ``txm serve``; one per line.
 #: A module that is not part of this installation is left out.
 SERVICE_MODULES: tuple[str, ...] = (
+    "txm.web",
 )
 
 #: File descriptors kept free beside the meter connections (database, logs, web server).

@@ -1,0 +1,94 @@
+"""The web interface inside a real ``txm serve``: its start-up line, port errors, stopping with it."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+from tests.conftest import TXM, txm_subprocess_env, write_toml
+from tests.test_serve import _database_values, serve_process  # noqa: F401  (fixture)
+
+WEB_LINE = re.compile(r"Web interface listening on http://(\S+):(\d+)/")
+
+
+def web_port(process, timeout: float = 30) -> int:
+    """The web port from ``txm serve``'s start-up lines."""
+    process.wait_ready()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in process.lines:
+            match = WEB_LINE.search(line)
+            if match:
+                return int(match.group(2))
+        if process.proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError("no web interface line:\n" + "\n".join(process.lines))
+
+
+def get(url: str) -> tuple[int, dict, str]:
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(url, timeout=10) as res:
+            return res.status, dict(res.headers), res.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read().decode()
+
+
+def _port_closed(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except OSError:
+        return True
+
+
+def test_serve_reports_the_real_web_port_and_serves_pages(serve_process, settings, config_file):
+    write_toml(config_file, {**_database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
+    process = serve_process()
+    port = web_port(process)
+    assert port != 0
+    status, headers, _ = get(f"http://127.0.0.1:{port}/")
+    assert status == 303 and headers["Location"].endswith("/login?next=/")
+    status, headers, body = get(f"http://127.0.0.1:{port}/login")
+    assert status == 200 and 'name="username"' in body and headers["Server"] == "txm"
+    assert process.stop() == 0
+    assert _port_closed(port)
+
+
+def test_web_port_in_use_stops_serve_with_one_line(settings, config_file):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    write_toml(config_file, {**_database_values(settings), "DS_PORT": 0, "HTTP_PORT": port,
+                             "BIND_ADDRESS": "127.0.0.1"})
+    try:
+        result = subprocess.run([*TXM, "--config", str(config_file), "serve"], capture_output=True, text=True,
+                                env=txm_subprocess_env(), timeout=60)
+    finally:
+        holder.close()
+    assert result.returncode == 1, result
+    assert f"cannot listen for HTTP on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_web_process_ends_when_serve_is_killed(serve_process, settings, config_file):
+    write_toml(config_file, {**_database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
+    process = serve_process()
+    port = web_port(process)
+    process.proc.send_signal(signal.SIGKILL)
+    process.proc.wait(10)
+    deadline = time.monotonic() + 15
+    while not _port_closed(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _port_closed(port), "the web process outlived its parent"

@@ -1,0 +1,525 @@
+"""What every txm web app shares: templates, sessions, the current user, access checks, CSRF,
+flash messages and error pages.
+
+The web interface (:mod:`txm.web`), the admin panel and HTTP Apps are separate Bottle apps; each
+builds a :class:`WebCore` and installs it::
+
+    from bottle import Bottle
+    from txm.webcore import WebCore
+
+    def make_app(settings):
+        app = Bottle()
+        core = WebCore(settings, template_dirs=[Path(__file__).parent / "templates"])
+        core.install(app, default_access="staff")
+
+        @app.get("/")
+        def index():
+            return core.render("admin/index.html", title="Admin")
+
+        @app.post("/units/<code>/delete")        # the CSRF token was already checked
+        def delete(code):
+            ...
+            core.flash(f"Deleted {code}.", "success")
+            core.redirect("/admin/units/")
+        return app
+
+What :meth:`WebCore.install` gives the app
+------------------------------------------
+* **Access per route**, from the route's ``access`` option (``@app.get("/x", access="public")``)
+  or the app's ``default_access``:
+
+  - ``"public"``: anyone (the login page, static files);
+  - ``"viewer"``: units, graphs, views -- anyone when ``LOGIN_REQUIRED`` is off, else a
+    logged-in user;
+  - ``"user"``: a logged-in user whatever ``LOGIN_REQUIRED`` says (changing one's password);
+  - ``"staff"``: an active staff user (the admin panel).
+
+  An anonymous visitor who may not see a page is redirected to ``/login?next=<the page>``; a
+  logged-in user who may not is shown the 403 page. A user still on the default password
+  ``admin`` is sent to ``/password`` first (routes with ``access="public"`` and those with the
+  option ``default_password_ok=True`` excepted).
+* **Sessions** in the ``web_session`` table, so several txm nodes behind one address share them.
+  The cookie (``txm_session``) is HttpOnly and SameSite=Lax (and Secure with
+  ``SESSION_COOKIE_SECURE``); it holds a random token whose SHA-256 is the row's key, so reading
+  the table does not give away a working cookie. A session row is written only when something
+  changes (login, a flash message, a new CSRF token) and its expiry is renewed at most once
+  an hour. ``core.session`` is the current :class:`Session`; ``session.data`` is a JSON dict.
+* **CSRF**: every POST, PUT, PATCH and DELETE must carry the session's token as the form field
+  ``csrf_token`` or the header ``X-CSRF-Token``, else 403 -- checked before the route runs. Put
+  ``{{ csrf_field() }}`` in each form. A route that authenticates each request itself (the JSON
+  API with HTTP basic auth) opts out with ``csrf=False``.
+* **The current user**: ``core.user`` (a :class:`txm.db.User` or ``None``), also ``user`` in
+  every template.
+* **Flash messages**: ``core.flash(text, category)`` (``info``, ``success``, ``warning``,
+  ``error``); ``base.html`` shows and clears them on the next page.
+* **Error pages** 400, 403, 404, 405 and 500 rendered with ``error.html``; a 500 is logged with
+  its traceback and the user sees only that something went wrong.
+* **A database connection** for each request's thread (peewee keeps one per thread).
+
+Templates
+---------
+Jinja2 with autoescape on. The app's own ``template_dirs`` come first, then txm's
+``txm/templates``; extend ``base.html`` and fill the blocks ``title`` and ``content`` (``head``
+for extra ``<head>`` lines, ``scripts`` at the end of ``<body>``). Every template sees
+``user``, ``settings``, ``url(path)``, ``csrf_field()``, ``csrf_token()``, ``request_path`` and
+``get_flashed()``; :meth:`WebCore.render` adds what the route passes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+from urllib.parse import quote, urlsplit
+
+import bottle
+import jinja2
+import peewee as pw
+from markupsafe import Markup
+
+from txm import db as m
+from txm.config import Settings
+from txm.passwords import DEFAULT_PASSWORD, check_password, make_password, needs_upgrade
+
+log = logging.getLogger("txm.web")
+
+COOKIE_NAME = "txm_session"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+#: Session expiry is renewed when less than this remains of SESSION_DAYS (saves a write per page).
+RENEW_SLACK = dt.timedelta(hours=1)
+#: Failed logins counted over this window ...
+LOGIN_FAILURE_WINDOW = dt.timedelta(minutes=15)
+#: ... are refused beyond this many for one user name ...
+LOGIN_FAILURES_PER_USER = 5
+#: ... or this many from one address.
+LOGIN_FAILURES_PER_ADDRESS = 20
+#: Expired sessions and old login failures are deleted at most this often (seconds) per process.
+PURGE_INTERVAL = 300.0
+ACCESS_LEVELS = ("public", "viewer", "user", "staff")
+UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+STATIC = Path(__file__).resolve().parent / "static"
+ERROR_TITLES = {400: "Bad request", 401: "Login required", 403: "Forbidden", 404: "Not found",
+                405: "Method not allowed", 500: "Server error"}
+
+_ENV_KEY = "txm.web.state"
+
+
+class LoginRefused(Exception):
+    """A login attempt that failed; ``str()`` is the message for the person."""
+
+
+class Session:
+    """One browser's session: its token, user id and a JSON dict of data."""
+
+    def __init__(self, token: str | None = None, user_id: int | None = None, data: dict | None = None,
+                 expires: dt.datetime | None = None):
+        self.token = token  # None: not stored yet
+        self.user_id = user_id
+        self.data: dict[str, Any] = dict(data or {})
+        self.expires = expires
+        self.modified = False
+        self.deleted = False
+
+    @property
+    def is_new(self) -> bool:
+        return self.token is None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        self.modified = True
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        if key in self.data:
+            self.modified = True
+        return self.data.pop(key, default)
+
+
+def session_key(token: str) -> str:
+    """The ``web_session.key`` stored for a cookie token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def safe_next(target: str | None, default: str = "/") -> str:
+    """``target`` when it is a path on this site, else ``default`` (no open redirects)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return default
+    return target
+
+
+class _RequestState:
+    """What one request learned: its session and user (loaded on first use)."""
+
+    def __init__(self) -> None:
+        self.session: Session | None = None
+        self.user: m.User | None = None
+        self.user_loaded = False
+
+
+class WebCore:
+    """Shared web machinery for one Bottle app; see the module docstring."""
+
+    def __init__(self, settings: Settings, template_dirs: Iterable[str | Path] = ()):
+        self.settings = settings
+        loaders: list[jinja2.BaseLoader] = [jinja2.FileSystemLoader(str(d)) for d in template_dirs]
+        loaders.append(jinja2.FileSystemLoader(str(TEMPLATES)))
+        self.env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), autoescape=True,
+                                      trim_blocks=True, lstrip_blocks=True)
+        self.env.globals.update(
+            settings=settings, url=self.url, csrf_field=self.csrf_field, csrf_token=self.csrf_token,
+            get_flashed=self.pop_flashes,
+        )
+        self.env.filters["when"] = format_when
+        self._last_purge = 0.0
+        self._purge_lock = threading.Lock()
+
+    # --- installing -----------------------------------------------------------------------------
+
+    def install(self, app: bottle.Bottle, default_access: str = "viewer") -> bottle.Bottle:
+        """Install sessions, access checks, CSRF and error pages on ``app``; return it."""
+        if default_access not in ACCESS_LEVELS:
+            raise ValueError(f"default_access must be one of {ACCESS_LEVELS}")
+        app.config["txm.core"] = self
+        app.install(_CorePlugin(self, default_access))
+        for code in ERROR_TITLES:
+            app.error(code)(self.error_page)
+        return app
+
+    # --- request state --------------------------------------------------------------------------
+
+    def _state(self) -> _RequestState:
+        environ = bottle.request.environ
+        state = environ.get(_ENV_KEY)
+        if state is None:
+            state = environ[_ENV_KEY] = _RequestState()
+        return state
+
+    @property
+    def session(self) -> Session:
+        """The current request's session (loaded from the cookie, or a new empty one)."""
+        state = self._state()
+        if state.session is None:
+            state.session = self._load_session()
+        return state.session
+
+    @property
+    def user(self) -> m.User | None:
+        """The logged-in, active user of this request, or None."""
+        state = self._state()
+        if not state.user_loaded:
+            state.user_loaded = True
+            user_id = self.session.user_id
+            if user_id is not None:
+                user = m.User.get_or_none(m.User.id == user_id)
+                state.user = user if user is not None and user.is_active else None
+        return state.user
+
+    def _load_session(self) -> Session:
+        token = bottle.request.get_cookie(COOKIE_NAME)
+        if not token or len(token) > 128:
+            return Session()
+        row = (m.WebSession.select().where((m.WebSession.key == session_key(token))
+                                           & (m.WebSession.expires > m.utcnow())).first())
+        if row is None:
+            return Session()
+        data = row.data if isinstance(row.data, dict) else {}
+        return Session(token, row.user_id, data, row.expires)
+
+    def save_session(self, response: bottle.BaseResponse) -> None:
+        """Store the session if it changed and set or clear the cookie on ``response``."""
+        state = bottle.request.environ.get(_ENV_KEY)
+        session = state.session if state else None
+        if session is None:
+            return
+        now = m.utcnow()
+        lifetime = dt.timedelta(days=self.settings.SESSION_DAYS)
+        if session.deleted:
+            if session.token:
+                m.WebSession.delete().where(m.WebSession.key == session_key(session.token)).execute()
+            response.delete_cookie(COOKIE_NAME, path="/")
+            return
+        renew = session.expires is not None and session.expires - now < lifetime - RENEW_SLACK
+        if not (session.modified or renew):
+            return
+        session.expires = now + lifetime
+        if session.token is None:
+            session.token = secrets.token_urlsafe(32)
+            m.WebSession.create(key=session_key(session.token), user=session.user_id, data=session.data,
+                                created=now, expires=session.expires)
+        else:
+            key = session_key(session.token)
+            updated = (m.WebSession.update(user=session.user_id, data=session.data, expires=session.expires)
+                       .where(m.WebSession.key == key).execute())
+            if not updated:  # deleted meanwhile (logout elsewhere, purge): store it afresh
+                m.WebSession.create(key=key, user=session.user_id, data=session.data, created=now,
+                                    expires=session.expires)
+        session.modified = False
+        response.set_cookie(COOKIE_NAME, session.token, path="/", httponly=True, samesite="lax",
+                            secure=self.settings.SESSION_COOKIE_SECURE,
+                            max_age=int(lifetime.total_seconds()))
+
+    def purge(self, force: bool = False) -> None:
+        """Delete expired sessions and login failures too old to count (at most every few minutes)."""
+        now = time.monotonic()
+        with self._purge_lock:
+            if not force and now - self._last_purge < PURGE_INTERVAL:
+                return
+            self._last_purge = now
+        m.WebSession.delete().where(m.WebSession.expires <= m.utcnow()).execute()
+        m.LoginFailure.delete().where(m.LoginFailure.when < m.utcnow() - LOGIN_FAILURE_WINDOW).execute()
+
+    # --- logging in and out -----------------------------------------------------------------------
+
+    def client_address(self) -> str:
+        """The peer's address as the WSGI server saw it (never a client-supplied header)."""
+        return (bottle.request.environ.get("REMOTE_ADDR") or "unknown")[:45]
+
+    def authenticate(self, username: str, password: str) -> m.User:
+        """The active user with this name and password, or :class:`LoginRefused` saying why.
+
+        Failures are recorded in ``login_failure``; beyond the limits per user name and per
+        address, attempts are refused without checking the password. A legacy hash is upgraded.
+        """
+        username = (username or "").strip()
+        address = self.client_address()
+        since = m.utcnow() - LOGIN_FAILURE_WINDOW
+        name_key = username.lower()[:150]
+        by_user = m.LoginFailure.select().where((m.LoginFailure.username == name_key)
+                                                & (m.LoginFailure.when >= since)).count()
+        by_address = m.LoginFailure.select().where((m.LoginFailure.address == address)
+                                                   & (m.LoginFailure.when >= since)).count()
+        if by_user >= LOGIN_FAILURES_PER_USER or by_address >= LOGIN_FAILURES_PER_ADDRESS:
+            minutes = int(LOGIN_FAILURE_WINDOW.total_seconds() // 60)
+            raise LoginRefused(f"Too many failed logins; try again in {minutes} minutes.")
+        user = m.User.get_or_none(m.User.username == username) if username else None
+        if user is None:
+            check_password(password or "", _DUMMY_HASH)  # the same time as for a real user
+            ok = False
+        else:
+            ok = check_password(password or "", user.password)
+        if not ok or not user.is_active:
+            m.LoginFailure.create(username=name_key, address=address)
+            raise LoginRefused("Wrong user name or password (both are case-sensitive)."
+                               if not ok else "This account is disabled.")
+        changes: dict[str, Any] = {"last_login": m.utcnow()}
+        if needs_upgrade(user.password):
+            changes["password"] = make_password(password)
+        m.User.update(**changes).where(m.User.id == user.id).execute()
+        for key, value in changes.items():
+            setattr(user, key, value)
+        m.LoginFailure.delete().where(m.LoginFailure.username == name_key).execute()
+        return user
+
+    def login(self, user: m.User, password: str | None = None) -> None:
+        """Start a fresh session for ``user`` (a new token: no session fixation)."""
+        old = self.session
+        if old.token:
+            m.WebSession.delete().where(m.WebSession.key == session_key(old.token)).execute()
+        session = Session(user_id=user.id)
+        session["csrf"] = secrets.token_urlsafe(32)
+        if password is not None and password == DEFAULT_PASSWORD:
+            session["must_change_password"] = True
+        state = self._state()
+        state.session, state.user, state.user_loaded = session, user, True
+
+    def logout(self) -> None:
+        """End the session: its row is deleted and the cookie cleared."""
+        self.session.deleted = True
+        state = self._state()
+        state.user, state.user_loaded = None, True
+
+    def end_other_sessions(self, user: m.User) -> int:
+        """Delete the user's sessions but this one (after a password change); return how many."""
+        query = m.WebSession.delete().where(m.WebSession.user == user.id)
+        if self.session.token:
+            query = query.where(m.WebSession.key != session_key(self.session.token))
+        return query.execute()
+
+    # --- CSRF --------------------------------------------------------------------------------------
+
+    def csrf_token(self) -> str:
+        """This session's CSRF token (created, with the session, on first use)."""
+        session = self.session
+        token = session.get("csrf")
+        if not token:
+            token = secrets.token_urlsafe(32)
+            session["csrf"] = token
+        return token
+
+    def csrf_field(self) -> Markup:
+        """A hidden form field with the CSRF token."""
+        return Markup('<input type="hidden" name="%s" value="%s">') % (CSRF_FIELD, self.csrf_token())
+
+    def check_csrf(self) -> None:
+        """Abort with 403 unless the request carries this session's CSRF token."""
+        expected = self.session.get("csrf")
+        given = bottle.request.forms.get(CSRF_FIELD) or bottle.request.get_header(CSRF_HEADER) or ""
+        if not expected or not hmac.compare_digest(str(given).encode(), str(expected).encode()):
+            bottle.abort(403, "The form has expired or came from another site. Reload the page and try again "
+                              "(cookies must be enabled).")
+
+    # --- flash messages ------------------------------------------------------------------------------
+
+    def flash(self, text: str, category: str = "info") -> None:
+        """A message shown once on the next page rendered for this session."""
+        messages = list(self.session.get("flash", []))
+        messages.append([category, text])
+        self.session["flash"] = messages[-10:]
+
+    def pop_flashes(self) -> list[tuple[str, str]]:
+        if not self.session.get("flash"):
+            return []
+        return [(c, t) for c, t in self.session.pop("flash", [])]
+
+    # --- pages -----------------------------------------------------------------------------------------
+
+    def url(self, path: str) -> str:
+        """An absolute path on this site (``/units/M1/``), below the WSGI script name if any."""
+        root = bottle.request.environ.get("SCRIPT_NAME", "").rstrip("/")
+        return root + path
+
+    def render(self, name: str, **context: Any) -> str:
+        """Render a template with the shared context (``user``, ``request_path``, ...)."""
+        try:
+            user = self.user
+        except pw.PeeweeException:  # the error page of a dead database connection
+            user = None
+        context.setdefault("user", user)
+        context.setdefault("request_path", bottle.request.path)
+        return self.env.get_template(name).render(**context)
+
+    def redirect(self, path: str, code: int = 303) -> None:
+        """Redirect to a path on this site (raises)."""
+        bottle.redirect(self.url(path) if path.startswith("/") else path, code)
+
+    def login_url(self) -> str:
+        here = bottle.request.fullpath
+        if bottle.request.query_string:
+            here += "?" + bottle.request.query_string
+        return self.url("/login") + "?next=" + quote(here, safe="/")
+
+    def error_page(self, error: bottle.HTTPError) -> str:
+        """Render ``error.html`` for an HTTP error; a 500 shows no detail of what failed."""
+        status = error.status_code
+        try:
+            _connect()
+        except pw.PeeweeException:
+            pass
+        if status >= 500:  # Bottle wrote the traceback to wsgi.errors (the server's log)
+            message = "Something went wrong on the server. The error was logged; please try again later."
+        else:
+            message = error.body if isinstance(error.body, str) and error.body else ERROR_TITLES.get(status, "")
+            if status == 404 and message.startswith("Not found: "):
+                message = "There is no page at this address."
+        try:
+            return self.render("error.html", status=status, title=ERROR_TITLES.get(status, "Error"), message=message)
+        except Exception:  # never fail while reporting a failure
+            log.exception("rendering the error page failed")
+            return f"<!doctype html><title>Error {status}</title><h1>Error {status}</h1>"
+
+    # --- access -----------------------------------------------------------------------------------------
+
+    def check_access(self, access: str, default_password_ok: bool = False) -> None:
+        """Redirect or abort unless the current visitor may see a page of this access level."""
+        if access == "public":
+            return
+        user = self.user
+        if access == "viewer" and not self.settings.LOGIN_REQUIRED and user is None:
+            return
+        if user is None:
+            bottle.redirect(self.login_url(), 303)
+        if self.session.get("must_change_password") and not default_password_ok:
+            self.flash("Please choose a new password: yours is still the installation default.", "warning")
+            bottle.redirect(self.url("/password") + "?next=" + quote(safe_next(bottle.request.fullpath), safe="/"),
+                            303)
+        if access == "staff" and not user.is_staff:
+            bottle.abort(403, "This page is for staff users only.")
+
+
+def format_when(value: dt.datetime | None) -> str:
+    """A timestamp as the pages show it: ``2026-11-20 15:30:45`` (microseconds when present)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    text = value.strftime("%Y-%m-%d %H:%M:%S")
+    return text + (f".{value.microsecond:06d}" if value.microsecond else "")
+
+
+_DUMMY_HASH = make_password("not a password", salt="txmdummysalt0000000000")
+
+
+class _CorePlugin:
+    """The Bottle plugin :meth:`WebCore.install` installs."""
+
+    name = "txm_core"
+    api = 2
+
+    def __init__(self, core: WebCore, default_access: str):
+        self.core = core
+        self.default_access = default_access
+
+    def apply(self, callback: Callable, route: bottle.Route) -> Callable:
+        core = self.core
+        config = route.config
+        access = config.get("access", self.default_access)
+        if access not in ACCESS_LEVELS:
+            raise ValueError(f"route {route.rule}: access must be one of {ACCESS_LEVELS}, not {access!r}")
+        csrf = config.get("csrf", True)
+        default_password_ok = config.get("default_password_ok", False)
+
+        @functools.wraps(callback)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            environ = bottle.request.environ
+            outermost = not environ.get("txm.web.active")
+            environ["txm.web.active"] = True
+            _connect()
+            try:
+                core.check_access(access, default_password_ok)
+                if csrf and bottle.request.method in UNSAFE_METHODS:
+                    core.check_csrf()
+                result = callback(*args, **kwargs)
+            except bottle.HTTPResponse as response:
+                if outermost:
+                    core.save_session(response)
+                raise
+            except (pw.OperationalError, pw.InterfaceError):
+                _disconnect()  # a broken connection: the next request opens a new one
+                raise
+            if outermost:
+                core.save_session(bottle.response)
+                core.purge()
+            return result
+
+        return wrapper
+
+
+def _connect() -> None:
+    database = m.database
+    if database.obj is not None and database.is_closed():
+        database.connect()
+
+
+def _disconnect() -> None:
+    try:
+        if m.database.obj is not None:
+            m.database.close()
+    except Exception:
+        pass
