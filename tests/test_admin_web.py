@@ -394,7 +394,9 @@ def test_deletion_switches(settings, database):
         assert "switched off" in web.get(A + path, status=403).text
         post(web, path, {"before": "2100-01-01"}, status=403)
     post(web, "/sample/delete-selected", {"ids": str(sample.id), "confirm": "yes"}, status=403)
-    assert m.Sample.select().count() == 3 and m.Alarm.select().count() == 1
+    # Nor does deleting the unit take its samples with it.
+    assert "deleting samples is switched off" in post(web, f"/unit/{unit.id}/delete", {}, status=200).text
+    assert m.Sample.select().count() == 3 and m.Alarm.select().count() == 1 and m.Unit.select().count() == 1
 
 
 # --- forms: errors next to the field, input kept, text escaped --------------------------------------------

@@ -882,6 +882,15 @@ class UnitAdmin(ModelAdmin):
         obj.save()
         return obj
 
+    def delete_problems(self, actor, obj):
+        problems = []
+        for model, table, setting in (("samples", m.Sample, "ALLOW_SAMPLE_DELETION"),
+                                      ("alarms", m.Alarm, "ALLOW_ALARM_DELETION")):
+            if not actor.settings[setting] and table.select().where(table.unit == obj).limit(1).exists():
+                problems.append(f"The unit has {model}, and deleting {model} is switched off on this server "
+                                f"({setting} is no), so the unit cannot be deleted.")
+        return problems
+
     def delete_warnings(self, actor, obj):
         samples = m.Sample.select().where(m.Sample.unit == obj).limit(1).exists()
         alarms = m.Alarm.select().where(m.Alarm.unit == obj).limit(1).exists()
