@@ -520,3 +520,66 @@ def test_unit_key_change_in_the_panel_reaches_the_ttp_server(boss, settings):
         m.database.close()
         assert meter.request("TTP /up/M1/<2026-1-1 0:0:2;1;2;3> old-key") == "402 Unauthorized"
         assert meter.request("TTP /up/M1/<2026-1-1 0:0:3;1;2;3> new-key") == "OK"
+
+
+# --- alarm messages: a test email through a real SMTP server ---------------------------------------------------
+
+
+class Inbox:
+    """An aiosmtpd handler keeping every message it receives."""
+
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((envelope.rcpt_tos, envelope.content.decode("utf-8", "replace")))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp():
+    """A real SMTP server on a port the system chose; yields (port, inbox)."""
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    class SocketController(Controller):
+        def __init__(self, handler, sock):
+            self._sock = sock
+            super().__init__(handler, hostname="127.0.0.1", port=sock.getsockname()[1])
+
+        def _create_server(self):
+            return self.loop.create_server(self._factory_invoker, sock=self._sock)
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    inbox = Inbox()
+    controller = SocketController(inbox, sock)
+    controller.start()
+    yield controller.port, inbox
+    controller.stop()
+
+
+def test_send_a_test_email(settings, database, smtp):
+    port, inbox = smtp
+    web = client(settings.replace(EMAIL_HOST="127.0.0.1", EMAIL_PORT=port))
+    add_user("boss", is_staff=True, is_superuser=True, email="boss@example.com")
+    login(web, "boss")
+    unit = make_unit()
+    ml = m.MailingList.create(unit=unit)
+    m.MailingListMember.create(mailing_list=ml, user=m.User.get(m.User.username == "boss"))
+    msg = m.AlarmMessage.create(unit=unit, level=4, subject="{{ unit.name }} alarm {{ level }}",
+                                body="Value {{ data.1 }}")
+    page = web.get(f"{A}/alarmmessage/{msg.id}/")
+    assert 'name="recipients" value="boss@example.com"' in page.text  # from the mailing list
+    res = post(web, f"/alarmmessage/{msg.id}/test-email", {"recipients": "ops@example.com",
+                                                             "data": "2026-01-01 00:00:00, 7.5"}, status=303)
+    assert "A test email was sent to ops@example.com" in res.follow().text
+    (rcpts, content), = inbox.messages
+    assert rcpts == ["ops@example.com"]
+    assert "Subject: Mill alarm 4" in content and "Value 7.5" in content
+
+    down = client(settings.replace(EMAIL_HOST="127.0.0.1", EMAIL_PORT=1, EMAIL_TIMEOUT=2.0))
+    login(down, "boss")
+    res = post(down, f"/alarmmessage/{msg.id}/test-email", {"recipients": "ops@example.com"}, status=303)
+    assert "The test email was not sent: Cannot reach the SMTP server" in res.follow().text
