@@ -583,3 +583,19 @@ def test_send_a_test_email(settings, database, smtp):
     login(down, "boss")
     res = post(down, f"/alarmmessage/{msg.id}/test-email", {"recipients": "ops@example.com"}, status=303)
     assert "The test email was not sent: Cannot reach the SMTP server" in res.follow().text
+
+
+def test_unit_page_leads_to_its_mailing_list_and_history(boss):
+    unit = make_unit()
+    other = make_unit("M2")
+    post(boss, f"/unit/{other.id}/", unit_form(code="M2", name="Other"), status=303)
+    page = boss.get(f"{A}/unit/{unit.id}/")
+    add = re.search(r'href="(/admin/mailinglist/add\?unit=\d+)"', page.text).group(1)
+    form = boss.get(add)
+    assert f'<option value="{unit.id}" selected>' in form.text
+    post(boss, "/mailinglist/add", {"unit": str(unit.id), "members": ["1"]}, status=303)
+    ml = m.MailingList.get()
+    assert f'href="/admin/mailinglist/{ml.id}/"' in boss.get(f"{A}/unit/{unit.id}/").text
+    post(boss, f"/unit/{unit.id}/", unit_form(code="M1", name="Renamed"), status=303)
+    history = boss.get(A + "/logentry/", {"model": "unit", "object": str(unit.id)})
+    assert "Renamed" in history.text and "Other" not in history.text

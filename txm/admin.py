@@ -310,13 +310,13 @@ def make_app(settings: Settings) -> bottle.Bottle:
     @library_errors
     def log_list():
         who = need("view", "logentry")
-        filters = {name: query_value(name) for name in ("model", "action", "user", "q", "from", "to")}
+        filters = {name: query_value(name) for name in ("model", "action", "user", "q", "from", "to", "object")}
         start, end, problem = date_filters()
         page = ap.Page([])
         if not problem:
             try:
                 page = ap.log_page(filters["model"], filters["action"], filters["user"], filters["q"], start, end,
-                                   query_value("before"), query_value("after"))
+                                   query_value("before"), query_value("after"), object_id=filters["object"])
             except InvalidValue as exc:
                 problem = _sentence(str(exc))
         return render("admin/log.html", who=who, page=page, filters=filters, problem=problem,
@@ -436,6 +436,9 @@ def make_app(settings: Settings) -> bottle.Bottle:
                 saved(admin, form, added=True)
         else:
             form = ap.new_form(admin, who)
+            for f in form.fields:  # links may fill in fields: /mailinglist/add?unit=3
+                if f.kind not in ("multi", "password") and query_value(f.name):
+                    form.values[f.name] = query_value(f.name)
         return render("admin/form.html", who=who, admin=admin, form=form, obj=None, readonly=False,
                       title=f"Add {admin.verbose}")
 
@@ -458,6 +461,8 @@ def make_app(settings: Settings) -> bottle.Bottle:
         if readonly:
             for f in form.fields:
                 f.readonly = True
+        if admin.name == "unit":
+            extra["mailing_list"] = m.MailingList.get_or_none(m.MailingList.unit == obj)
         if admin.name == "alarmmessage":
             extra.setdefault("sample_data", ", ".join(ap.SAMPLE_ALARM_DATA))
             extra.setdefault("recipients", ", ".join(ap.mailing_list_addresses(obj.unit)))

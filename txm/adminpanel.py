@@ -1453,11 +1453,13 @@ def delete_alarms_bulk(actor: Actor, unit: Optional[m.Unit] = None,
 
 def log_page(model: str = "", action: str = "", username: str = "", search: str = "",
              start: Optional[dt.datetime] = None, end: Optional[dt.datetime] = None,
-             before: str = "", after: str = "", size: int = PAGE_SIZE) -> Page:
+             before: str = "", after: str = "", size: int = PAGE_SIZE, object_id: str = "") -> Page:
     """Log entries, newest first, filtered; keyset paging on the id."""
     cond = pw.SQL("1 = 1")
     if model:
         cond &= m.LogEntry.model == model
+    if object_id:
+        cond &= m.LogEntry.object_id == object_id
     if action:
         cond &= m.LogEntry.action == action
     if username:
