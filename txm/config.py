@@ -195,7 +195,10 @@ SETTINGS: tuple[Setting, ...] = (
             "N > 1: answer at once and commit every N uploads and at least every second.", 1),
     # graph
     Setting("MAX_PLOT_POINTS", "graph", INT, 0,
-            "Most points drawn per graph line; longer lines are reduced keeping peaks. 0: no limit.", 0),
+            "Most points drawn per graph line; longer lines are reduced keeping peaks. "
+            "0: as many as the graph's width can show (4 per pixel).", 0),
+    Setting("STALE_SECONDS", "graph", FLOAT, 600.0,
+            "A multiple-meter view marks a unit stale when its newest sample arrived longer ago than this.", 1),
     # admin
     Setting("ALLOW_SAMPLE_DELETION", "admin", BOOL, True, "The admin panel may delete samples."),
     Setting("ALLOW_ALARM_DELETION", "admin", BOOL, True, "The admin panel may delete alarms."),

@@ -5,7 +5,11 @@ Routes (docs/web.md describes them for users):
 * ``/login``, ``/logout`` (POST), ``/password`` -- logging in and out, changing one's password;
 * ``/`` -- the units the user may see and the multiple-meter views;
 * ``/static/<file>`` -- the stylesheet;
-* ``/admin/`` -- the admin panel, when :mod:`txm.admin` is installed (its own app, mounted).
+* ``/units/<code>/`` graphs and statistics, ``/units/<code>/data.csv`` the CSV download;
+* ``/views/<id>/`` -- a multiple-meter view, refreshed from ``/api/views/<id>``;
+* ``/api/...`` -- the JSON API (session or HTTP basic auth);
+* ``/admin/`` -- the admin panel, when :mod:`txm.admin` is installed (its own app, mounted);
+* HTTP Apps at their urls (:mod:`txm.httpapps`).
 
 Sessions, access checks, CSRF and error pages come from :mod:`txm.webcore`.
 
@@ -15,7 +19,9 @@ graph render never holds the GIL the TTP loop needs; waitress serves it with a p
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
+import json
 import logging
 import multiprocessing
 import os
@@ -23,7 +29,9 @@ import signal
 import socket
 import sys
 import threading
+import warnings
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import bottle
 
@@ -31,8 +39,12 @@ from txm import db as m
 from txm.config import Settings
 from txm.errors import TxmError
 from txm.passwords import DEFAULT_PASSWORD, check_password, make_password, weakness
-from txm.permissions import visible_units
-from txm.webcore import STATIC, LoginRefused, WebCore, safe_next
+from txm import data, export
+from txm.errors import InvalidValue
+from txm.httpapps import mount_apps
+from txm.graphs import graph_channels, render_graphs, unit_axes
+from txm.permissions import can_see_unit, visible_units
+from txm.webcore import STATIC, LoginRefused, WebCore, format_when, safe_next
 
 log = logging.getLogger("txm.web")
 
@@ -57,6 +69,7 @@ def make_app(settings: Settings, database: Any = None) -> bottle.Bottle:
     _account_routes(app, core)
     _page_routes(app, core, settings)
     mount_admin(app, settings)
+    mount_apps(app, settings)
     return app
 
 
@@ -135,11 +148,244 @@ def _account_routes(app: bottle.Bottle, core: WebCore) -> None:
 
 
 def _page_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> None:
+    def visible_unit(code: str) -> m.Unit:
+        """The unit with this code if the visitor may see it, else the 404 page."""
+        unit = m.Unit.get_or_none(m.Unit.code == code)
+        if unit is None or not can_see_unit(core.user, unit, settings.LOGIN_REQUIRED):
+            bottle.abort(404, f"There is no unit {code!r} that you may see.")
+        return unit
+
+    def requested_range(unit: m.Unit) -> data.DateRange:
+        query = bottle.request.query
+        return data.resolve_range(unit, query.getunicode("range"), query.getunicode("from"),
+                                  query.getunicode("to"))
+
     @app.get("/")
     def home():
         units = list(visible_units(core.user, settings.LOGIN_REQUIRED))
         views = list(m.View.select().order_by(m.View.name))
         return core.render("home.html", units=units, views=views)
+
+    @app.get("/units/<code>")
+    def unit_slash(code: str):
+        core.redirect(f"/units/{quote(code)}/", 301)
+
+    @app.get("/units/<code>/")
+    def unit_page(code: str):
+        unit = visible_unit(code)
+        query = bottle.request.query
+        context: dict[str, Any] = dict(unit=unit, presets=data.PRESETS, error="", range=None, stats=None,
+                                       graphs=[], series=None, from_text=query.getunicode("from") or "",
+                                       to_text=query.getunicode("to") or "", csv_query="",
+                                       timestamp_format=export.TIMESTAMP_FORMAT)
+        try:
+            chosen = requested_range(unit)
+        except InvalidValue as exc:
+            bottle.response.status = 400
+            context["error"] = str(exc)
+            return core.render("unit.html", **context)
+        axes = unit_axes(unit)
+        channels = graph_channels(axes)
+        stats = data.channel_stats(unit, chosen.start, chosen.end, list(range(1, unit.channels + 1)))
+        context.update(range=chosen, stats=stats, csv_query=_range_query(chosen))
+        if stats.count:
+            shown = [c for c in stats.channels if c.channel in channels]
+            limit = data.plot_limit(settings.MAX_PLOT_POINTS, unit.graph_width)
+            series = data.series(unit, chosen.start, chosen.end, channels, limit,
+                                 data.RangeStats(stats.count, stats.first, stats.last, shown))
+            context.update(series=series, graphs=render_graphs(unit, series, axes))
+        return core.render("unit.html", **context)
+
+    @app.get("/units/<code>/data.csv")
+    def unit_csv(code: str):
+        unit = visible_unit(code)
+        if not unit.has_reports:
+            bottle.abort(403, f"Data downloads are switched off for unit {unit.code}.")
+        try:
+            chosen = requested_range(unit)
+            fields = _report_fields(unit, bottle.request.query.getunicode("fields"))
+        except InvalidValue as exc:
+            bottle.abort(400, str(exc))
+        job = export.UnitExport(m.database.obj, unit, fields, chosen.start, chosen.end)
+        bottle.response.content_type = "text/csv; charset=utf-8"
+        bottle.response.set_header("Content-Disposition", f'attachment; filename="{_csv_name(unit, chosen)}"')
+        bottle.response.set_header("X-Content-Type-Options", "nosniff")
+        return export.iter_pieces(job.csv_pages())
+
+    @app.get("/views/<view_id:int>")
+    def view_slash(view_id: int):
+        core.redirect(f"/views/{view_id}/", 301)
+
+    @app.get("/views/<view_id:int>/")
+    def view_page(view_id: int):
+        view = m.View.get_or_none(m.View.id == view_id)
+        if view is None:
+            bottle.abort(404, f"There is no multiple-meter view {view_id}.")
+        return core.render("view.html", view=view, live=view_data(core.user, view, settings))
+
+    # --- the JSON API ----------------------------------------------------------------------------
+
+    def api_user() -> m.User | None:
+        """The caller: HTTP basic auth when sent, else the session's user; 401 when needed."""
+        auth = bottle.request.auth
+        if auth is not None:
+            try:
+                return core.authenticate(auth[0], auth[1])
+            except LoginRefused as exc:
+                raise _json_error(401, str(exc), basic=True) from None
+        user = core.user
+        if user is None and settings.LOGIN_REQUIRED:
+            raise _json_error(401, "log in first, or send HTTP basic authentication", basic=True)
+        return user
+
+    def api_unit(user: m.User | None, code: str) -> m.Unit:
+        unit = m.Unit.get_or_none(m.Unit.code == code)
+        if unit is None or not can_see_unit(user, unit, settings.LOGIN_REQUIRED):
+            raise _json_error(404, f"there is no unit {code!r} that you may see")
+        return unit
+
+    @app.get("/api/units", access="public")
+    def api_units():
+        user = api_user()
+        return _json({"units": [_unit_json(u) for u in visible_units(user, settings.LOGIN_REQUIRED)]})
+
+    @app.get("/api/units/<code>/last", access="public")
+    def api_last(code: str):
+        unit = api_unit(api_user(), code)
+        sample = data.last_sample(unit)
+        labels = unit.channel_labels()
+        body = {"unit": unit.code, "channels": labels, "timestamp": None, "received": None, "values": None}
+        if sample is not None:
+            body.update(timestamp=format_when(sample.timestamp), received=_utc(sample.received),
+                        values=sample.values)
+        return _json(body)
+
+    @app.get("/api/units/<code>/samples", access="public")
+    def api_samples(code: str):
+        unit = api_unit(api_user(), code)
+        query = bottle.request.query
+        try:
+            chosen = requested_range(unit)
+            channels = export.resolve_fields(unit, query.getunicode("fields") or "all")
+            after = export.parse_datetime(query.getunicode("after"), what="after") if query.get("after") else None
+            limit = int(query.get("limit") or API_PAGE)
+        except InvalidValue as exc:
+            raise _json_error(400, str(exc)) from None
+        except ValueError:
+            raise _json_error(400, f"limit must be a whole number from 1 to {API_PAGE_MAX}") from None
+        if not 1 <= limit <= API_PAGE_MAX:
+            raise _json_error(400, f"limit must be a whole number from 1 to {API_PAGE_MAX}")
+        rows = data.samples_page(unit, chosen.start, chosen.end, channels, after, limit)
+        labels = unit.channel_labels()
+        next_url = None
+        if len(rows) == limit:
+            params = {k: query.getunicode(k) for k in ("range", "from", "to", "fields") if query.get(k)}
+            params.update(after=format_when(rows[-1][0]), limit=str(limit))
+            next_url = core.url(f"/api/units/{quote(unit.code)}/samples") + "?" + urlencode(params)
+        return _json({"unit": unit.code, "fields": [labels[n - 1] for n in channels],
+                      "samples": [[format_when(r[0]), *r[1:]] for r in rows], "next": next_url})
+
+    @app.get("/api/views/<view_id:int>", access="public")
+    def api_view(view_id: int):
+        user = api_user()
+        view = m.View.get_or_none(m.View.id == view_id)
+        if view is None:
+            raise _json_error(404, f"there is no view {view_id}")
+        return _json(view_data(user, view, settings))
+
+
+#: Samples per page of ``/api/units/<code>/samples`` unless ``limit`` says otherwise, and the most.
+API_PAGE = 1000
+API_PAGE_MAX = 10_000
+
+
+def view_data(user: m.User | None, view: m.View, settings: Settings) -> dict[str, Any]:
+    """What a multiple-meter view shows now: per unit the user may see, the chosen channels'
+    newest values, the sample time and whether the unit is stale."""
+    entries = list(m.ViewEntry.select(m.ViewEntry, m.Unit).join(m.Unit).where(m.ViewEntry.view == view.id)
+                   .order_by(m.ViewEntry.position, m.ViewEntry.id))
+    visible = {u.id for u in visible_units(user, settings.LOGIN_REQUIRED).where(
+        m.Unit.id.in_([e.unit_id for e in entries]))} if entries else set()
+    units = []
+    now = m.utcnow()
+    for entry in entries:
+        unit = entry.unit
+        if unit.id not in visible:
+            continue
+        labels = unit.channel_labels()
+        channels = data.check_channels(unit, entry.channels or []) or list(range(1, unit.channels + 1))
+        sample = data.last_sample(unit)
+        units.append({
+            "code": unit.code, "name": unit.name,
+            "timestamp": format_when(sample.timestamp) if sample else None,
+            "received": _utc(sample.received) if sample else None,
+            "stale": data.is_stale(sample, settings.STALE_SECONDS, now),
+            "channels": [{"channel": n, "label": labels[n - 1],
+                          "value": sample.values[n - 1] if sample else None} for n in channels],
+        })
+    return {"id": view.id, "name": view.name, "refresh_seconds": max(1, view.refresh_seconds),
+            "stale_seconds": settings.STALE_SECONDS, "now": _utc(now), "units": units}
+
+
+def _utc(value: Any) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _unit_json(unit: m.Unit) -> dict[str, Any]:
+    return {"code": unit.code, "name": unit.name, "channels": unit.channel_labels(),
+            "has_reports": unit.has_reports}
+
+
+def _json(body: Any, status: int = 200) -> bottle.HTTPResponse:
+    response = bottle.HTTPResponse(json.dumps(body, allow_nan=False, default=str), status)
+    response.content_type = "application/json"
+    response.set_header("Cache-Control", "no-store")
+    return response
+
+
+def _json_error(status: int, message: str, basic: bool = False) -> bottle.HTTPResponse:
+    response = _json({"error": message}, status)
+    if basic:
+        response.set_header("WWW-Authenticate", 'Basic realm="txm", charset="UTF-8"')
+    return response
+
+
+def _report_fields(unit: m.Unit, spec: str | None) -> list[int]:
+    """The channels a download asks for, each one the unit's report options allow."""
+    allowed = export.resolve_fields(unit, None)
+    if not spec or not spec.strip():
+        return allowed
+    asked = export.resolve_fields(unit, spec)
+    refused = [n for n in asked if n not in allowed]
+    if refused:
+        labels = unit.channel_labels()
+        raise InvalidValue(f"field {labels[refused[0] - 1]} is not offered for download; "
+                           f"the fields are {', '.join(labels[n - 1] for n in allowed)}")
+    return asked
+
+
+def _range_query(chosen: data.DateRange) -> str:
+    """The query string that asks for the same range again."""
+    if chosen.preset:
+        return urlencode({"range": chosen.preset})
+    params = {}
+    if chosen.start is not None:
+        params["from"] = format_when(chosen.start)
+    if chosen.end is not None:
+        params["to"] = format_when(chosen.end - dt.timedelta(microseconds=1))
+    return urlencode(params)
+
+
+def _csv_name(unit: m.Unit, chosen: data.DateRange) -> str:
+    """``M1_2026-01-01T000000_to_2026-01-31T235959.csv``: the unit and the first and last second
+    of the range."""
+    def part(value: dt.datetime | None, open_name: str) -> str:
+        return value.strftime("%Y-%m-%dT%H%M%S") if value is not None else open_name
+
+    if chosen.start is None and chosen.end is None:
+        return f"{unit.code}_all.csv"
+    last = chosen.end - dt.timedelta(microseconds=1) if chosen.end is not None else None
+    return f"{unit.code}_{part(chosen.start, 'start')}_to_{part(last, 'end')}.csv"
 
 
 # --- the admin panel and HTTP Apps ------------------------------------------------------------------
@@ -148,7 +394,10 @@ def _page_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> None:
 def mount_admin(app: bottle.Bottle, settings: Settings) -> bool:
     """Mount ``txm.admin.make_app(settings)`` at ``/admin/`` when that module is installed."""
     try:
-        admin = importlib.import_module("txm.admin")
+        with warnings.catch_warnings():
+            # pygal's import hook warns on any module not found once pygal is loaded.
+            warnings.simplefilter("ignore", ImportWarning)
+            admin = importlib.import_module("txm.admin")
     except ModuleNotFoundError as exc:
         if exc.name == "txm.admin":
             return False

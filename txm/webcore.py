@@ -405,6 +405,12 @@ class WebCore:
         context.setdefault("request_path", bottle.request.path)
         return self.env.get_template(name).render(**context)
 
+    def render_string(self, source: str, **context: Any) -> str:
+        """Render template text (a one-file HTTP App's page) with the shared context."""
+        context.setdefault("user", self.user)
+        context.setdefault("request_path", bottle.request.path)
+        return self.env.from_string(source).render(**context)
+
     def redirect(self, path: str, code: int = 303) -> None:
         """Redirect to a path on this site (raises)."""
         bottle.redirect(self.url(path) if path.startswith("/") else path, code)
@@ -504,7 +510,7 @@ class _CorePlugin:
                 _disconnect()  # a broken connection: the next request opens a new one
                 raise
             if outermost:
-                core.save_session(bottle.response)
+                core.save_session(result if isinstance(result, bottle.HTTPResponse) else bottle.response)
                 core.purge()
             return result
 

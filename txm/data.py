@@ -1,0 +1,335 @@
+"""Reading samples for people: date ranges with presets, statistics per channel, lines for graphs
+reduced to a number of points, the newest sample, and pages of samples for the JSON API.
+
+The web interface's routes are thin over these functions. Every query runs on the unique
+``(unit_id, timestamp)`` index and computes in SQL what SQL can (counts, extremes, sums), so a
+range of millions of samples is never loaded into memory. SQL is written with plain DB-API
+cursors (as :mod:`txm.export` does) and works on SQLite, PostgreSQL and MariaDB/MySQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import peewee as pw
+
+from txm import db as m
+from txm.errors import InvalidValue
+from txm.export import _dialect, _py_stamp, parse_range
+
+#: Date range presets: name -> (label, length); counted back from the unit's newest sample.
+PRESETS: dict[str, tuple[str, dt.timedelta | None]] = {
+    "hour": ("Last hour", dt.timedelta(hours=1)),
+    "day": ("Last day", dt.timedelta(days=1)),
+    "week": ("Last week", dt.timedelta(days=7)),
+    "month": ("Last month", dt.timedelta(days=30)),
+    "all": ("All", None),
+}
+DEFAULT_PRESET = "day"
+#: With MAX_PLOT_POINTS 0, a line still has at most this many points per pixel of graph width:
+#: more cannot be seen, and a browser chokes on an SVG with millions of points.
+POINTS_PER_PIXEL = 4
+
+
+# --- date ranges ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """Samples with ``start <= timestamp < end``; None leaves that side open."""
+
+    start: dt.datetime | None
+    end: dt.datetime | None
+    preset: str | None  # the preset chosen, or None for dates given
+    label: str
+
+
+def newest_timestamp(unit: m.Unit) -> dt.datetime | None:
+    row = (m.Sample.select(m.Sample.timestamp).where(m.Sample.unit == unit.id)
+           .order_by(m.Sample.timestamp.desc()).limit(1).tuples().first())
+    return _py_stamp(row[0]) if row else None
+
+
+def resolve_range(unit: m.Unit, preset: str | None = None, start: str | None = None,
+                  end: str | None = None) -> DateRange:
+    """The range a person asked for: dates (``from``/``to``, see :func:`txm.export.parse_datetime`)
+    when either is given, else a preset (default: the last day).
+
+    Presets count back from the unit's newest sample, not from the server's clock: meters keep
+    their own clock (often local time), and "the last day" of a meter that stopped a week ago
+    should still show its last day of data. Bad dates or an unknown preset raise
+    :class:`InvalidValue` with a message for the page.
+    """
+    start = (start or "").strip() or None
+    end = (end or "").strip() or None
+    if start or end:
+        lo, hi = parse_range(start, end)
+        label = f"{_show(lo) if lo else 'the first sample'} to {_show_end(hi) if hi else 'the newest sample'}"
+        return DateRange(lo, hi, None, label)
+    preset = (preset or DEFAULT_PRESET).strip().lower()
+    if preset not in PRESETS:
+        raise InvalidValue(f"unknown range {preset!r}: choose one of {', '.join(PRESETS)}")
+    label, length = PRESETS[preset]
+    if length is None:
+        return DateRange(None, None, preset, "all samples")
+    newest = newest_timestamp(unit)
+    if newest is None:
+        return DateRange(None, None, preset, label.lower())
+    hi = newest + dt.timedelta(microseconds=1)
+    return DateRange(hi - length, hi, preset, f"{label.lower()} of data, to {_show(newest)}")
+
+
+def _show(value: dt.datetime) -> str:
+    text = value.strftime("%Y-%m-%d %H:%M:%S")
+    return text + (f".{value.microsecond:06d}" if value.microsecond else "")
+
+
+def _show_end(value: dt.datetime) -> str:
+    return "before " + _show(value)
+
+
+# --- SQL helpers ----------------------------------------------------------------------------------
+
+
+class _Sql:
+    """Dialect details of the bound database."""
+
+    def __init__(self, db: pw.Database | None = None):
+        self.db = db or m.database.obj
+        self.kind, self.p, self.q = _dialect(self.db)
+
+    def col(self, name: str) -> str:
+        return f"{self.q}{name}{self.q}"
+
+    def stamp(self, value: dt.datetime) -> Any:
+        return str(value) if self.kind == "sqlite" else value
+
+    def where(self, unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None) -> tuple[str, list[Any]]:
+        sql, params = [f"{self.col('unit_id')} = {self.p}"], [unit.id]
+        if start is not None:
+            sql.append(f"{self.col('timestamp')} >= {self.p}")
+            params.append(self.stamp(start))
+        if end is not None:
+            sql.append(f"{self.col('timestamp')} < {self.p}")
+            params.append(self.stamp(end))
+        return " AND ".join(sql), params
+
+    def fetchall(self, sql: str, params: Sequence[Any]) -> list[tuple]:
+        cursor = self.db.cursor()
+        cursor.execute(sql, list(params))
+        return cursor.fetchall()
+
+    def micros_since(self, origin_marker: str) -> str:
+        """SQL for the microseconds from a parameter (a timestamp) to the sample's timestamp."""
+        ts = self.col("timestamp")
+        if self.kind == "sqlite":
+            return f"((julianday({ts}) - julianday({origin_marker})) * 86400000000.0)"
+        if self.kind == "postgresql":
+            return f"(EXTRACT(EPOCH FROM ({ts} - CAST({origin_marker} AS TIMESTAMP))) * 1000000)"
+        return f"TIMESTAMPDIFF(MICROSECOND, {origin_marker}, {ts})"
+
+
+# --- statistics ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChannelStats:
+    """Statistics of one channel over a range; values None when the channel has no value there."""
+
+    channel: int
+    label: str
+    count: int = 0
+    minimum: float | None = None
+    maximum: float | None = None
+    mean: float | None = None
+    stddev: float | None = None  # sample standard deviation (n - 1); None below two values
+    first: dt.datetime | None = None
+    last: dt.datetime | None = None
+
+
+@dataclass
+class RangeStats:
+    count: int  # samples in the range
+    first: dt.datetime | None
+    last: dt.datetime | None
+    channels: list[ChannelStats] = field(default_factory=list)
+
+
+def channel_stats(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None,
+                  channels: Sequence[int] | None = None) -> RangeStats:
+    """Count, minimum, maximum, mean, standard deviation and first/last timestamps per channel,
+    in one SQL pass.
+
+    SQLite has no STDDEV, so every engine gets it the same way: from the count, the sum and
+    the sum of squares of ``value - K``, where K is the channel's value in the range's first
+    sample. Shifting by a value near the data keeps the subtraction from cancelling the
+    digits that matter (values of 1e6 varying by 1e-3 still come out right).
+    """
+    sql = _Sql()
+    channels = list(channels or range(1, unit.channels + 1))
+    labels = unit.channel_labels()
+    where, params = sql.where(unit, start, end)
+    ts = sql.col("timestamp")
+    first_row = sql.fetchall(
+        f"SELECT {', '.join(sql.col(f'ch{n}') for n in channels)} FROM {sql.col('sample')} WHERE {where} "
+        f"ORDER BY {ts} LIMIT 1", params)
+    shift = [float(v) if v is not None else 0.0 for v in (first_row[0] if first_row else [0.0] * len(channels))]
+    parts = [f"COUNT(*)", f"MIN({ts})", f"MAX({ts})"]
+    shift_params: list[Any] = []
+    for n, k in zip(channels, shift):
+        c = sql.col(f"ch{n}")
+        parts += [f"COUNT({c})", f"MIN({c})", f"MAX({c})", f"AVG({c})",
+                  f"SUM({c} - {sql.p})", f"SUM(({c} - {sql.p}) * ({c} - {sql.p}))",
+                  f"MIN(CASE WHEN {c} IS NOT NULL THEN {ts} END)", f"MAX(CASE WHEN {c} IS NOT NULL THEN {ts} END)"]
+        shift_params += [k, k, k]
+    row = sql.fetchall(f"SELECT {', '.join(parts)} FROM {sql.col('sample')} WHERE {where}", shift_params + params)[0]
+    result = RangeStats(int(row[0] or 0), _opt_stamp(row[1]), _opt_stamp(row[2]))
+    for i, n in enumerate(channels):
+        count, low, high, mean, s1, s2, first, last = row[3 + 8 * i: 11 + 8 * i]
+        stats = ChannelStats(n, labels[n - 1], int(count or 0))
+        if stats.count:
+            stats.minimum, stats.maximum, stats.mean = float(low), float(high), float(mean)
+            stats.first, stats.last = _opt_stamp(first), _opt_stamp(last)
+            if stats.count >= 2:
+                s1, s2 = float(s1), float(s2)
+                variance = (s2 - s1 * s1 / stats.count) / (stats.count - 1)
+                stats.stddev = math.sqrt(max(variance, 0.0))
+        result.channels.append(stats)
+    return result
+
+
+def _opt_stamp(value: Any) -> dt.datetime | None:
+    return None if value is None else _py_stamp(value)
+
+
+# --- lines for graphs ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    """Points per channel for a graph: ``lines[channel] = [(timestamp, value), ...]``."""
+
+    lines: dict[int, list[tuple[dt.datetime, float | None]]]
+    total: int  # samples in the range
+    reduced: bool  # True when lines hold min/max per time bucket instead of every sample
+    limit: int  # the most points a line may have
+
+
+def plot_limit(max_plot_points: int, graph_width: int) -> int:
+    """Points a line may have: MAX_PLOT_POINTS, or (when 0) what the graph's width can show."""
+    if max_plot_points > 0:
+        return max_plot_points
+    return max(2, POINTS_PER_PIXEL * max(graph_width, 100))
+
+
+def series(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, channels: Sequence[int],
+           limit: int, stats: RangeStats | None = None) -> Series:
+    """The lines of a graph, each with at most ``limit`` points.
+
+    When the range holds more samples, the time from the first to the last sample is cut into
+    ``limit // 2`` equal buckets and each line gets the minimum and the maximum of each bucket
+    (at the bucket's first and last sample times), computed in SQL: peaks and dips stay
+    visible however many samples are folded together.
+    """
+    sql = _Sql()
+    channels = list(channels)
+    stats = stats or channel_stats(unit, start, end, channels)
+    lines: dict[int, list[tuple[dt.datetime, float | None]]] = {n: [] for n in channels}
+    if stats.count == 0 or not channels:
+        return Series(lines, stats.count, False, limit)
+    where, params = sql.where(unit, start, end)
+    ts = sql.col("timestamp")
+    if stats.count <= limit:
+        columns = ", ".join(sql.col(f"ch{n}") for n in channels)
+        for row in sql.fetchall(f"SELECT {ts}, {columns} FROM {sql.col('sample')} WHERE {where} ORDER BY {ts}",
+                                params):
+            when = _py_stamp(row[0])
+            for n, value in zip(channels, row[1:]):
+                if value is not None:
+                    lines[n].append((when, float(value)))
+        return Series(lines, stats.count, False, limit)
+    buckets = max(1, limit // 2)
+    first, last = stats.first, stats.last
+    span = (last - first) // dt.timedelta(microseconds=1) + 1
+    width = max(1, -(-span // buckets))  # microseconds per bucket, rounded up
+    # Offsets are never negative, so SQLite's CAST (it may lack FLOOR) rounds down as FLOOR does.
+    bucket = (f"CAST({sql.micros_since(sql.p)} / {sql.p} AS INTEGER)" if sql.kind == "sqlite"
+              else f"FLOOR({sql.micros_since(sql.p)} / {sql.p})")
+    parts = [f"MIN({ts})", f"MAX({ts})"]
+    for n in channels:
+        c = sql.col(f"ch{n}")
+        parts += [f"MIN({c})", f"MAX({c})"]
+    query = (f"SELECT {bucket} AS b, {', '.join(parts)} FROM {sql.col('sample')} WHERE {where} "
+             f"GROUP BY b ORDER BY b")
+    for row in sql.fetchall(query, [sql.stamp(first), width, *params]):
+        t_first, t_last = _py_stamp(row[1]), _py_stamp(row[2])
+        for i, n in enumerate(channels):
+            low, high = row[3 + 2 * i], row[4 + 2 * i]
+            if low is None:
+                continue
+            lines[n].append((t_first, float(low)))
+            if t_last != t_first:
+                lines[n].append((t_last, float(high)))
+    return Series(lines, stats.count, True, limit)
+
+
+# --- the newest sample and pages of samples --------------------------------------------------------
+
+
+@dataclass
+class LastSample:
+    timestamp: dt.datetime
+    received: dt.datetime  # server time (UTC) it arrived
+    values: list[float | None]  # every channel, in order
+
+
+def last_sample(unit: m.Unit) -> LastSample | None:
+    """The unit's sample with the newest timestamp, or None when it has none."""
+    columns = [m.Sample.timestamp, m.Sample.received,
+               *(getattr(m.Sample, f"ch{n}") for n in range(1, unit.channels + 1))]
+    row = (m.Sample.select(*columns).where(m.Sample.unit == unit.id)
+           .order_by(m.Sample.timestamp.desc()).limit(1).tuples().first())
+    if row is None:
+        return None
+    return LastSample(_py_stamp(row[0]), _py_stamp(row[1]), [None if v is None else float(v) for v in row[2:]])
+
+
+def last_samples(units: Sequence[m.Unit]) -> dict[int, LastSample | None]:
+    """:func:`last_sample` of several units (one indexed query each), by unit id."""
+    return {unit.id: last_sample(unit) for unit in units}
+
+
+def is_stale(sample: LastSample | None, stale_seconds: float, now: dt.datetime | None = None) -> bool:
+    """True when the unit has no sample or its newest arrived longer ago than ``stale_seconds``."""
+    if sample is None:
+        return True
+    now = now or m.utcnow()
+    return (now - sample.received).total_seconds() > stale_seconds
+
+
+def samples_page(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, channels: Sequence[int],
+                 after: dt.datetime | None = None, limit: int = 1000) -> list[tuple]:
+    """Up to ``limit`` samples ``(timestamp, value, ...)`` in timestamp order, after ``after``
+    (exclusive; keyset paging on the unique index, so every page costs the same)."""
+    sql = _Sql()
+    where, params = sql.where(unit, start, end)
+    ts = sql.col("timestamp")
+    if after is not None:
+        where += f" AND {ts} > {sql.p}"
+        params.append(sql.stamp(after))
+    columns = ", ".join(sql.col(f"ch{n}") for n in channels)
+    rows = sql.fetchall(f"SELECT {ts}, {columns} FROM {sql.col('sample')} WHERE {where} ORDER BY {ts} "
+                        f"LIMIT {int(limit)}", params)
+    return [(_py_stamp(row[0]), *(None if v is None else float(v) for v in row[1:])) for row in rows]
+
+
+def check_channels(unit: m.Unit, channels: Sequence[int]) -> list[int]:
+    """Channel numbers that exist on the unit, in order, without repeats."""
+    seen: list[int] = []
+    for n in channels:
+        if isinstance(n, int) and 1 <= n <= unit.channels and n not in seen:
+            seen.append(n)
+    return seen
