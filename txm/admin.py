@@ -77,7 +77,8 @@ def make_app(settings: Settings) -> bottle.Bottle:
         who = context.pop("who", None) or actor()
         query = bottle.request.query_string
         here = bottle.request.fullpath + ("?" + query if query else "")
-        return core.render(template, admin_url=link, who=who, registry=reg, here=here, **context)
+        return core.render(template, admin_url=link, who=who, registry=reg, here=here,
+                           permission_grid=ap.permission_grid, **context)
 
     def form_input() -> ap.FormInput:
         forms = bottle.request.forms.decode()

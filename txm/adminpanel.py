@@ -29,7 +29,7 @@ from txm import manage
 from txm.config import Settings
 from txm.errors import InvalidValue, NotFound, TxmError
 from txm.passwords import make_password, weakness
-from txm.permissions import ALL_PERMISSIONS, permissions_of
+from txm.permissions import ACTIONS, ALL_PERMISSIONS, PERMISSION_MODELS, permissions_of
 
 #: Most axes a unit's graph may have.
 MAX_AXES = 4
@@ -473,9 +473,27 @@ def user_choices(with_email: bool = False) -> list[tuple[str, str]]:
     return out
 
 
+def permission_grid(choices: Sequence[tuple[str, str]]) -> list[tuple[str, list[Optional[str]]]]:
+    """Permission choices as rows of a table: (kind of record, [codename or None per action])."""
+    offered = {c[0] for c in choices}
+    rows = []
+    for model in PERMISSION_MODELS:
+        cells = [f"{action}_{model}" if f"{action}_{model}" in offered else None for action in ACTIONS]
+        if any(cells):
+            rows.append((permission_label(f"view_{model}")[len("Can view "):], cells))
+    return rows
+
+
+#: Permissions that mean nothing in the panel: samples and alarms are never added or changed there,
+#: and the log is only read. They are not offered (a user who holds one keeps it).
+IDLE_PERMISSIONS = frozenset({"add_sample", "change_sample", "add_alarm", "change_alarm", "add_logentry",
+                              "change_logentry", "delete_logentry"})
+
+
 def grantable_permissions(actor: Actor) -> list[tuple[str, str]]:
     """Permissions the actor may hand out: a superuser all, anyone else only their own."""
-    return [(p, permission_label(p)) for p in ALL_PERMISSIONS if actor.is_superuser or p in actor.perms]
+    return [(p, permission_label(p)) for p in ALL_PERMISSIONS
+            if p not in IDLE_PERMISSIONS and (actor.is_superuser or p in actor.perms)]
 
 
 def _ids(values: Iterable[str]) -> list[int]:
@@ -539,6 +557,12 @@ class UserAdmin(ModelAdmin):
             Field("is_superuser", "Superuser status (is_superuser)", "bool", group="Status", readonly=limited,
                   help="Has every permission without assigning them."
                        + (" Only a superuser may change this." if limited else "")),
+        ]
+        if obj is not None and obj.id == actor.user.id:
+            fields.append(Field("confirm_self", "Yes, change my own account even if I lose access", "bool",
+                                group="Status",
+                                help="Needed when you take away your own superuser, staff or active status."))
+        fields += [
             Field("groups", "Groups", "multi", choices=group_choices(), group="Permissions", readonly=limited,
                   help="The user has the permissions and units of these groups too."),
             Field("permissions", "User permissions", "multi", choices=grantable_permissions(actor),
@@ -547,10 +571,6 @@ class UserAdmin(ModelAdmin):
                   help="Units this user sees on the home page (a superuser and users who may view units "
                        "see all of them)."),
         ]
-        if obj is not None and obj.id == actor.user.id:
-            fields.append(Field("confirm_self", "Yes, change my own account even if I lose access", "bool",
-                                group="Status",
-                                help="Needed when you take away your own superuser, staff or active status."))
         return fields
 
     def initial(self, obj):
