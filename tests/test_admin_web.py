@@ -599,3 +599,28 @@ def test_unit_page_leads_to_its_mailing_list_and_history(boss):
     post(boss, f"/unit/{unit.id}/", unit_form(code="M1", name="Renamed"), status=303)
     history = boss.get(A + "/logentry/", {"model": "unit", "object": str(unit.id)})
     assert "Renamed" in history.text and "Other" not in history.text
+
+
+def test_view_and_delete_one_sample_and_one_alarm(boss):
+    unit = make_unit()
+    add_samples(unit, 2)
+    sample = m.Sample.select().order_by(m.Sample.timestamp).first()
+    alarm = m.Alarm.create(unit=unit, level=5, data=["2026-01-01 00:00:00", "<b>9</b>"], email_status="failed",
+                           email_error="550 no such user")
+    page = boss.get(f"{A}/sample/{sample.id}/")
+    assert "2026-01-01 00:00:00" in page.text and "Delete this sample" in page.text
+    assert "Are you sure" in boss.get(f"{A}/sample/{sample.id}/delete").text
+    res = post(boss, f"/sample/{sample.id}/delete", {}, status=303)
+    assert res.location.endswith("/admin/sample/?unit=M1")
+    assert m.Sample.select().count() == 1
+    assert latest_log().object_repr == "M1 sample at 2026-01-01 00:00:00"
+
+    listing = boss.get(A + "/alarm/", {"unit": "M1"})
+    assert f'href="/admin/alarm/{alarm.id}/"' in listing.text and "&lt;b&gt;9&lt;/b&gt;" in listing.text
+    assert "No alarms" in boss.get(A + "/alarm/", {"unit": "M1", "to": "2000-01-01"}).text
+    detail = boss.get(f"{A}/alarm/{alarm.id}/")
+    assert "550 no such user" in detail.text and "data.1 = &lt;b&gt;9&lt;/b&gt;" in detail.text
+    post(boss, f"/alarm/{alarm.id}/delete", {}, status=303)
+    assert not m.Alarm.select().exists()
+    assert latest_log().model == "alarm" and latest_log().action == "delete"
+    assert boss.get(f"{A}/alarm/{alarm.id}/", status=404)

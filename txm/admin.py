@@ -20,7 +20,6 @@ All the work is done by :mod:`txm.adminpanel`; these routes only read requests a
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlencode
 
@@ -32,7 +31,6 @@ from txm.config import Settings
 from txm.errors import InvalidValue, NotFound, TxmError
 from txm.webcore import WebCore
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
 #: Models edited through forms (the others are only listed, viewed and perhaps deleted).
 FORM_MODELS = ("user", "group", "unit", "mailinglist", "alarmmessage", "view")
 
