@@ -136,3 +136,18 @@ def test_last_sample_stale_and_pages(database):
     page3 = data.samples_page(unit, None, None, [2], after=page2[-1][0], limit=10)
     assert [r[1] for r in page1 + page2 + page3] == [float(-i) for i in range(25)]
     assert len(page3) == 5
+
+
+def test_statistics_are_the_same_when_the_lines_are_reduced(database):
+    unit = _unit(channels=2)
+    rows = [(BASE + dt.timedelta(seconds=i * 7), [math.cos(i) * 100, None if i < 40 or i > 900 else i / 3])
+            for i in range(1000)]
+    _samples(unit, rows)
+    plain = data.channel_stats(unit, None, None)
+    stats, lines = data.overview(unit, None, None, limit=60)
+    assert lines.reduced and all(len(line) <= 60 for line in lines.lines.values())
+    for a, b in zip(plain.channels, stats.channels):
+        assert (a.count, a.minimum, a.maximum, a.first, a.last) == (b.count, b.minimum, b.maximum, b.first, b.last)
+        assert a.mean == pytest.approx(b.mean, rel=1e-12) and a.stddev == pytest.approx(b.stddev, rel=1e-9)
+    gappy = stats.channels[1]
+    assert (gappy.first, gappy.last) == (rows[40][0], rows[900][0])

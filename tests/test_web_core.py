@@ -305,3 +305,10 @@ def test_purge_deletes_expired_sessions_and_old_failures(settings, database):
     WebCore(settings).purge(force=True)
     assert [s.key for s in m.WebSession.select()] == ["b" * 64]
     assert m.LoginFailure.select().count() == 0
+
+
+def test_pages_forbid_framing_and_sniffing(web):
+    for res in (web.get("/login"), web.get("/", status=303)):
+        assert res.headers["X-Frame-Options"] == "DENY"
+        assert res.headers["X-Content-Type-Options"] == "nosniff"
+        assert res.headers["Referrer-Policy"] == "same-origin"

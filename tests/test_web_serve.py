@@ -92,3 +92,34 @@ def test_web_process_ends_when_serve_is_killed(serve_process, settings, config_f
     while not _port_closed(port) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _port_closed(port), "the web process outlived its parent"
+
+
+def _raw_get(port: int, path: str, headers: dict[str, str]) -> str:
+    """The status line and headers of a GET sent byte by byte (urllib would add its own Host)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        lines = [f"GET {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items()), "Connection: close", "", ""]
+        sock.sendall("\r\n".join(lines).encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.split(b"\r\n\r\n", 1)[0].decode()
+
+
+def test_proxy_headers_are_believed_only_from_the_trusted_proxy(serve_process, settings, config_file):
+    headers = {"Host": "127.0.0.1", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "meters.example.com",
+               "X-Forwarded-For": "203.0.113.9"}
+    write_toml(config_file, {**_database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0,
+                             "BIND_ADDRESS": "127.0.0.1"})
+    process = serve_process()
+    head = _raw_get(web_port(process), "/", headers)
+    assert "Location: http://127.0.0.1/login?next=/" in head, head  # not believed
+    assert process.stop() == 0
+    write_toml(config_file, {**_database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0,
+                             "BIND_ADDRESS": "127.0.0.1", "TRUSTED_PROXY": "127.0.0.1"})
+    process = serve_process()
+    head = _raw_get(web_port(process), "/", headers)
+    assert "Location: https://meters.example.com/login?next=/" in head, head
+    assert process.stop() == 0

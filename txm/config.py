@@ -167,6 +167,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Days a web login lasts without use; each visit renews it.", 1, 3650),
     Setting("SESSION_COOKIE_SECURE", "main", BOOL, False,
             "Send the session cookie over HTTPS only: set it when users reach txm through an HTTPS proxy."),
+    Setting("TRUSTED_PROXY", "main", STR, "",
+            "Address of a reverse proxy in front of the web interface (e.g. 127.0.0.1) whose X-Forwarded-For, "
+            "-Proto and -Host headers are believed; empty: none are."),
     # email
     Setting("EMAIL_HOST", "email", STR, "localhost", "SMTP server that sends alarm emails."),
     Setting("EMAIL_PORT", "email", INT, 25, "SMTP server port.", 1, 65535),

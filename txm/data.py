@@ -132,7 +132,7 @@ class _Sql:
         return f"TIMESTAMPDIFF(MICROSECOND, {origin_marker}, {ts})"
 
 
-# --- statistics ------------------------------------------------------------------------------------
+# --- statistics and lines for graphs ------------------------------------------------------------
 
 
 @dataclass
@@ -158,56 +158,6 @@ class RangeStats:
     channels: list[ChannelStats] = field(default_factory=list)
 
 
-def channel_stats(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None,
-                  channels: Sequence[int] | None = None) -> RangeStats:
-    """Count, minimum, maximum, mean, standard deviation and first/last timestamps per channel,
-    in one SQL pass.
-
-    SQLite has no STDDEV, so every engine gets it the same way: from the count, the sum and
-    the sum of squares of ``value - K``, where K is the channel's value in the range's first
-    sample. Shifting by a value near the data keeps the subtraction from cancelling the
-    digits that matter (values of 1e6 varying by 1e-3 still come out right).
-    """
-    sql = _Sql()
-    channels = list(channels or range(1, unit.channels + 1))
-    labels = unit.channel_labels()
-    where, params = sql.where(unit, start, end)
-    ts = sql.col("timestamp")
-    first_row = sql.fetchall(
-        f"SELECT {', '.join(sql.col(f'ch{n}') for n in channels)} FROM {sql.col('sample')} WHERE {where} "
-        f"ORDER BY {ts} LIMIT 1", params)
-    shift = [float(v) if v is not None else 0.0 for v in (first_row[0] if first_row else [0.0] * len(channels))]
-    parts = [f"COUNT(*)", f"MIN({ts})", f"MAX({ts})"]
-    shift_params: list[Any] = []
-    for n, k in zip(channels, shift):
-        c = sql.col(f"ch{n}")
-        parts += [f"COUNT({c})", f"MIN({c})", f"MAX({c})", f"AVG({c})",
-                  f"SUM({c} - {sql.p})", f"SUM(({c} - {sql.p}) * ({c} - {sql.p}))",
-                  f"MIN(CASE WHEN {c} IS NOT NULL THEN {ts} END)", f"MAX(CASE WHEN {c} IS NOT NULL THEN {ts} END)"]
-        shift_params += [k, k, k]
-    row = sql.fetchall(f"SELECT {', '.join(parts)} FROM {sql.col('sample')} WHERE {where}", shift_params + params)[0]
-    result = RangeStats(int(row[0] or 0), _opt_stamp(row[1]), _opt_stamp(row[2]))
-    for i, n in enumerate(channels):
-        count, low, high, mean, s1, s2, first, last = row[3 + 8 * i: 11 + 8 * i]
-        stats = ChannelStats(n, labels[n - 1], int(count or 0))
-        if stats.count:
-            stats.minimum, stats.maximum, stats.mean = float(low), float(high), float(mean)
-            stats.first, stats.last = _opt_stamp(first), _opt_stamp(last)
-            if stats.count >= 2:
-                s1, s2 = float(s1), float(s2)
-                variance = (s2 - s1 * s1 / stats.count) / (stats.count - 1)
-                stats.stddev = math.sqrt(max(variance, 0.0))
-        result.channels.append(stats)
-    return result
-
-
-def _opt_stamp(value: Any) -> dt.datetime | None:
-    return None if value is None else _py_stamp(value)
-
-
-# --- lines for graphs ---------------------------------------------------------------------------------
-
-
 @dataclass
 class Series:
     """Points per channel for a graph: ``lines[channel] = [(timestamp, value), ...]``."""
@@ -225,55 +175,113 @@ def plot_limit(max_plot_points: int, graph_width: int) -> int:
     return max(2, POINTS_PER_PIXEL * max(graph_width, 100))
 
 
-def series(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, channels: Sequence[int],
-           limit: int, stats: RangeStats | None = None) -> Series:
-    """The lines of a graph, each with at most ``limit`` points.
+def overview(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, limit: int | None = None,
+             channels: Sequence[int] | None = None) -> tuple[RangeStats, Series]:
+    """Statistics of every channel and (with ``limit``) the graph lines, in one pass over the range.
 
-    When the range holds more samples, the time from the first to the last sample is cut into
-    ``limit // 2`` equal buckets and each line gets the minimum and the maximum of each bucket
-    (at the bucket's first and last sample times), computed in SQL: peaks and dips stay
-    visible however many samples are folded together.
+    Statistics per channel: count, minimum, maximum, mean, standard deviation, first and last
+    timestamps. SQLite has no STDDEV, so every engine gets it the same way: from the count, the
+    sum and the sum of squares of ``value - K``, where K is the channel's value in the range's
+    first sample; shifting by a value near the data keeps the subtraction from cancelling the
+    digits that matter (values of 1e6 varying by 1e-3 still come out right).
+
+    Lines: when the range holds at most ``limit`` samples, every sample. Otherwise the time from
+    the first to the last sample is cut into ``limit // 2`` equal buckets and each line gets the
+    minimum and the maximum of each bucket (at the bucket's first and last sample times):
+    peaks and dips stay visible however many samples are folded together. The same GROUP BY
+    pass that finds those extremes sums the statistics, so a million samples are read once.
     """
     sql = _Sql()
-    channels = list(channels)
-    stats = stats or channel_stats(unit, start, end, channels)
-    lines: dict[int, list[tuple[dt.datetime, float | None]]] = {n: [] for n in channels}
-    if stats.count == 0 or not channels:
-        return Series(lines, stats.count, False, limit)
+    channels = list(channels or range(1, unit.channels + 1))
+    labels = unit.channel_labels()
     where, params = sql.where(unit, start, end)
     ts = sql.col("timestamp")
-    if stats.count <= limit:
-        columns = ", ".join(sql.col(f"ch{n}") for n in channels)
-        for row in sql.fetchall(f"SELECT {ts}, {columns} FROM {sql.col('sample')} WHERE {where} ORDER BY {ts}",
-                                params):
+    table = sql.col("sample")
+    values = ", ".join(sql.col(f"ch{n}") for n in channels)
+    lines: dict[int, list[tuple[dt.datetime, float | None]]] = {n: [] for n in channels}
+    first_row = sql.fetchall(f"SELECT {ts}, {values} FROM {table} WHERE {where} ORDER BY {ts} LIMIT 1", params)
+    if not first_row:
+        stats = RangeStats(0, None, None, [ChannelStats(n, labels[n - 1]) for n in channels])
+        return stats, Series(lines, 0, False, limit or 0)
+    first = _py_stamp(first_row[0][0])
+    last = _py_stamp(sql.fetchall(f"SELECT {ts} FROM {table} WHERE {where} ORDER BY {ts} DESC LIMIT 1", params)[0][0])
+    shift = [float(v) if v is not None else 0.0 for v in first_row[0][1:]]
+
+    parts = [f"MIN({ts})", f"MAX({ts})", "COUNT(*)"]
+    select_params: list[Any] = []
+    for n, k in zip(channels, shift):
+        c = sql.col(f"ch{n}")
+        parts += [f"COUNT({c})", f"MIN({c})", f"MAX({c})", f"SUM({c} - {sql.p})",
+                  f"SUM(({c} - {sql.p}) * ({c} - {sql.p}))"]
+        select_params += [k, k, k]
+    buckets = max(1, limit // 2) if limit else 1
+    if buckets > 1 and last > first:
+        span = (last - first) // dt.timedelta(microseconds=1) + 1
+        width = max(1, -(-span // buckets))  # microseconds per bucket, rounded up
+        # Offsets are never negative, so SQLite's CAST (it may lack FLOOR) rounds down as FLOOR does.
+        bucket = (f"CAST({sql.micros_since(sql.p)} / {sql.p} AS INTEGER)" if sql.kind == "sqlite"
+                  else f"FLOOR({sql.micros_since(sql.p)} / {sql.p})")
+        query = (f"SELECT {', '.join(parts)}, {bucket} AS b FROM {table} WHERE {where} GROUP BY b ORDER BY b")
+        rows = sql.fetchall(query, [*select_params, sql.stamp(first), width, *params])
+    else:
+        rows = sql.fetchall(f"SELECT {', '.join(parts)} FROM {table} WHERE {where}", [*select_params, *params])
+
+    total = sum(int(row[2] or 0) for row in rows)
+    stats = RangeStats(total, first, last)
+    for i, n in enumerate(channels):
+        cells = [row[3 + 5 * i: 8 + 5 * i] for row in rows]
+        channel = ChannelStats(n, labels[n - 1], sum(int(c[0] or 0) for c in cells))
+        if channel.count:
+            present = [c for c in cells if c[0]]
+            channel.minimum = min(float(c[1]) for c in present)
+            channel.maximum = max(float(c[2]) for c in present)
+            s1 = sum(float(c[3]) for c in present)
+            s2 = sum(float(c[4]) for c in present)
+            channel.mean = shift[i] + s1 / channel.count
+            if channel.count >= 2:
+                variance = (s2 - s1 * s1 / channel.count) / (channel.count - 1)
+                channel.stddev = math.sqrt(max(variance, 0.0))
+            if channel.count == total:
+                channel.first, channel.last = first, last
+            else:  # a channel with gaps: seek its first and last value on the index
+                c = sql.col(f"ch{n}")
+                for attr, order in (("first", "ASC"), ("last", "DESC")):
+                    found = sql.fetchall(f"SELECT {ts} FROM {table} WHERE {where} AND {c} IS NOT NULL "
+                                         f"ORDER BY {ts} {order} LIMIT 1", params)
+                    setattr(channel, attr, _py_stamp(found[0][0]))
+        stats.channels.append(channel)
+
+    if not limit:
+        return stats, Series(lines, total, False, 0)
+    if total <= limit:
+        for row in sql.fetchall(f"SELECT {ts}, {values} FROM {table} WHERE {where} ORDER BY {ts}", params):
             when = _py_stamp(row[0])
             for n, value in zip(channels, row[1:]):
                 if value is not None:
                     lines[n].append((when, float(value)))
-        return Series(lines, stats.count, False, limit)
-    buckets = max(1, limit // 2)
-    first, last = stats.first, stats.last
-    span = (last - first) // dt.timedelta(microseconds=1) + 1
-    width = max(1, -(-span // buckets))  # microseconds per bucket, rounded up
-    # Offsets are never negative, so SQLite's CAST (it may lack FLOOR) rounds down as FLOOR does.
-    bucket = (f"CAST({sql.micros_since(sql.p)} / {sql.p} AS INTEGER)" if sql.kind == "sqlite"
-              else f"FLOOR({sql.micros_since(sql.p)} / {sql.p})")
-    parts = [f"MIN({ts})", f"MAX({ts})"]
-    for n in channels:
-        c = sql.col(f"ch{n}")
-        parts += [f"MIN({c})", f"MAX({c})"]
-    query = (f"SELECT {bucket} AS b, {', '.join(parts)} FROM {sql.col('sample')} WHERE {where} "
-             f"GROUP BY b ORDER BY b")
-    for row in sql.fetchall(query, [sql.stamp(first), width, *params]):
-        t_first, t_last = _py_stamp(row[1]), _py_stamp(row[2])
+        return stats, Series(lines, total, False, limit)
+    for row in rows:
+        t_first, t_last = _py_stamp(row[0]), _py_stamp(row[1])
         for i, n in enumerate(channels):
-            low, high = row[3 + 2 * i], row[4 + 2 * i]
+            low, high = row[4 + 5 * i], row[5 + 5 * i]
             if low is None:
                 continue
             lines[n].append((t_first, float(low)))
             if t_last != t_first:
                 lines[n].append((t_last, float(high)))
-    return Series(lines, stats.count, True, limit)
+    return stats, Series(lines, total, True, limit)
+
+
+def channel_stats(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None,
+                  channels: Sequence[int] | None = None) -> RangeStats:
+    """The statistics part of :func:`overview`."""
+    return overview(unit, start, end, None, channels)[0]
+
+
+def series(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, channels: Sequence[int],
+           limit: int) -> Series:
+    """The lines part of :func:`overview`, each with at most ``limit`` points."""
+    return overview(unit, start, end, limit, channels)[1]
 
 
 # --- the newest sample and pages of samples --------------------------------------------------------

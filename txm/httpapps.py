@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
@@ -66,9 +65,7 @@ def find_factory(settings: Settings, name: str) -> tuple[Callable[[Settings], An
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             if ep.name == name:
                 try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", ImportWarning)  # pygal's import hook
-                        target = ep.load()
+                    target = ep.load()
                 except Exception as exc:
                     raise ConfigError(f"HTTP App {name!r} (entry point {ep.value}) failed to load: "
                                       f"{type(exc).__name__}: {exc}") from None

@@ -29,7 +29,6 @@ import signal
 import socket
 import sys
 import threading
-import warnings
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -42,7 +41,7 @@ from txm.passwords import DEFAULT_PASSWORD, check_password, make_password, weakn
 from txm import data, export
 from txm.errors import InvalidValue
 from txm.httpapps import mount_apps
-from txm.graphs import graph_channels, render_graphs, unit_axes
+from txm.graphs import render_graphs, unit_axes
 from txm.permissions import can_see_unit, visible_units
 from txm.webcore import STATIC, LoginRefused, WebCore, format_when, safe_next
 
@@ -50,6 +49,12 @@ log = logging.getLogger("txm.web")
 
 #: Threads of waitress serving requests in the web process.
 WEB_THREADS = 8
+#: How much lower the web process's CPU priority is than the TTP server's (see ``nice``).
+WEB_NICENESS = 10
+#: Samples per query and per piece of a CSV download.
+CSV_PAGE = 2000
+#: Bytes of a response waitress holds for a slow client before the app's thread waits.
+OUTPUT_WATERMARK = 1 << 20
 #: Seconds ``txm serve`` waits for the web process to be ready.
 START_TIMEOUT = 60.0
 
@@ -185,15 +190,11 @@ def _page_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> None:
             context["error"] = str(exc)
             return core.render("unit.html", **context)
         axes = unit_axes(unit)
-        channels = graph_channels(axes)
-        stats = data.channel_stats(unit, chosen.start, chosen.end, list(range(1, unit.channels + 1)))
-        context.update(range=chosen, stats=stats, csv_query=_range_query(chosen))
+        limit = data.plot_limit(settings.MAX_PLOT_POINTS, unit.graph_width)
+        stats, series = data.overview(unit, chosen.start, chosen.end, limit)
+        context.update(range=chosen, stats=stats, series=series, csv_query=_range_query(chosen))
         if stats.count:
-            shown = [c for c in stats.channels if c.channel in channels]
-            limit = data.plot_limit(settings.MAX_PLOT_POINTS, unit.graph_width)
-            series = data.series(unit, chosen.start, chosen.end, channels, limit,
-                                 data.RangeStats(stats.count, stats.first, stats.last, shown))
-            context.update(series=series, graphs=render_graphs(unit, series, axes))
+            context["graphs"] = render_graphs(unit, series, axes)
         return core.render("unit.html", **context)
 
     @app.get("/units/<code>/data.csv")
@@ -206,7 +207,9 @@ def _page_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> None:
             fields = _report_fields(unit, bottle.request.query.getunicode("fields"))
         except InvalidValue as exc:
             bottle.abort(400, str(exc))
-        job = export.UnitExport(m.database.obj, unit, fields, chosen.start, chosen.end)
+        # Small pages: pieces of about 100 KB keep the web process's memory flat (large pieces
+        # handed between waitress's threads leave the allocator holding megabytes).
+        job = export.UnitExport(m.database.obj, unit, fields, chosen.start, chosen.end, page_size=CSV_PAGE)
         bottle.response.content_type = "text/csv; charset=utf-8"
         bottle.response.set_header("Content-Disposition", f'attachment; filename="{_csv_name(unit, chosen)}"')
         bottle.response.set_header("X-Content-Type-Options", "nosniff")
@@ -394,10 +397,7 @@ def _csv_name(unit: m.Unit, chosen: data.DateRange) -> str:
 def mount_admin(app: bottle.Bottle, settings: Settings) -> bool:
     """Mount ``txm.admin.make_app(settings)`` at ``/admin/`` when that module is installed."""
     try:
-        with warnings.catch_warnings():
-            # pygal's import hook warns on any module not found once pygal is loaded.
-            warnings.simplefilter("ignore", ImportWarning)
-            admin = importlib.import_module("txm.admin")
+        admin = importlib.import_module("txm.admin")
     except ModuleNotFoundError as exc:
         if exc.name == "txm.admin":
             return False
@@ -499,6 +499,10 @@ def run_web_process(stop_event: Any, settings_state: tuple, sock: socket.socket,
     """The web process: serve ``make_app(settings)`` on ``sock`` until ``stop_event`` is set."""
     settings = Settings(*settings_state)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
+    try:
+        os.nice(WEB_NICENESS)  # on a busy machine the meters' loop gets the CPU first
+    except OSError:
+        pass
     _child_logging()
     parent = os.getppid()
     try:
@@ -506,8 +510,16 @@ def run_web_process(stop_event: Any, settings_state: tuple, sock: socket.socket,
 
         m.open_database(settings)
         app = make_app(settings)
+        # A small output watermark: a big CSV download's thread waits for the client instead of
+        # buffering megabytes ahead of it, so memory stays flat however long the download.
+        proxy: dict[str, Any] = {}
+        if settings.TRUSTED_PROXY:
+            proxy = {"trusted_proxy": settings.TRUSTED_PROXY, "trusted_proxy_count": 1,
+                     "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}}
         server = waitress.create_server(app, sockets=[sock], threads=WEB_THREADS, ident="txm",
-                                        clear_untrusted_proxy_headers=True)
+                                        clear_untrusted_proxy_headers=True,
+                                        outbuf_high_watermark=OUTPUT_WATERMARK, outbuf_overflow=OUTPUT_WATERMARK,
+                                        **proxy)
     except TxmError as exc:
         ready.send(str(exc))
         return

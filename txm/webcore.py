@@ -111,6 +111,9 @@ ERROR_TITLES = {400: "Bad request", 401: "Login required", 403: "Forbidden", 404
                 405: "Method not allowed", 500: "Server error"}
 
 _ENV_KEY = "txm.web.state"
+#: Sent with every page: no framing by other sites, no type sniffing, no full URLs to other sites.
+SECURITY_HEADERS = (("X-Frame-Options", "DENY"), ("X-Content-Type-Options", "nosniff"),
+                    ("Referrer-Policy", "same-origin"))
 
 
 class LoginRefused(Exception):
@@ -244,6 +247,9 @@ class WebCore:
 
     def save_session(self, response: bottle.BaseResponse) -> None:
         """Store the session if it changed and set or clear the cookie on ``response``."""
+        for name, value in SECURITY_HEADERS:
+            if name not in response.headers:
+                response.set_header(name, value)
         state = bottle.request.environ.get(_ENV_KEY)
         session = state.session if state else None
         if session is None:
