@@ -80,6 +80,7 @@ def test_index_lists_only_what_the_user_may_see(web):
     m.UserPermission.create(user=user, codename="view_unit")
     login(web, "clerk")
     page = web.get(A + "/")
+    assert page.headers["X-Frame-Options"] == "DENY"  # the panel cannot be framed by another site
     assert 'href="/admin/unit/"' in page.text
     assert 'href="/admin/user/"' not in page.text and 'href="/admin/sample/"' not in page.text
     assert 'href="/admin/unit/add"' not in page.text
