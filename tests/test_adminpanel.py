@@ -226,3 +226,43 @@ def test_unit_change_takes_effect_for_ttp(admin):
             assert store.units_for_pass(["M1"])["M1"].key == "k2"
     finally:
         store_db.close()
+
+
+def test_panel_writes_wait_for_a_busy_ttp_server(admin, settings):
+    """With a meter uploading without pause, the panel's writes never fail with "database is locked"."""
+    import threading
+
+    from txm.client import TTPClient
+    from txm.serve import ServerThread
+
+    units = ap.registry()["unit"]
+    victim = ap.submit(units, admin, unit_input()).saved
+    ap.submit(units, admin, unit_input(code="M2", key="k2"))
+    add_samples(victim, 3000)
+    m.database.close()
+    stop = threading.Event()
+    replies: list[str] = []
+
+    def upload(port: int) -> None:
+        stamp = dt.datetime(2030, 1, 1)
+        with TTPClient(port=port, timeout=30) as meter:
+            while not stop.is_set():
+                stamp += dt.timedelta(seconds=1)
+                replies.append(meter.request(f"TTP /up/M2/<{stamp:%Y-%m-%d %H:%M:%S};1;2;3> k2"))
+
+    with ServerThread(settings.replace(DS_PORT=0, BIND_ADDRESS="127.0.0.1"), timeout=10,
+                      module_services=False) as server:
+        meter = threading.Thread(target=upload, args=(server.ttp_port,))
+        meter.start()
+        try:
+            m.database.connect(reuse_if_open=True)
+            for i in range(40):
+                ids = [s.id for s in m.Sample.select(m.Sample.id).where(m.Sample.unit == victim).limit(5)]
+                assert ap.delete_samples_selected(admin, ids) == 5
+                assert ap.submit(units, admin, unit_input(name=f"Mill {i}"), victim).errors == {}
+            ap.delete_samples_bulk(admin, victim)
+        finally:
+            stop.set()
+            meter.join(30)
+    assert m.Sample.select().where(m.Sample.unit == victim).count() == 0
+    assert len(replies) > 0 and set(replies) == {"OK"}
