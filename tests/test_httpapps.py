@@ -91,6 +91,6 @@ def test_a_broken_app_stops_serve_with_one_line(config_file, database):
     config_file.write_text('DS_PORT = 0\nBIND_ADDRESS = "127.0.0.1"\n' + head + apps)
     result = subprocess.run([*TXM, "--config", str(config_file), "serve"], capture_output=True, text=True,
                             env=txm_subprocess_env(), timeout=90)
-    assert result.returncode != 0, result
+    assert result.returncode == 2, result  # a configuration error
     assert "HTTP App 'broken'" in result.stderr and "failed to load: RuntimeError: bad" in result.stderr
     assert "Traceback" not in result.stderr

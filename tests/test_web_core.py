@@ -10,7 +10,7 @@ import pytest
 
 from tests.webutil import add_user, client, csrf_token, login
 from txm import db as m
-from txm.passwords import ALGORITHM, ITERATIONS, check_password, make_password
+from txm.passwords import ALGORITHM, ITERATIONS, check_password
 from txm.webcore import COOKIE_NAME, LOGIN_FAILURES_PER_ADDRESS, LOGIN_FAILURES_PER_USER, WebCore, session_key
 
 

@@ -235,3 +235,40 @@ def test_api_samples_pages_follow_next(ann):
     assert ann.get("/api/units/M1/samples?limit=0", status=400).json["error"].startswith("limit must")
     assert ann.get("/api/units/M1/samples?limit=x", status=400).json["error"].startswith("limit must")
     assert "not a date" in ann.get("/api/units/M1/samples?from=later", status=400).json["error"]
+
+
+def test_api_basic_auth_is_remembered_briefly_but_not_past_a_password_change(site):
+    web = client(site["settings"])
+    auth = _basic("ann", "pass word 1")
+    assert web.get("/api/units", headers=auth).json["units"]
+    hashed = m.User.get(m.User.username == "ann").password  # upgraded to full strength on first use
+    assert web.get("/api/units", headers=auth).json["units"]
+    assert m.User.get(m.User.username == "ann").password == hashed
+    from txm.passwords import make_password
+
+    m.User.update(password=make_password("changed", iterations=1000)).where(m.User.username == "ann").execute()
+    assert web.get("/api/units", headers=auth, status=401).json["error"].startswith("Wrong")
+    m.User.update(password=make_password("pass word 1", iterations=1000)).where(m.User.username == "ann").execute()
+    assert web.get("/api/units", headers=auth).json["units"]
+    m.User.update(is_active=False).where(m.User.username == "ann").execute()
+    assert web.get("/api/units", headers=auth, status=401).json["error"] == "This account is disabled."
+
+
+def test_credential_cache_keeps_checked_credentials_for_a_while(site):
+    from txm.web import CredentialCache
+
+    ann = m.User.get(m.User.username == "ann")
+    cache = CredentialCache(seconds=60)
+    assert cache.get("ann", "pass word 1") is None
+    cache.put("ann", "pass word 1", ann)
+    assert cache.get("ann", "pass word 1").id == ann.id
+    assert cache.get("ann", "other") is None and cache.get("Ann", "pass word 1") is None
+    expired = CredentialCache(seconds=-1)
+    expired.put("ann", "pass word 1", ann)
+    assert expired.get("ann", "pass word 1") is None
+    m.User.update(password="pbkdf2_sha256$1$x$y").where(m.User.id == ann.id).execute()
+    assert cache.get("ann", "pass word 1") is None  # the stored hash changed
+    small = CredentialCache(size=2)
+    for name in ("a", "b", "c"):
+        small.put(name, "p", ann)
+    assert len(small._entries) <= 2

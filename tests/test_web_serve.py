@@ -123,3 +123,24 @@ def test_proxy_headers_are_believed_only_from_the_trusted_proxy(serve_process, s
     head = _raw_get(web_port(process), "/", headers)
     assert "Location: https://meters.example.com/login?next=/" in head, head
     assert process.stop() == 0
+
+
+def test_a_web_process_that_dies_is_started_again(settings, database):
+    import os
+
+    from txm.web import WebService
+
+    service = WebService(settings.replace(HTTP_PORT=0, BIND_ADDRESS="127.0.0.1"))
+    service.start()
+    try:
+        port, first = service.port, service.pid
+        assert get(f"http://127.0.0.1:{port}/login")[0] == 200
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while (service.restarts == 0 or service.pid == first) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert service.restarts == 1 and service.pid != first
+        assert get(f"http://127.0.0.1:{port}/login")[0] == 200  # the same port, served again
+    finally:
+        service.stop()
+    assert _port_closed(port)

@@ -20,6 +20,8 @@ graph render never holds the GIL the TTP loop needs; waitress serves it with a p
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import importlib
 import json
 import logging
@@ -29,19 +31,19 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import bottle
 
+from txm import data, export
 from txm import db as m
 from txm.config import Settings
-from txm.errors import TxmError
-from txm.passwords import DEFAULT_PASSWORD, check_password, make_password, weakness
-from txm import data, export
-from txm.errors import InvalidValue
-from txm.httpapps import mount_apps
+from txm.errors import InvalidValue, TxmError
 from txm.graphs import render_graphs, unit_axes
+from txm.httpapps import mount_apps
+from txm.passwords import DEFAULT_PASSWORD, check_password, make_password, weakness
 from txm.permissions import can_see_unit, visible_units
 from txm.webcore import STATIC, LoginRefused, WebCore, format_when, safe_next
 
@@ -228,14 +230,21 @@ def _page_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> None:
 
     # --- the JSON API ----------------------------------------------------------------------------
 
+    credentials = CredentialCache()
+
     def api_user() -> m.User | None:
         """The caller: HTTP basic auth when sent, else the session's user; 401 when needed."""
         auth = bottle.request.auth
         if auth is not None:
+            user = credentials.get(auth[0], auth[1])
+            if user is not None:
+                return user
             try:
-                return core.authenticate(auth[0], auth[1])
+                user = core.authenticate(auth[0], auth[1])
             except LoginRefused as exc:
                 raise _json_error(401, str(exc), basic=True) from None
+            credentials.put(auth[0], auth[1], user)
+            return user
         user = core.user
         if user is None and settings.LOGIN_REQUIRED:
             raise _json_error(401, "log in first, or send HTTP basic authentication", basic=True)
@@ -295,6 +304,47 @@ def _page_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> None:
         if view is None:
             raise _json_error(404, f"there is no view {view_id}")
         return _json(view_data(user, view, settings))
+
+
+class CredentialCache:
+    """Basic-auth credentials checked in the last minute, so a script polling the API does not
+    pay a full password hash (a fraction of a second of CPU) on every call.
+
+    Only a SHA-256 of name and password is kept, in this process's memory, with the user's id
+    and stored password hash: a changed password, a disabled or deleted user is noticed at once.
+    """
+
+    def __init__(self, seconds: float = 60.0, size: int = 256):
+        self.seconds = seconds
+        self.size = size
+        self._entries: dict[bytes, tuple[float, int, str]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(username: str, password: str) -> bytes:
+        return hashlib.sha256(f"{username}\0{password}".encode("utf-8", "surrogatepass")).digest()
+
+    def get(self, username: str, password: str) -> m.User | None:
+        key = self._key(username, password)
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        user = m.User.get_or_none(m.User.id == entry[1])
+        if user is None or not user.is_active or not hmac.compare_digest(user.password, entry[2]):
+            with self._lock:
+                self._entries.pop(key, None)
+            return None
+        return user
+
+    def put(self, username: str, password: str, user: m.User) -> None:
+        with self._lock:
+            if len(self._entries) >= self.size:
+                now = time.monotonic()
+                self._entries = {k: v for k, v in self._entries.items() if v[0] >= now}
+                if len(self._entries) >= self.size:
+                    self._entries.clear()
+            self._entries[self._key(username, password)] = (time.monotonic() + self.seconds, user.id, user.password)
 
 
 #: Samples per page of ``/api/units/<code>/samples`` unless ``limit`` says otherwise, and the most.
@@ -437,7 +487,10 @@ class WebService:
     Binding in the parent makes a port already in use stop ``txm serve`` at once with a one-line
     reason, and makes ``HTTP_PORT`` 0 report the real port. The child gets the socket, opens its
     own database connection, builds the app, says ready (or why not) over a pipe, and serves with
-    waitress until asked to stop -- or until its parent is gone.
+    waitress until asked to stop -- or until its parent is gone. The parent keeps the listening
+    socket: should the child die (a crash, the kernel's out-of-memory killer), a watcher thread
+    logs it and starts a new child on the same socket, and browsers' connections wait in the
+    socket's queue meanwhile.
     """
 
     name = "web"
@@ -446,22 +499,43 @@ class WebService:
         self.settings = settings
         self.port: int | None = None
         self.description = ""
+        self.restarts = 0
+        self._sock: socket.socket | None = None
         self._process: multiprocessing.Process | None = None
         self._stop_event: Any = None
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._ctx = multiprocessing.get_context("spawn")
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def start(self) -> None:
         settings = self.settings
-        sock = bind(settings.BIND_ADDRESS, settings.HTTP_PORT)
-        self.port = sock.getsockname()[1]
-        ctx = multiprocessing.get_context("spawn")
-        self._stop_event = ctx.Event()
-        reader, writer = ctx.Pipe(duplex=False)
-        self._process = ctx.Process(target=run_web_process, name="txm-web", daemon=True,
-                                    args=(self._stop_event, _settings_state(settings), sock, writer))
+        self._sock = bind(settings.BIND_ADDRESS, settings.HTTP_PORT)
+        self.port = self._sock.getsockname()[1]
         try:
-            self._process.start()
+            self._spawn()
+        except BaseException:
+            self.stop()
+            raise
+        host = settings.BIND_ADDRESS
+        shown = f"[{host}]" if ":" in host else host
+        self.description = f"Web interface listening on http://{shown}:{self.port}/"
+        self._watcher = threading.Thread(target=self._watch, name="txm-web-watcher", daemon=True)
+        self._watcher.start()
+
+    def _spawn(self) -> None:
+        """Start a child on the socket and wait until it is ready; TxmError saying why not."""
+        self._stop_event = self._ctx.Event()
+        reader, writer = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(target=run_web_process, name="txm-web", daemon=True,
+                                    args=(self._stop_event, _settings_state(self.settings), self._sock, writer))
+        self._process = process
+        try:
+            process.start()
         finally:
-            sock.close()  # the child has its own copy
             writer.close()
         message = None
         if reader.poll(START_TIMEOUT):
@@ -471,22 +545,52 @@ class WebService:
                 message = None
         reader.close()
         if message != "ready":
-            self.stop()
-            code = self._process.exitcode
-            raise TxmError(message or f"the web interface did not start (its process ended with code {code})")
-        host = settings.BIND_ADDRESS
-        shown = f"[{host}]" if ":" in host else host
-        self.description = f"Web interface listening on http://{shown}:{self.port}/"
+            self._end_child()
+            if isinstance(message, tuple):
+                error = TxmError(message[1])
+                error.exit_code = message[0]  # 2 for a configuration error, as the CLI documents
+                raise error
+            raise TxmError(f"the web interface did not start (its process ended with code {process.exitcode})")
 
-    def stop(self) -> None:
-        if self._process is None or self._process.pid is None:
+    def _watch(self) -> None:
+        delay = 1.0
+        while not self._stopping.is_set():
+            process = self._process
+            if process is None:
+                return
+            process.join(1.0)
+            if process.is_alive() or self._stopping.is_set():
+                continue
+            log.error("the web process ended unexpectedly (exit code %s); starting it again", process.exitcode)
+            if self._stopping.wait(delay):
+                return
+            try:
+                self._spawn()
+                self.restarts += 1
+                delay = 1.0
+            except TxmError as exc:
+                log.error("the web interface cannot start again: %s", exc)
+                delay = min(delay * 2, 60.0)
+
+    def _end_child(self) -> None:
+        process = self._process
+        if process is None or process.pid is None:
             return
         self._stop_event.set()
-        self._process.join(10)
-        if self._process.is_alive():
+        process.join(10)
+        if process.is_alive():
             log.warning("the web process did not stop within 10 s; terminating it")
-            self._process.terminate()
-            self._process.join(5)
+            process.terminate()
+            process.join(5)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join(15)
+        self._end_child()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 def _settings_state(settings: Settings) -> tuple:
@@ -521,11 +625,11 @@ def run_web_process(stop_event: Any, settings_state: tuple, sock: socket.socket,
                                         outbuf_high_watermark=OUTPUT_WATERMARK, outbuf_overflow=OUTPUT_WATERMARK,
                                         **proxy)
     except TxmError as exc:
-        ready.send(str(exc))
+        ready.send((exc.exit_code, str(exc)))
         return
-    except Exception as exc:  # a broken HTTP App, say: one line for the parent to report
+    except Exception as exc:  # a bug: one line for the parent to report, the traceback in the log
         log.exception("the web interface cannot start")
-        ready.send(f"the web interface cannot start: {type(exc).__name__}: {exc}")
+        ready.send((1, f"the web interface cannot start: {type(exc).__name__}: {exc}"))
         return
     ready.send("ready")
     ready.close()
