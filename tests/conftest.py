@@ -10,8 +10,12 @@ Each test gets a database of its own, created on the server and dropped afterwar
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import signal
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -198,3 +202,74 @@ def txm_subprocess_env(**extra: str) -> dict[str, str]:
 
 
 TXM = [sys.executable, "-m", "txm"]
+
+
+# --- txm serve in a subprocess ------------------------------------------------------------
+
+START_TIMEOUT = 30
+
+
+class ServeProcess:
+    """``txm serve`` in a subprocess; its stdout lines are collected by a thread."""
+
+    def __init__(self, config_path, *args: str):
+        self.proc = subprocess.Popen([*TXM, "--config", str(config_path), "serve", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=txm_subprocess_env())
+        self.lines: list[str] = []
+        self.port: int | None = None
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            match = re.search(r"TTP server listening on \S+:(\d+)", line)
+            if match:
+                self.port = int(match.group(1))
+                self._ready.set()
+        self._ready.set()
+
+    def wait_ready(self) -> int:
+        if not self._ready.wait(START_TIMEOUT) or self.port is None:
+            self.proc.kill()
+            out, err = self.proc.communicate(timeout=10)
+            raise AssertionError(f"txm serve did not start:\n{chr(10).join(self.lines)}\n{err}")
+        return self.port
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError("txm serve did not stop on " + signal.Signals(sig).name) from None
+
+
+@pytest.fixture
+def serve_process(config_file):
+    started: list[ServeProcess] = []
+
+    def start(*args: str, path=None) -> ServeProcess:
+        process = ServeProcess(path or config_file, *args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.proc.poll() is None:
+            process.proc.kill()
+        process.proc.wait(10)
+        for pipe in (process.proc.stdout, process.proc.stderr):
+            if pipe:
+                pipe.close()
+
+
+def database_values(settings) -> dict:
+    """The DATABASE_* values of ``settings``, and the web interface on any free port."""
+    values = {key: settings[key] for key in ("DATABASE_ENGINE", "DATABASE_NAME", "DATABASE_HOST",
+                                             "DATABASE_PORT", "DATABASE_USER") if settings[key]}
+    return {**values, "HTTP_PORT": 0}  # the web interface on any free port

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import write_toml
-from tests.test_serve import _database_values, serve_process  # noqa: F401  (fixture)
+from tests.conftest import database_values, write_toml
 from tests.test_web_serve import web_port
 from txm import db as m
 from txm import manage
@@ -30,7 +29,7 @@ def browser():
 
 
 def test_create_a_unit_and_a_view_then_see_them_on_the_home_page(serve_process, settings, config_file, browser):
-    write_toml(config_file, {**_database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
+    write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
     manage.syncdb(settings)
     m.User.create(username="boss", password=make_password("Boss-pass-1", iterations=1000), is_staff=True,
                   is_superuser=True)

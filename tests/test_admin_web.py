@@ -277,7 +277,7 @@ def test_a_permission_through_a_group_counts(web):
     m.UserGroup.create(user=clerk, group=group)
     login(web, "clerk")
     unit = m.Unit.get()
-    res = post(web, f"/unit/{unit.id}/", unit_form(code="M1", name="Renamed"), status=303)
+    post(web, f"/unit/{unit.id}/", unit_form(code="M1", name="Renamed"), status=303)
     assert m.Unit.get_by_id(unit.id).name == "Renamed"
     assert web.get(A + "/unit/add", status=403)
 

@@ -11,9 +11,8 @@ import collections
 import threading
 import time
 
-from tests.conftest import write_toml
+from tests.conftest import database_values, write_toml
 from tests.smtp import SMTPServer
-from tests.test_serve import _database_values, serve_process  # noqa: F401  (fixture)
 from txm import alarms, manage
 from txm import db as models
 from txm.client import TTPClient
@@ -34,7 +33,7 @@ def test_two_nodes_send_each_alarm_email_once(serve_process, settings, config_fi
     models.database.close()
 
     with SMTPServer() as smtp:
-        write_toml(config_file, {**_database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0,
+        write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0,
                                  "BIND_ADDRESS": "127.0.0.1", "EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": smtp.port,
                                  "ALARM_EMAIL_RETRY_DELAY": 0.1})
         nodes = [serve_process(), serve_process()]

@@ -11,8 +11,7 @@ import re
 
 import pytest
 
-from tests.conftest import write_toml
-from tests.test_serve import _database_values, serve_process  # noqa: F401  (fixture)
+from tests.conftest import database_values, write_toml
 from tests.test_web_serve import web_port
 from txm import db as m
 from txm import manage
@@ -39,7 +38,7 @@ def browser():
 @pytest.fixture
 def running(serve_process, settings, config_file):
     """``txm serve`` with unit M1 (Flow, Temp) and a view of it refreshing every second."""
-    write_toml(config_file, {**_database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
+    write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
     manage.syncdb(settings)
     unit = manage.add_unit("M1", "s3cret", 2, name="Tank", labels=["Flow", "Temp"])
     view = m.View.create(name="Control room", refresh_seconds=1)

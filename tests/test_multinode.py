@@ -10,8 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
-from tests.conftest import write_toml
-from tests.test_serve import _database_values, serve_process  # noqa: F401  (fixture)
+from tests.conftest import database_values, write_toml
 from txm import db as models
 from txm import manage
 from txm.client import TTPClient
@@ -29,7 +28,7 @@ def stamp(i: int) -> str:
 
 
 def test_two_nodes_store_each_sample_once(serve_process, settings, config_file):
-    write_toml(config_file, {**_database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0,
+    write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0,
                              "BIND_ADDRESS": "127.0.0.1"})
     manage.syncdb(settings)
     manage.add_unit("M1", "k3y", 2)

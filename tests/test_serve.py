@@ -12,73 +12,11 @@ import time
 
 import pytest
 
-from tests.conftest import TXM, txm_subprocess_env, write_toml
+from tests.conftest import TXM, database_values, txm_subprocess_env, write_toml
 from txm import db as models
 from txm import manage
 from txm.client import TTPClient, TTPConnectionError
 from txm.config import read_settings
-
-START_TIMEOUT = 30
-
-
-class ServeProcess:
-    """``txm serve`` in a subprocess; its stdout lines are collected by a thread."""
-
-    def __init__(self, config_path, *args: str):
-        self.proc = subprocess.Popen([*TXM, "--config", str(config_path), "serve", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=txm_subprocess_env())
-        self.lines: list[str] = []
-        self.port: int | None = None
-        self._ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-            match = re.search(r"TTP server listening on \S+:(\d+)", line)
-            if match:
-                self.port = int(match.group(1))
-                self._ready.set()
-        self._ready.set()
-
-    def wait_ready(self) -> int:
-        if not self._ready.wait(START_TIMEOUT) or self.port is None:
-            self.proc.kill()
-            out, err = self.proc.communicate(timeout=10)
-            raise AssertionError(f"txm serve did not start:\n{chr(10).join(self.lines)}\n{err}")
-        return self.port
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            raise AssertionError("txm serve did not stop on " + signal.Signals(sig).name) from None
-
-
-@pytest.fixture
-def serve_process(config_file):
-    started: list[ServeProcess] = []
-
-    def start(*args: str, path=None) -> ServeProcess:
-        process = ServeProcess(path or config_file, *args)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.proc.poll() is None:
-            process.proc.kill()
-        process.proc.wait(10)
-        for pipe in (process.proc.stdout, process.proc.stderr):
-            if pipe:
-                pipe.close()
-
 
 def test_fresh_machine_serve_creates_the_database_and_says_where(serve_process, settings, config_file):
     process = serve_process("--port", "0")
@@ -99,7 +37,7 @@ def test_port_in_use_is_one_line_and_nonzero(settings, config_file):
     holder.bind(("127.0.0.1", 0))
     holder.listen()
     port = holder.getsockname()[1]
-    write_toml(config_file, {**_database_values(settings), "DS_PORT": port, "BIND_ADDRESS": "127.0.0.1"})
+    write_toml(config_file, {**database_values(settings), "DS_PORT": port, "BIND_ADDRESS": "127.0.0.1"})
     try:
         result = subprocess.run([*TXM, "--config", str(config_file), "serve"], capture_output=True, text=True,
                                 env=txm_subprocess_env(), timeout=60)
@@ -132,7 +70,7 @@ def test_unreadable_database_is_one_line_and_nonzero(tmp_path):
 
 
 def test_sigterm_flushes_pending_commits(serve_process, settings, config_file):
-    write_toml(config_file, {**_database_values(settings), "COMMIT_INTERVAL": 100000})
+    write_toml(config_file, {**database_values(settings), "COMMIT_INTERVAL": 100000})
     manage.syncdb(settings)
     manage.add_unit("M1", "s3cret", 1)
     models.database.close()
@@ -196,12 +134,6 @@ def test_sigkill_during_uploads_loses_no_acknowledged_sample(serve_process, sett
     database.close()
     missing = [item for item in acked if item not in rows]
     assert missing == [], f"{len(missing)} of {len(acked)} acknowledged samples are missing"
-
-
-def _database_values(settings) -> dict:
-    values = {key: settings[key] for key in ("DATABASE_ENGINE", "DATABASE_NAME", "DATABASE_HOST",
-                                             "DATABASE_PORT", "DATABASE_USER") if settings[key]}
-    return {**values, "HTTP_PORT": 0}  # the web interface on any free port
 
 
 def _count(code: str, settings) -> int:

@@ -10,8 +10,7 @@ import time
 import urllib.error
 import urllib.request
 
-from tests.conftest import TXM, txm_subprocess_env, write_toml
-from tests.test_serve import _database_values, serve_process  # noqa: F401  (fixture)
+from tests.conftest import TXM, database_values, txm_subprocess_env, write_toml
 
 WEB_LINE = re.compile(r"Web interface listening on http://(\S+):(\d+)/")
 
@@ -53,7 +52,7 @@ def _port_closed(port: int) -> bool:
 
 
 def test_serve_reports_the_real_web_port_and_serves_pages(serve_process, settings, config_file):
-    write_toml(config_file, {**_database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
+    write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
     process = serve_process()
     port = web_port(process)
     assert port != 0
@@ -70,7 +69,7 @@ def test_web_port_in_use_stops_serve_with_one_line(settings, config_file):
     holder.bind(("127.0.0.1", 0))
     holder.listen()
     port = holder.getsockname()[1]
-    write_toml(config_file, {**_database_values(settings), "DS_PORT": 0, "HTTP_PORT": port,
+    write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": port,
                              "BIND_ADDRESS": "127.0.0.1"})
     try:
         result = subprocess.run([*TXM, "--config", str(config_file), "serve"], capture_output=True, text=True,
@@ -83,7 +82,7 @@ def test_web_port_in_use_stops_serve_with_one_line(settings, config_file):
 
 
 def test_web_process_ends_when_serve_is_killed(serve_process, settings, config_file):
-    write_toml(config_file, {**_database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
+    write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
     process = serve_process()
     port = web_port(process)
     process.proc.send_signal(signal.SIGKILL)
@@ -111,13 +110,13 @@ def _raw_get(port: int, path: str, headers: dict[str, str]) -> str:
 def test_proxy_headers_are_believed_only_from_the_trusted_proxy(serve_process, settings, config_file):
     headers = {"Host": "127.0.0.1", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "meters.example.com",
                "X-Forwarded-For": "203.0.113.9"}
-    write_toml(config_file, {**_database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0,
+    write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0,
                              "BIND_ADDRESS": "127.0.0.1"})
     process = serve_process()
     head = _raw_get(web_port(process), "/", headers)
     assert "Location: http://127.0.0.1/login?next=/" in head, head  # not believed
     assert process.stop() == 0
-    write_toml(config_file, {**_database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0,
+    write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0,
                              "BIND_ADDRESS": "127.0.0.1", "TRUSTED_PROXY": "127.0.0.1"})
     process = serve_process()
     head = _raw_get(web_port(process), "/", headers)

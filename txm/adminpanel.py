@@ -81,20 +81,6 @@ class Actor:
 # --- transactions ---------------------------------------------------------------------------
 
 
-def write_transaction():
-    """A transaction that will write, taking SQLite's write lock at its start.
-
-    In WAL mode a transaction that reads first and writes later cannot wait for the lock: when the
-    TTP server committed in between, SQLite answers "database is locked" at once, whatever the busy
-    timeout. Starting with ``BEGIN IMMEDIATE`` waits (up to the busy timeout) instead. The other
-    engines lock rows as they go.
-    """
-    db = m.database.obj
-    if isinstance(db, pw.SqliteDatabase):
-        return db.atomic(lock_type="IMMEDIATE")
-    return m.database.atomic()
-
-
 # --- the action log ------------------------------------------------------------------------
 
 
@@ -420,7 +406,7 @@ def submit(admin: ModelAdmin, actor: Actor, raw: FormInput, obj: Any = None) -> 
         return form
     before = admin.snapshot(obj) if obj is not None else {}
     try:
-        with write_transaction():
+        with m.write_transaction():
             saved = admin.save(actor, obj, data)
             if obj is None:
                 message = "Added."
@@ -451,7 +437,7 @@ def delete(admin: ModelAdmin, actor: Actor, obj: Any) -> str:
     obj_id, obj_repr = obj.id, admin.repr(obj)
     message = admin.prepare_delete(actor, obj)
     own = isinstance(obj, m.User) and obj.id == actor.user.id
-    with write_transaction():
+    with m.write_transaction():
         problems = admin.delete_problems(actor, obj)  # again, now inside the transaction
         if problems:
             raise InvalidValue(" ".join(problems))
@@ -705,7 +691,7 @@ def set_password(actor: Actor, user: m.User, raw: FormInput) -> Form:
     warning = weakness(data["password1"])
     if warning:
         form.warnings.append(f"The password is weak: {warning}.")
-    with write_transaction():
+    with m.write_transaction():
         user.password = make_password(data["password1"])
         user.save()
         # Sessions of the user end, except the one of an actor changing their own password.
@@ -1352,7 +1338,7 @@ def delete_samples_selected(actor: Actor, ids: Sequence[Any]) -> int:
     require_deletion(actor, "sample")
     numbers = selected_ids(ids)
     deleted = 0
-    with write_transaction():
+    with m.write_transaction():
         for sample in m.Sample.select(m.Sample, m.Unit).join(m.Unit).where(m.Sample.id.in_(numbers)):
             sample.delete_instance()
             log_action(actor, "delete", "sample", sample.id, sample_repr(sample, sample.unit),
@@ -1370,7 +1356,7 @@ def delete_alarms_selected(actor: Actor, ids: Sequence[Any]) -> int:
     require_deletion(actor, "alarm")
     numbers = selected_ids(ids)
     deleted = 0
-    with write_transaction():
+    with m.write_transaction():
         for alarm in m.Alarm.select(m.Alarm, m.Unit).join(m.Unit).where(m.Alarm.id.in_(numbers)):
             alarm.delete_instance()
             log_action(actor, "delete", "alarm", alarm.id, alarm_repr(alarm), "Deleted (selected).")
@@ -1409,7 +1395,7 @@ def _delete_batches_samples(unit: m.Unit, older_than: Optional[dt.datetime]) -> 
     latest = m.Sample.select().where(cond).order_by(m.Sample.timestamp.desc()).first()
     deleted = 0
     while True:
-        with write_transaction():
+        with m.write_transaction():
             boundary = (m.Sample.select(m.Sample.timestamp).where(cond).order_by(m.Sample.timestamp)
                         .offset(m.BATCH_SIZE - 1).limit(1).scalar())
             if boundary is None:
@@ -1426,7 +1412,7 @@ def _delete_batches_alarms(unit: m.Unit, older_than: Optional[dt.datetime]) -> t
     latest = m.Alarm.select().where(cond).order_by(m.Alarm.id.desc()).first()
     deleted = 0
     while True:
-        with write_transaction():
+        with m.write_transaction():
             boundary = (m.Alarm.select(m.Alarm.id).where(cond).order_by(m.Alarm.id)
                         .offset(m.BATCH_SIZE - 1).limit(1).scalar())
             if boundary is None:

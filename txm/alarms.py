@@ -497,7 +497,7 @@ def mailing_list_add(code: str, usernames: Iterable[str]) -> MailingListChange:
 
     unit = get_unit(code)
     users = _users(usernames)
-    with m.database.atomic():
+    with m.write_transaction():
         mailing_list, _ = m.MailingList.get_or_create(unit=unit, defaults={"name": unit.code})
         present = {row[0] for row in m.MailingListMember.select(m.MailingListMember.user)
                    .where(m.MailingListMember.mailing_list == mailing_list).tuples()}
@@ -516,7 +516,7 @@ def mailing_list_remove(code: str, usernames: Iterable[str]) -> MailingListChang
     mailing_list = m.MailingList.get_or_none(m.MailingList.unit == unit)
     removed: list[str] = []
     if mailing_list is not None:
-        with m.database.atomic():
+        with m.write_transaction():
             for user in users:
                 if m.MailingListMember.delete().where((m.MailingListMember.mailing_list == mailing_list)
                                                       & (m.MailingListMember.user == user)).execute():

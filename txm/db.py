@@ -413,6 +413,21 @@ def open_database(settings: Settings, create: bool = False) -> pw.Database:
     return db
 
 
+def write_transaction(db: pw.Database | None = None):
+    """A transaction that reads and then writes (``with write_transaction(): ...``).
+
+    On SQLite in WAL mode such a transaction cannot wait for the write lock: when another
+    connection (``txm serve`` storing samples) committed after its first read, its first write
+    fails at once with "database is locked", whatever the busy timeout. Starting it with
+    ``BEGIN IMMEDIATE`` takes the lock first and waits for it (up to the busy timeout) instead.
+    PostgreSQL and MySQL lock rows as they go. ``db`` defaults to the bound database.
+    """
+    db = db if db is not None else database.obj
+    if isinstance(db, pw.SqliteDatabase):
+        return db.atomic(lock_type="IMMEDIATE")
+    return db.atomic()
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]

@@ -412,17 +412,9 @@ def read_cursor(name: str) -> int:
     return row.last_sample_id if row else 0
 
 
-def write_transaction(db: pw.Database):
-    """A transaction that reads then writes: on SQLite it takes the write lock at BEGIN, so the
-    first write cannot fail on a snapshot another connection (txm serve) committed after the read."""
-    if isinstance(db, pw.SqliteDatabase):
-        return db.atomic(lock_type="IMMEDIATE")
-    return db.atomic()
-
-
 def save_cursor(name: str, last_id: int) -> None:
     """Move the cursor forward to ``last_id`` (never back)."""
-    with write_transaction(models.database.obj):
+    with models.write_transaction():
         row = models.ExportCursor.get_or_none(models.ExportCursor.name == name)
         if row is None:
             models.ExportCursor.create(name=name, last_sample_id=last_id, updated=models.utcnow())

@@ -160,12 +160,12 @@ def remove_unit(code: str) -> int:
     unit = get_unit(code)
     removed = 0
     while True:
-        with m.database.atomic():
+        with m.write_transaction():
             ids = [row.id for row in m.Sample.select(m.Sample.id).where(m.Sample.unit == unit)
                    .limit(m.BATCH_SIZE)]
             if not ids:
                 break
             removed += m.Sample.delete().where(m.Sample.id.in_(ids)).execute()
-    with m.database.atomic():
+    with m.write_transaction():
         unit.delete_instance(recursive=True)
     return removed

@@ -41,7 +41,7 @@ import peewee as pw
 from txm import db as models
 from txm.config import Settings
 from txm.errors import ConfigError, TxmError
-from txm.export import write_transaction
+from txm.db import write_transaction
 from txm.loggernet import records
 from txm.ttp.store import SampleStore, UnitRecord
 

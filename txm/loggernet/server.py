@@ -38,7 +38,8 @@ import peewee as pw
 from txm import db as models
 from txm.config import Settings
 from txm.errors import ConfigError, TxmError
-from txm.export import settled_last_id, write_transaction
+from txm.db import write_transaction
+from txm.export import settled_last_id
 from txm.loggernet import records
 from txm.ttp.loop import make_listener
 
