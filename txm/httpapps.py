@@ -14,70 +14,17 @@ mistakes show at start) but not routed. docs/apps.md describes it for app writer
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from importlib.metadata import entry_points
-from pathlib import Path
-from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import bottle
 
+from txm.appfinder import AppKind
 from txm.config import Settings
 from txm.errors import ConfigError
 
-ENTRY_POINT_GROUP = "txm.httpapps"
-FOLDER = "HTTPApps"
 #: First path segments the web interface itself uses; an app may not be mounted there.
 RESERVED = ("", "admin", "api", "static", "units", "views", "login", "logout", "password")
-
-
-def app_folder(settings: Settings) -> Path:
-    return settings.base_dir / FOLDER
-
-
-def _load_file(name: str, path: Path) -> ModuleType:
-    module_name = f"txm_httpapps_{name}"
-    spec = importlib.util.spec_from_file_location(
-        module_name, path, submodule_search_locations=[str(path.parent)] if path.name == "__init__.py" else None)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"HTTP App {name!r}: cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(module_name, None)
-        raise ConfigError(f"HTTP App {name!r} ({path}) failed to load: {type(exc).__name__}: {exc}") from None
-    return module
-
-
-def find_factory(settings: Settings, name: str) -> tuple[Callable[[Settings], Any], str]:
-    """The app's ``make_app`` and where it was found; :class:`ConfigError` when there is none."""
-    folder = app_folder(settings)
-    target: object = None
-    where = ""
-    for path in (folder / f"{name}.py", folder / name / "__init__.py"):
-        if path.is_file():
-            target, where = _load_file(name, path), str(path)
-            break
-    else:
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name == name:
-                try:
-                    target = ep.load()
-                except Exception as exc:
-                    raise ConfigError(f"HTTP App {name!r} (entry point {ep.value}) failed to load: "
-                                      f"{type(exc).__name__}: {exc}") from None
-                where = f"entry point {ep.value}"
-                break
-    if target is None:
-        raise ConfigError(f"HTTP App {name!r} is switched on but there is no {folder / (name + '.py')} "
-                          f"and no installed '{ENTRY_POINT_GROUP}' entry point named {name!r}")
-    factory = getattr(target, "make_app", None) if isinstance(target, ModuleType) else target
-    if not callable(factory):
-        raise ConfigError(f"HTTP App {name!r} ({where}) has no make_app(settings) function")
-    return factory, where
+KIND = AppKind("HTTP App", "HTTPApps", "txm.httpapps", "make_app(settings)")
 
 
 def mount_point(name: str, url: str) -> str:
@@ -100,7 +47,7 @@ def load_apps(settings: Settings) -> list[tuple[str, str | None, Any]]:
         prefix = mount_point(name, entry.url) if entry.url else None
         if prefix is not None and prefix in seen:
             raise ConfigError(f"HTTP Apps {seen[prefix]!r} and {name!r} both want the url {prefix}")
-        factory, where = find_factory(settings, name)
+        factory, where = KIND.find(settings, name)
         try:
             app = factory(settings)
         except Exception as exc:
