@@ -1237,6 +1237,40 @@ def _stamp(value: Any) -> str:
     return str(value)
 
 
+def _keyset_page(base: pw.ModelSelect, key: pw.Field, parse: Callable[[str], Any], before: str, after: str,
+                 size: int, show: Callable[[Any], str] = str) -> Page:
+    """One page of ``base``, newest ``key`` first; ``before``/``after`` are cursors (``show`` of a
+    key, read back by ``parse``) from an earlier page. Every query starts at a known key through
+    its index, so a page costs the same however long the list."""
+    def cursor(row) -> str:
+        return show(getattr(row, key.name))
+
+    if after:
+        rows = list(base.where(key > parse(after)).order_by(key.asc()).limit(size + 1))
+        more_newer = len(rows) > size
+        rows = rows[:size][::-1]
+        return Page(rows, cursor(rows[0]) if rows and more_newer else None, cursor(rows[-1]) if rows else None)
+    q = base.where(key < parse(before)) if before else base
+    rows = list(q.order_by(key.desc()).limit(size + 1))
+    more_older = len(rows) > size
+    rows = rows[:size]
+    newer = None
+    if before:
+        newer = (cursor(rows[0]) if rows and base.where(key > getattr(rows[0], key.name)).exists()
+                 else None if rows else before)
+    return Page(rows, newer, cursor(rows[-1]) if rows and more_older else None)
+
+
+def _id_cursor(noun: str) -> Callable[[str], int]:
+    """Reads a page cursor that is a record id."""
+    def parse(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise InvalidValue(f"page: {text!r} is not {noun}") from None
+    return parse
+
+
 def sample_page(unit: m.Unit, start: Optional[dt.datetime] = None, end: Optional[dt.datetime] = None,
                 before: str = "", after: str = "", size: int = PAGE_SIZE) -> Page:
     """The unit's samples, newest first, ``start <= timestamp < end``; keyset paging on the timestamp.
@@ -1250,25 +1284,8 @@ def sample_page(unit: m.Unit, start: Optional[dt.datetime] = None, end: Optional
     if end is not None:
         cond &= m.Sample.timestamp < end
     base = m.Sample.select().where(cond)
-    if after:
-        mark = parse_when(after, "page")
-        rows = list(base.where(m.Sample.timestamp > mark).order_by(m.Sample.timestamp.asc()).limit(size + 1))
-        more_newer = len(rows) > size
-        rows = rows[:size][::-1]
-        older = _stamp(rows[-1].timestamp) if rows else None
-        return Page(rows, _stamp(rows[0].timestamp) if rows and more_newer else None, older)
-    q = base
-    if before:
-        q = q.where(m.Sample.timestamp < parse_when(before, "page"))
-    rows = list(q.order_by(m.Sample.timestamp.desc()).limit(size + 1))
-    more_older = len(rows) > size
-    rows = rows[:size]
-    newer = None
-    if before and rows:
-        newer = _stamp(rows[0].timestamp) if base.where(m.Sample.timestamp > rows[0].timestamp).exists() else None
-    elif before:
-        newer = before
-    return Page(rows, newer, _stamp(rows[-1].timestamp) if rows and more_older else None)
+    return _keyset_page(base, m.Sample.timestamp, lambda text: parse_when(text, "page"), before, after, size,
+                        show=_stamp)
 
 
 def alarm_page(unit: Optional[m.Unit], start: Optional[dt.datetime] = None, end: Optional[dt.datetime] = None,
@@ -1282,27 +1299,7 @@ def alarm_page(unit: Optional[m.Unit], start: Optional[dt.datetime] = None, end:
     if end is not None:
         cond &= m.Alarm.received < end
     base = m.Alarm.select(m.Alarm, m.Unit).join(m.Unit).where(cond)
-
-    def mark(text):
-        try:
-            return int(text)
-        except ValueError:
-            raise InvalidValue(f"page: {text!r} is not an alarm number") from None
-
-    if after:
-        rows = list(base.where(m.Alarm.id > mark(after)).order_by(m.Alarm.id.asc()).limit(size + 1))
-        more_newer = len(rows) > size
-        rows = rows[:size][::-1]
-        return Page(rows, str(rows[0].id) if rows and more_newer else None, str(rows[-1].id) if rows else None)
-    q = base.where(m.Alarm.id < mark(before)) if before else base
-    rows = list(q.order_by(m.Alarm.id.desc()).limit(size + 1))
-    more_older = len(rows) > size
-    rows = rows[:size]
-    newer = None
-    if before:
-        newer = (str(rows[0].id) if rows and base.where(m.Alarm.id > rows[0].id).exists()
-                 else None if rows else before)
-    return Page(rows, newer, str(rows[-1].id) if rows and more_older else None)
+    return _keyset_page(base, m.Alarm.id, _id_cursor("an alarm number"), before, after, size)
 
 
 def sample_repr(sample: m.Sample, unit: Optional[m.Unit] = None) -> str:
@@ -1494,27 +1491,7 @@ def log_page(model: str = "", action: str = "", username: str = "", search: str 
     if end is not None:
         cond &= m.LogEntry.action_time < end
     base = m.LogEntry.select().where(cond)
-
-    def mark(text):
-        try:
-            return int(text)
-        except ValueError:
-            raise InvalidValue(f"page: {text!r} is not a log entry number") from None
-
-    if after:
-        rows = list(base.where(m.LogEntry.id > mark(after)).order_by(m.LogEntry.id.asc()).limit(size + 1))
-        more = len(rows) > size
-        rows = rows[:size][::-1]
-        return Page(rows, str(rows[0].id) if rows and more else None, str(rows[-1].id) if rows else None)
-    q = base.where(m.LogEntry.id < mark(before)) if before else base
-    rows = list(q.order_by(m.LogEntry.id.desc()).limit(size + 1))
-    more = len(rows) > size
-    rows = rows[:size]
-    newer = None
-    if before:
-        newer = (str(rows[0].id) if rows and base.where(m.LogEntry.id > rows[0].id).exists()
-                 else None if rows else before)
-    return Page(rows, newer, str(rows[-1].id) if rows and more else None)
+    return _keyset_page(base, m.LogEntry.id, _id_cursor("a log entry number"), before, after, size)
 
 
 # --- the registry ----------------------------------------------------------------------------
