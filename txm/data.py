@@ -123,10 +123,9 @@ class _Sql:
         return cursor.fetchall()
 
     def micros_since(self, origin_marker: str) -> str:
-        """SQL for the microseconds from a parameter (a timestamp) to the sample's timestamp."""
+        """SQL for the microseconds from a parameter (a timestamp) to the sample's timestamp
+        (PostgreSQL and MySQL; SQLite's buckets are range queries, see :func:`_sqlite_bucket_rows`)."""
         ts = self.col("timestamp")
-        if self.kind == "sqlite":
-            return f"((julianday({ts}) - julianday({origin_marker})) * 86400000000.0)"
         if self.kind == "postgresql":
             return f"(EXTRACT(EPOCH FROM ({ts} - CAST({origin_marker} AS TIMESTAMP))) * 1000000)"
         return f"TIMESTAMPDIFF(MICROSECOND, {origin_marker}, {ts})"
@@ -215,16 +214,18 @@ def overview(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, l
                   f"SUM(({c} - {sql.p}) * ({c} - {sql.p}))"]
         select_params += [k, k, k]
     buckets = max(1, limit // 2) if limit else 1
+    aggregates = ", ".join(parts)
     if buckets > 1 and last > first:
         span = (last - first) // dt.timedelta(microseconds=1) + 1
         width = max(1, -(-span // buckets))  # microseconds per bucket, rounded up
-        # Offsets are never negative, so SQLite's CAST (it may lack FLOOR) rounds down as FLOOR does.
-        bucket = (f"CAST({sql.micros_since(sql.p)} / {sql.p} AS INTEGER)" if sql.kind == "sqlite"
-                  else f"FLOOR({sql.micros_since(sql.p)} / {sql.p})")
-        query = (f"SELECT {', '.join(parts)}, {bucket} AS b FROM {table} WHERE {where} GROUP BY b ORDER BY b")
-        rows = sql.fetchall(query, [*select_params, sql.stamp(first), width, *params])
+        if sql.kind == "sqlite":
+            rows = _sqlite_bucket_rows(sql, unit, start, end, channels, shift, first, width, buckets)
+        else:
+            bucket = f"FLOOR({sql.micros_since(sql.p)} / {sql.p})"
+            query = f"SELECT {aggregates}, {bucket} AS b FROM {table} WHERE {where} GROUP BY b ORDER BY b"
+            rows = sql.fetchall(query, [*select_params, sql.stamp(first), width, *params])
     else:
-        rows = sql.fetchall(f"SELECT {', '.join(parts)} FROM {table} WHERE {where}", [*select_params, *params])
+        rows = sql.fetchall(f"SELECT {aggregates} FROM {table} WHERE {where}", [*select_params, *params])
 
     total = sum(int(row[2] or 0) for row in rows)
     stats = RangeStats(total, first, last)
@@ -270,6 +271,46 @@ def overview(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, l
             if t_last != t_first:
                 lines[n].append((t_last, float(high)))
     return stats, Series(lines, total, True, limit)
+
+
+def _sqlite_bucket_rows(sql: _Sql, unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None,
+                        channels: Sequence[int], shift: Sequence[float], first: dt.datetime, width: int,
+                        buckets: int) -> list[tuple]:
+    """On SQLite, the rows :func:`overview`'s GROUP BY gives on the other engines: for each bucket
+    ``first + k * width <= timestamp < first + (k + 1) * width`` (microseconds) that holds
+    samples, its first and last timestamps, its count and each channel's count, minimum, maximum
+    and shifted sums.
+
+    SQLite runs a GROUP BY on a computed bucket through a temporary B-tree, sorting every row of
+    the range; a range query per bucket instead reads the rows in the order of the
+    ``(unit_id, timestamp)`` index and sorts nothing (half the time for a million samples). Its
+    first and last timestamps are two seeks on the index rather than a MIN and a MAX over the
+    rows, and the bounds are exact microseconds, as on the other engines.
+    """
+    ts, table = sql.col("timestamp"), sql.col("sample")
+    within = f"{sql.col('unit_id')} = ?1 AND {ts} >= ?2 AND {ts} < ?3"
+    parts = [f"(SELECT MIN({ts}) FROM {table} WHERE {within})", f"(SELECT MAX({ts}) FROM {table} WHERE {within})",
+             "COUNT(*)"]
+    for i, n in enumerate(channels, start=4):
+        c = sql.col(f"ch{n}")
+        parts += [f"COUNT({c})", f"MIN({c})", f"MAX({c})", f"SUM({c} - ?{i})", f"SUM(({c} - ?{i}) * ({c} - ?{i}))"]
+    query = f"SELECT {', '.join(parts)} FROM {table} WHERE {within}"
+    step = dt.timedelta(microseconds=width)
+    cursor = sql.db.cursor()
+    rows = []
+    low = first
+    for k in range(1, buckets + 1):
+        high = first + step * k
+        lo = low if start is None or low > start else start
+        hi = high if end is None or high < end else end
+        low = high
+        if lo >= hi:
+            continue
+        cursor.execute(query, [unit.id, sql.stamp(lo), sql.stamp(hi), *shift])
+        row = cursor.fetchone()
+        if row is not None and row[2]:
+            rows.append(row)
+    return rows
 
 
 def channel_stats(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None,
