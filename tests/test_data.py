@@ -232,6 +232,25 @@ def test_reduced_lines_and_statistics_equal_a_plain_python_computation(database)
         assert second * 10.0 + 100.0 in values and -second * 10.0 - 100.0 in values
 
 
+@pytest.mark.parametrize("range_buckets", [data.SQLITE_RANGE_BUCKETS, 0], ids=["range-queries", "group-by"])
+def test_both_ways_of_reading_buckets_give_the_plain_python_result(database, monkeypatch, range_buckets):
+    """SQLite reads up to SQLITE_RANGE_BUCKETS buckets with a range query each, more with one
+    GROUP BY: both give the reference result, to the microsecond (the other engines always group)."""
+    monkeypatch.setattr(data, "SQLITE_RANGE_BUCKETS", range_buckets)
+    unit = _unit(channels=2)
+    rows = []
+    for i in range(400):  # 4 s; buckets of 0.2 s with limit 40: samples on bucket edges and 1 us off
+        micro = [0, 1, 199_999, 200_000, 200_001, 399_999, 555_555, 800_000][i % 8]
+        when = BASE + dt.timedelta(seconds=i // 100, microseconds=micro + (i // 8 % 12) * 7)
+        rows.append((when, [math.cos(i) * (1000.0 if i % 37 == 0 else 1.0), None if i % 3 else float(i)]))
+    rows = sorted(dict(rows).items())
+    rows[-1] = (rows[0][0] + dt.timedelta(seconds=4) - dt.timedelta(microseconds=1), rows[-1][1])
+    _samples(unit, rows)
+    for start, end in ((None, None), (rows[5][0], rows[-20][0])):
+        for limit in (40, 9, 100):
+            _check_against_reference(unit, rows, start, end, limit)
+
+
 def test_a_range_with_one_sample_and_samples_beyond_its_end(database):
     unit = _unit(channels=2)
     rows = [(BASE + dt.timedelta(seconds=i, microseconds=i * 3), [float(i % 4), None if i % 2 else -float(i)])

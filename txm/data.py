@@ -29,6 +29,11 @@ PRESETS: dict[str, tuple[str, dt.timedelta | None]] = {
     "all": ("All", None),
 }
 DEFAULT_PRESET = "day"
+#: On SQLite, lines reduced to at most this many buckets are read with one range query per bucket
+#: (no sorting; see :func:`_sqlite_bucket_rows`); more buckets (MAX_PLOT_POINTS above twice this)
+#: cost more in queries than the GROUP BY's sort, and take the GROUP BY.
+SQLITE_RANGE_BUCKETS = 10_000
+_EPOCH = dt.datetime(1970, 1, 1)
 #: With MAX_PLOT_POINTS 0, a line still has at most this many points per pixel of graph width:
 #: more cannot be seen, and a browser chokes on an SVG with millions of points.
 POINTS_PER_PIXEL = 4
@@ -123,9 +128,13 @@ class _Sql:
         return cursor.fetchall()
 
     def micros_since(self, origin_marker: str) -> str:
-        """SQL for the microseconds from a parameter (a timestamp) to the sample's timestamp
-        (PostgreSQL and MySQL; SQLite's buckets are range queries, see :func:`_sqlite_bucket_rows`)."""
+        """SQL for the whole microseconds from a parameter (a timestamp; on SQLite, the whole
+        microseconds since 1970) to the sample's timestamp."""
         ts = self.col("timestamp")
+        if self.kind == "sqlite":  # exact integers from the stored text: julianday() and strftime() round
+            return (f"(CAST(strftime('%s', substr({ts}, 1, 19)) AS INTEGER) * 1000000"
+                    f" + CAST(substr({ts}, 21) AS INTEGER)"
+                    f" - {origin_marker})")
         if self.kind == "postgresql":
             return f"(EXTRACT(EPOCH FROM ({ts} - CAST({origin_marker} AS TIMESTAMP))) * 1000000)"
         return f"TIMESTAMPDIFF(MICROSECOND, {origin_marker}, {ts})"
@@ -218,12 +227,15 @@ def overview(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, l
     if buckets > 1 and last > first:
         span = (last - first) // dt.timedelta(microseconds=1) + 1
         width = max(1, -(-span // buckets))  # microseconds per bucket, rounded up
-        if sql.kind == "sqlite":
+        if sql.kind == "sqlite" and buckets <= SQLITE_RANGE_BUCKETS:
             rows = _sqlite_bucket_rows(sql, unit, start, end, channels, shift, first, width, buckets)
         else:
-            bucket = f"FLOOR({sql.micros_since(sql.p)} / {sql.p})"
+            # Offsets are never negative, so SQLite's integer division rounds down as FLOOR does.
+            bucket = (f"{sql.micros_since(sql.p)} / {sql.p}" if sql.kind == "sqlite"
+                      else f"FLOOR({sql.micros_since(sql.p)} / {sql.p})")
+            origin = (first - _EPOCH) // dt.timedelta(microseconds=1) if sql.kind == "sqlite" else sql.stamp(first)
             query = f"SELECT {aggregates}, {bucket} AS b FROM {table} WHERE {where} GROUP BY b ORDER BY b"
-            rows = sql.fetchall(query, [*select_params, sql.stamp(first), width, *params])
+            rows = sql.fetchall(query, [*select_params, origin, width, *params])
     else:
         rows = sql.fetchall(f"SELECT {aggregates} FROM {table} WHERE {where}", [*select_params, *params])
 
