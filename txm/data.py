@@ -196,8 +196,10 @@ def overview(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, l
     Lines: when the range holds at most ``limit`` samples, every sample. Otherwise the time from
     the first to the last sample is cut into ``limit // 2`` equal buckets and each line gets the
     minimum and the maximum of each bucket (at the bucket's first and last sample times):
-    peaks and dips stay visible however many samples are folded together. The same GROUP BY
-    pass that finds those extremes sums the statistics, so a million samples are read once.
+    peaks and dips stay visible however many samples are folded together. The same aggregate
+    per bucket that finds those extremes sums the statistics, so a million samples are read
+    once: a GROUP BY on the bucket number, or on SQLite a range query per bucket
+    (:func:`_sqlite_bucket_rows`).
     """
     sql = _Sql()
     channels = list(channels or range(1, unit.channels + 1))
