@@ -200,7 +200,19 @@ def overview(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, l
     per bucket that finds those extremes sums the statistics, so a million samples are read
     once: a GROUP BY on the bucket number, or on SQLite a range query per bucket
     (:func:`_sqlite_bucket_rows`).
+
+    On SQLite the queries run in one read transaction, so every bucket sees the same snapshot
+    even while meters upload (in WAL mode a reader never holds up a writer).
     """
+    db = m.database.obj
+    if isinstance(db, pw.SqliteDatabase):
+        with db.atomic():
+            return _overview(unit, start, end, limit, channels)
+    return _overview(unit, start, end, limit, channels)
+
+
+def _overview(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, limit: int | None,
+              channels: Sequence[int] | None) -> tuple[RangeStats, Series]:
     sql = _Sql()
     channels = list(channels or range(1, unit.channels + 1))
     labels = unit.channel_labels()
