@@ -151,3 +151,115 @@ def test_statistics_are_the_same_when_the_lines_are_reduced(database):
         assert a.mean == pytest.approx(b.mean, rel=1e-12) and a.stddev == pytest.approx(b.stddev, rel=1e-9)
     gappy = stats.channels[1]
     assert (gappy.first, gappy.last) == (rows[40][0], rows[900][0])
+
+
+def _reference(rows, start, end, limit):
+    """overview() done the plain way in Python over the same samples: statistics of every value in
+    the range, and (when the range holds more than ``limit`` samples) per bucket of
+    ``ceil(span / (limit // 2))`` microseconds from the first sample, each channel's minimum at the
+    bucket's first sample time and its maximum at the bucket's last."""
+    inside = sorted((t, v) for t, v in rows if (start is None or t >= start) and (end is None or t < end))
+    channels = len(rows[0][1])
+    stats = []
+    for n in range(channels):
+        present = [(t, v[n]) for t, v in inside if v[n] is not None]
+        values = [v for _, v in present]
+        stats.append((len(values), min(values, default=None), max(values, default=None),
+                      statistics.fmean(values) if values else None,
+                      statistics.stdev(values) if len(values) > 1 else None,
+                      present[0][0] if present else None, present[-1][0] if present else None))
+    if len(inside) <= limit:
+        lines = {n + 1: [(t, v[n]) for t, v in inside if v[n] is not None] for n in range(channels)}
+        return len(inside), stats, lines, False
+    first, last = inside[0][0], inside[-1][0]
+    micro = dt.timedelta(microseconds=1)
+    width = -(-((last - first) // micro + 1) // (limit // 2))
+    buckets: dict[int, list] = {}
+    for t, v in inside:
+        buckets.setdefault((t - first) // micro // width, []).append((t, v))
+    lines = {n + 1: [] for n in range(channels)}
+    for key in sorted(buckets):
+        members = buckets[key]
+        t_first, t_last = members[0][0], members[-1][0]
+        for n in range(channels):
+            values = [v[n] for _, v in members if v[n] is not None]
+            if values:
+                lines[n + 1].append((t_first, min(values)))
+                if t_last != t_first:
+                    lines[n + 1].append((t_last, max(values)))
+    return len(inside), stats, lines, True
+
+
+def _check_against_reference(unit, rows, start, end, limit):
+    total, expected, lines, reduced = _reference(rows, start, end, limit)
+    stats, series = data.overview(unit, start, end, limit)
+    assert (stats.count, series.total, series.reduced) == (total, total, reduced)
+    for got, (count, low, high, mean, stdev, first, last) in zip(stats.channels, expected):
+        assert (got.count, got.minimum, got.maximum, got.first, got.last) == (count, low, high, first, last)
+        assert got.mean == (None if mean is None else pytest.approx(mean, rel=1e-12))
+        assert got.stddev == (None if stdev is None else pytest.approx(stdev, rel=1e-9))
+    assert series.lines == lines  # every bucket's extremes, exactly, at the same times
+
+
+def test_reduced_lines_and_statistics_equal_a_plain_python_computation(database):
+    """Buckets of exactly one second (10 s of samples, limit 20 -> 10 buckets): samples on a
+    bucket's first microsecond and on its last, a peak and a dip in every bucket, gaps of whole
+    empty buckets, a channel missing values (in whole buckets too) and ranges cut anywhere."""
+    unit = _unit(channels=3)
+    rows = []
+    for second in range(10):
+        if second in (4, 5):  # a gap: two buckets without samples
+            continue
+        at = BASE + dt.timedelta(seconds=second)
+        offsets = [0, 1, 137_000, 500_000, 731_003, 999_998, 999_999]
+        for j, micro in enumerate(offsets):
+            peak = second * 10.0 + 100.0 if j == 1 + second % 2 else None
+            dip = -second * 10.0 - 100.0 if j == 4 + second % 3 else None
+            wave = math.sin(second * 7 + j) + 2.0
+            ch2 = None if second == 7 or j == 3 else float(second * 7 + j)
+            rows.append((at + dt.timedelta(microseconds=micro), [peak or dip or wave, ch2, 1e6 + j * 1e-3]))
+    _samples(unit, rows)
+    assert rows[-1][0] - rows[0][0] == dt.timedelta(seconds=10) - dt.timedelta(microseconds=1)
+    s = BASE + dt.timedelta(seconds=2, microseconds=1)
+    e = BASE + dt.timedelta(seconds=8, microseconds=999_999)
+    for start, end in ((None, None), (s, None), (None, e), (s, e)):
+        for limit in (20, 7, 2, 3, 1000):
+            _check_against_reference(unit, rows, start, end, limit)
+    stats, series = data.overview(unit, None, None, 20)
+    assert series.reduced and all(len(line) <= 20 for line in series.lines.values())
+    values = [v for _, v in series.lines[1]]
+    for second in set(range(10)) - {4, 5}:  # every bucket's peak and dip are on the line
+        assert second * 10.0 + 100.0 in values and -second * 10.0 - 100.0 in values
+
+
+@pytest.mark.parametrize("range_buckets", [data.SQLITE_RANGE_BUCKETS, 0], ids=["range-queries", "group-by"])
+def test_both_ways_of_reading_buckets_give_the_plain_python_result(database, monkeypatch, range_buckets):
+    """SQLite reads up to SQLITE_RANGE_BUCKETS buckets with a range query each, more with one
+    GROUP BY: both give the reference result, to the microsecond (the other engines always group)."""
+    monkeypatch.setattr(data, "SQLITE_RANGE_BUCKETS", range_buckets)
+    unit = _unit(channels=2)
+    rows = []
+    for i in range(400):  # 4 s; buckets of 0.2 s with limit 40: samples on bucket edges and 1 us off
+        micro = [0, 1, 199_999, 200_000, 200_001, 399_999, 555_555, 800_000][i % 8]
+        when = BASE + dt.timedelta(seconds=i // 100, microseconds=micro + (i // 8 % 12) * 7)
+        rows.append((when, [math.cos(i) * (1000.0 if i % 37 == 0 else 1.0), None if i % 3 else float(i)]))
+    rows = sorted(dict(rows).items())
+    rows[-1] = (rows[0][0] + dt.timedelta(seconds=4) - dt.timedelta(microseconds=1), rows[-1][1])
+    _samples(unit, rows)
+    for start, end in ((None, None), (rows[5][0], rows[-20][0])):
+        for limit in (40, 9, 100):
+            _check_against_reference(unit, rows, start, end, limit)
+
+
+def test_a_range_with_one_sample_and_samples_beyond_its_end(database):
+    unit = _unit(channels=2)
+    rows = [(BASE + dt.timedelta(seconds=i, microseconds=i * 3), [float(i % 4), None if i % 2 else -float(i)])
+            for i in range(50)]
+    _samples(unit, rows)
+    one_start, one_end = rows[10][0], rows[11][0]
+    _check_against_reference(unit, rows, one_start, one_end, 4)
+    stats, series = data.overview(unit, one_start, one_end, 4)
+    assert stats.count == 1 and stats.channels[0].stddev is None and series.lines[1] == [(rows[10][0], 2.0)]
+    # the last bucket reaches past the range's end, where more samples lie: they stay out
+    _check_against_reference(unit, rows, rows[3][0], rows[40][0] + dt.timedelta(microseconds=1), 10)
+    _check_against_reference(unit, rows, None, rows[47][0], 6)

@@ -29,6 +29,11 @@ PRESETS: dict[str, tuple[str, dt.timedelta | None]] = {
     "all": ("All", None),
 }
 DEFAULT_PRESET = "day"
+#: On SQLite, lines reduced to at most this many buckets are read with one range query per bucket
+#: (no sorting; see :func:`_sqlite_bucket_rows`); more buckets (MAX_PLOT_POINTS above twice this)
+#: cost more in queries than the GROUP BY's sort, and take the GROUP BY.
+SQLITE_RANGE_BUCKETS = 10_000
+_EPOCH = dt.datetime(1970, 1, 1)
 #: With MAX_PLOT_POINTS 0, a line still has at most this many points per pixel of graph width:
 #: more cannot be seen, and a browser chokes on an SVG with millions of points.
 POINTS_PER_PIXEL = 4
@@ -123,10 +128,13 @@ class _Sql:
         return cursor.fetchall()
 
     def micros_since(self, origin_marker: str) -> str:
-        """SQL for the microseconds from a parameter (a timestamp) to the sample's timestamp."""
+        """SQL for the whole microseconds from a parameter (a timestamp; on SQLite, the whole
+        microseconds since 1970) to the sample's timestamp."""
         ts = self.col("timestamp")
-        if self.kind == "sqlite":
-            return f"((julianday({ts}) - julianday({origin_marker})) * 86400000000.0)"
+        if self.kind == "sqlite":  # exact integers from the stored text: julianday() and strftime() round
+            return (f"(CAST(strftime('%s', substr({ts}, 1, 19)) AS INTEGER) * 1000000"
+                    f" + CAST(substr({ts}, 21) AS INTEGER)"
+                    f" - {origin_marker})")
         if self.kind == "postgresql":
             return f"(EXTRACT(EPOCH FROM ({ts} - CAST({origin_marker} AS TIMESTAMP))) * 1000000)"
         return f"TIMESTAMPDIFF(MICROSECOND, {origin_marker}, {ts})"
@@ -188,9 +196,23 @@ def overview(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, l
     Lines: when the range holds at most ``limit`` samples, every sample. Otherwise the time from
     the first to the last sample is cut into ``limit // 2`` equal buckets and each line gets the
     minimum and the maximum of each bucket (at the bucket's first and last sample times):
-    peaks and dips stay visible however many samples are folded together. The same GROUP BY
-    pass that finds those extremes sums the statistics, so a million samples are read once.
+    peaks and dips stay visible however many samples are folded together. The same aggregate
+    per bucket that finds those extremes sums the statistics, so a million samples are read
+    once: a GROUP BY on the bucket number, or on SQLite a range query per bucket
+    (:func:`_sqlite_bucket_rows`).
+
+    On SQLite the queries run in one read transaction, so every bucket sees the same snapshot
+    even while meters upload (in WAL mode a reader never holds up a writer).
     """
+    db = m.database.obj
+    if isinstance(db, pw.SqliteDatabase):
+        with db.atomic():
+            return _overview(unit, start, end, limit, channels)
+    return _overview(unit, start, end, limit, channels)
+
+
+def _overview(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, limit: int | None,
+              channels: Sequence[int] | None) -> tuple[RangeStats, Series]:
     sql = _Sql()
     channels = list(channels or range(1, unit.channels + 1))
     labels = unit.channel_labels()
@@ -215,16 +237,21 @@ def overview(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, l
                   f"SUM(({c} - {sql.p}) * ({c} - {sql.p}))"]
         select_params += [k, k, k]
     buckets = max(1, limit // 2) if limit else 1
+    aggregates = ", ".join(parts)
     if buckets > 1 and last > first:
         span = (last - first) // dt.timedelta(microseconds=1) + 1
         width = max(1, -(-span // buckets))  # microseconds per bucket, rounded up
-        # Offsets are never negative, so SQLite's CAST (it may lack FLOOR) rounds down as FLOOR does.
-        bucket = (f"CAST({sql.micros_since(sql.p)} / {sql.p} AS INTEGER)" if sql.kind == "sqlite"
-                  else f"FLOOR({sql.micros_since(sql.p)} / {sql.p})")
-        query = (f"SELECT {', '.join(parts)}, {bucket} AS b FROM {table} WHERE {where} GROUP BY b ORDER BY b")
-        rows = sql.fetchall(query, [*select_params, sql.stamp(first), width, *params])
+        if sql.kind == "sqlite" and buckets <= SQLITE_RANGE_BUCKETS:
+            rows = _sqlite_bucket_rows(sql, unit, start, end, channels, shift, first, width, buckets)
+        else:
+            # Offsets are never negative, so SQLite's integer division rounds down as FLOOR does.
+            bucket = (f"{sql.micros_since(sql.p)} / {sql.p}" if sql.kind == "sqlite"
+                      else f"FLOOR({sql.micros_since(sql.p)} / {sql.p})")
+            origin = (first - _EPOCH) // dt.timedelta(microseconds=1) if sql.kind == "sqlite" else sql.stamp(first)
+            query = f"SELECT {aggregates}, {bucket} AS b FROM {table} WHERE {where} GROUP BY b ORDER BY b"
+            rows = sql.fetchall(query, [*select_params, origin, width, *params])
     else:
-        rows = sql.fetchall(f"SELECT {', '.join(parts)} FROM {table} WHERE {where}", [*select_params, *params])
+        rows = sql.fetchall(f"SELECT {aggregates} FROM {table} WHERE {where}", [*select_params, *params])
 
     total = sum(int(row[2] or 0) for row in rows)
     stats = RangeStats(total, first, last)
@@ -270,6 +297,46 @@ def overview(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, l
             if t_last != t_first:
                 lines[n].append((t_last, float(high)))
     return stats, Series(lines, total, True, limit)
+
+
+def _sqlite_bucket_rows(sql: _Sql, unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None,
+                        channels: Sequence[int], shift: Sequence[float], first: dt.datetime, width: int,
+                        buckets: int) -> list[tuple]:
+    """On SQLite, the rows :func:`overview`'s GROUP BY gives on the other engines: for each bucket
+    ``first + k * width <= timestamp < first + (k + 1) * width`` (microseconds) that holds
+    samples, its first and last timestamps, its count and each channel's count, minimum, maximum
+    and shifted sums.
+
+    SQLite runs a GROUP BY on a computed bucket through a temporary B-tree, sorting every row of
+    the range; a range query per bucket instead reads the rows in the order of the
+    ``(unit_id, timestamp)`` index and sorts nothing (half the time for a million samples). Its
+    first and last timestamps are two seeks on the index rather than a MIN and a MAX over the
+    rows, and the bounds are exact microseconds, as on the other engines.
+    """
+    ts, table = sql.col("timestamp"), sql.col("sample")
+    within = f"{sql.col('unit_id')} = ?1 AND {ts} >= ?2 AND {ts} < ?3"
+    parts = [f"(SELECT MIN({ts}) FROM {table} WHERE {within})", f"(SELECT MAX({ts}) FROM {table} WHERE {within})",
+             "COUNT(*)"]
+    for i, n in enumerate(channels, start=4):
+        c = sql.col(f"ch{n}")
+        parts += [f"COUNT({c})", f"MIN({c})", f"MAX({c})", f"SUM({c} - ?{i})", f"SUM(({c} - ?{i}) * ({c} - ?{i}))"]
+    query = f"SELECT {', '.join(parts)} FROM {table} WHERE {within}"
+    step = dt.timedelta(microseconds=width)
+    cursor = sql.db.cursor()
+    rows = []
+    low = first
+    for k in range(1, buckets + 1):
+        high = first + step * k
+        lo = low if start is None or low > start else start
+        hi = high if end is None or high < end else end
+        low = high
+        if lo >= hi:
+            continue
+        cursor.execute(query, [unit.id, sql.stamp(lo), sql.stamp(hi), *shift])
+        row = cursor.fetchone()
+        if row is not None and row[2]:
+            rows.append(row)
+    return rows
 
 
 def channel_stats(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None,
