@@ -98,6 +98,24 @@ def test_after_commit_runs_once_committed(settings, units):
     handler.close()
 
 
+def test_the_same_instant_sent_in_any_form_is_one_sample(settings, units):
+    """Zero-padded uploads take the parser's plain path and keep the text they sent: it must be
+    the text any other form of the same instant is stored as, or duplicates would slip in."""
+    handler = make_handler(settings, units)
+    assert handler.handle(requests(
+        "TTP /up/A/<2020-01-01 00:00:00.000000;1><2020-01-01 00:00:01.500000;2><2020-01-01 00:00:02;3> ka",
+        "TTP /up/A/<2020-1-1 0:0:0;1><20-1-1 0:0:1.5;2><2020-01-01 00:00:02.000000;3><2020-1-1 0:0:3;4> ka",
+        "TTP /up/A/<2020-01-01 00:00:03;4><2020-01-01 00:00:04;5><2020-01-01 00:00:04.000000;6> ka",
+    )) == ["OK", "406 Duplicate sample 1<2020-1-1 0:0:0>2<20-1-1 0:0:1.5>3<2020-01-01 00:00:02.000000>",
+           "406 Duplicate sample 1<2020-01-01 00:00:03>3<2020-01-01 00:00:04.000000>"]
+    assert other_connection_count(settings, "A") == 5
+    with units.bind_ctx([models.Sample]):
+        stored = sorted(str(s.timestamp) for s in models.Sample.select())
+    assert stored == ["2020-01-01 00:00:00", "2020-01-01 00:00:01.500000", "2020-01-01 00:00:02",
+                      "2020-01-01 00:00:03", "2020-01-01 00:00:04"]
+    handler.close()
+
+
 def test_commit_interval_commits_every_n_writes_and_on_flush(settings, units):
     handler = make_handler(settings, units, COMMIT_INTERVAL=3)
     replies = handler.handle(requests("TTP /up/A/<2020-1-1 0:0:0;1> ka", "TTP /dl/A/last ka"))

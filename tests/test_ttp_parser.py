@@ -292,3 +292,110 @@ def test_fast_path_equals_careful_path_for_any_padding(timestamp, pads, micro_di
     fast, careful = _parse_fast(argument, 2), _parse_careful(argument, 2)
     assert fast == careful
     assert careful[0].timestamp.replace(microsecond=0) == timestamp.replace(microsecond=0)
+
+
+# --- the plain path (whole-upload check, columns) gives exactly what the careful path gives --------
+
+
+def _plain_and_careful(argument: str, channels: int):
+    from txm.ttp.parser import _parse_careful, _parse_plain
+
+    plain = _parse_plain(argument, channels)
+    try:
+        careful = _parse_careful(argument, channels)
+    except ProtocolError:
+        careful = None
+    return plain, careful
+
+
+def _check_plain(argument: str, channels: int) -> bool:
+    """The plain path refuses (None) or agrees with the careful path; True when it answered."""
+    plain, careful = _plain_and_careful(argument, channels)
+    if plain is None:
+        return False
+    assert careful is not None, argument
+    assert plain.samples() == careful
+    assert plain.texts == [str(s.timestamp) for s in careful]  # the text SQLite keeps
+    return True
+
+
+def test_plain_path_takes_the_usual_uploads():
+    assert _check_plain("<2030-01-01 00:00:00.000000;1;2.5><2030-01-01 00:00:00.001000;-1;0.25>", 2)
+    assert _check_plain("<2009-01-16 15:30:45;11>", 1)
+    assert _check_plain("<2009-01-16 15:30:45;11;-.5;7.>", 3)
+
+
+@pytest.mark.parametrize("argument", [
+    "<2009-1-16 15:30:45;1>", "<2009-01-16 15:30:45;+1>", "<2009-01-16 15:30:45;1e3>", "<2009-01-16 15:30:45; 1>",
+    "<2009-01-16 24:00:00;1>", "<2009-02-30 00:00:00;1>", "<0000-01-01 00:00:00;1>", "<2009-01-16 15:30:45.123;1>",
+    "<2009-01-16T15:30:45;1>", "<2009-01-16 15:30:45;1-2>", "<2009-01-16 15:30:45;->", "<2009-01-16 15:30:45;1.2.3>",
+    "<2009-01-16 15:30:45;.>", "<2009-01-16 15:30:45;" + "9" * 41 + ">", "<2009-01-16 15:30:45;1;2>",
+    "<2009-01-16 15:30:45>", "<2009-01-16 15:30:45;1>x", "<2009-01-16 15:30:45;١>", "<2009-01-16 15:30:45;1><>",
+    "<2009-01-16 15:30:45-05:00;1>", "<2009-01-16 15:30:45;1",
+])
+def test_plain_path_leaves_everything_else_to_the_other_paths(argument):
+    plain, careful = _plain_and_careful(argument, 1)
+    assert plain is None
+    if careful is not None:  # still accepted, by the other paths, with the same result
+        assert parse_samples(argument, 1) == careful
+
+
+def test_plain_path_needs_a_channel_count():
+    from txm.ttp.parser import _parse_plain
+
+    assert _parse_plain("<2009-01-16 15:30:45;11>", None) is None
+    assert _parse_plain("<2009-01-16 15:30:45>", 0) is None
+    with pytest.raises(ProtocolError):
+        parse_samples("<2009-01-16 15:30:45>", 0)
+
+
+_PLAIN_VALUES = st.one_of(st.integers(-10**12, 10**12).map(str), st.decimals(
+    min_value=-10**9, max_value=10**9, allow_nan=False, allow_infinity=False, places=6).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(format_value))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.datetimes(min_value=dt.datetime(1000, 1, 1)),
+                          st.sampled_from(["sec", "micro", "zero-micro"])), min_size=1, max_size=6),
+       st.integers(min_value=1, max_value=4), st.data())
+def test_plain_path_equals_careful_path(stamps, channels, data):
+    parts = []
+    for stamp, form in stamps:
+        text = stamp.strftime("%Y-%m-%d %H:%M:%S")
+        if form == "micro":
+            text += f".{stamp.microsecond:06d}"
+        elif form == "zero-micro":
+            text += ".000000"
+        values = data.draw(st.lists(_PLAIN_VALUES, min_size=channels, max_size=channels))
+        parts.append("<" + ";".join([text, *values]) + ">")
+    argument = "".join(parts)
+    took = _check_plain(argument, channels)
+    # Only exponents ("1e+20" from format_value) and 41-character numbers may go the other way.
+    assert took or "e" in argument or any(len(v) > 40 for v in argument.split(";"))
+
+
+_PLAIN_ALPHABET = st.sampled_from(list("<>;:-. 0123456789") + ["2009-01-16 15:30:45", "2009-12-31 23:59:59.999999",
+                                                              ".000000", ";1", ";-2.5", "><"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_PLAIN_ALPHABET, max_size=30).map("".join), st.integers(min_value=1, max_value=3))
+def test_plain_path_never_accepts_what_the_careful_path_refuses(argument, channels):
+    _check_plain(argument, channels)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(_ALPHABET, max_size=80), st.integers(min_value=1, max_value=4))
+def test_parse_upload_gives_what_parse_samples_gives(text, channels):
+    from txm.ttp.parser import parse_upload
+
+    try:
+        samples = parse_samples(text, channels)
+    except ProtocolError as exc:
+        with pytest.raises(ProtocolError) as info:
+            parse_upload(text, channels)
+        assert (info.value.code, info.value.reason) == (exc.code, exc.reason)
+        return
+    upload = parse_upload(text, channels)
+    assert upload.samples() == samples
+    assert upload.texts is None or upload.texts == [str(s.timestamp) for s in samples]

@@ -49,7 +49,7 @@ import peewee as pw
 from txm.config import Settings
 from txm.db import utcnow
 from txm.ttp.parser import (ProtocolError, Request, error_reply, format_timestamp, format_value,
-                            parse_samples)
+                            parse_upload)
 from txm.ttp.store import SampleStore, UnitRecord
 
 log = logging.getLogger("txm.ttp")
@@ -148,27 +148,34 @@ class Call:
 def upload(call: Call) -> str:
     """``TTP /up/<code>/<ts;v1;...><ts;...>... <key>``: store samples; 406 lists duplicates."""
     unit = call.unit()
-    samples = parse_samples(call.request.argument, unit.channels)
-    seen: set[dt.datetime] = set()
-    fresh: list[tuple[dt.datetime, tuple[float, ...]]] = []
-    positions: list[int] = []
+    batch = parse_upload(call.request.argument, unit.channels)
+    timestamps = batch.timestamps
     duplicates: list[int] = []
-    for position, sample in enumerate(samples, start=1):
-        if sample.timestamp in seen:
-            duplicates.append(position)
-            continue
-        seen.add(sample.timestamp)
-        fresh.append((sample.timestamp, sample.values))
-        positions.append(position)
-    inserted = call.store.insert_samples(unit, fresh, call.received)
+    if len(timestamps) == 1 or len(set(timestamps)) == len(timestamps):  # the usual case
+        positions: Iterable[int] = range(1, len(timestamps) + 1)
+        inserted = call.store.insert_columns(unit, timestamps, batch.values, call.received, batch.texts)
+    else:  # the same timestamp twice in one request: the second is a duplicate
+        seen: set[dt.datetime] = set()
+        fresh: list[int] = []
+        for position, timestamp in enumerate(timestamps, start=1):
+            if timestamp in seen:
+                duplicates.append(position)
+            else:
+                seen.add(timestamp)
+                fresh.append(position)
+        texts = batch.texts
+        positions = fresh
+        inserted = call.store.insert_columns(
+            unit, [timestamps[p - 1] for p in fresh], [batch.values[p - 1] for p in fresh], call.received,
+            None if texts is None else [texts[p - 1] for p in fresh])
     call.wrote = True
-    for position, went_in in zip(positions, inserted):
-        if not went_in:
-            duplicates.append(position)
+    if not all(inserted):
+        duplicates.extend(position for position, went_in in zip(positions, inserted) if not went_in)
     if duplicates:
         duplicates.sort()
+        sent = batch.sent
         raise ProtocolError(406, f"{len(duplicates)} duplicate sample(s) for unit {unit.code!r}",
-                            "".join(f"{p}<{samples[p - 1].sent}>" for p in duplicates))
+                            "".join(f"{p}<{sent[p - 1]}>" for p in duplicates))
     return OK
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import operator
 from dataclasses import dataclass
+from itertools import chain, repeat
 from typing import Any, Iterable, Sequence
 
 import peewee as pw
@@ -70,6 +72,7 @@ class SampleStore:
         self._units_sql: dict[int, str] = {}
         self._unit_cache: dict[str, UnitRecord] = {}
         self._data_version: int | None = None
+        self._received: tuple[dt.datetime | None, Any] = (None, None)  # the pass's, converted once
 
     # --- values as each driver wants them -----------------------------------------------------
 
@@ -160,14 +163,33 @@ class SampleStore:
                        received: dt.datetime) -> list[bool]:
         """Insert samples whose timestamps differ from each other; return, per sample, whether it
         went in (False: the unit already has a sample with that timestamp)."""
-        received_value = self.db_timestamp(received)
+        return self.insert_columns(unit, [timestamp for timestamp, _ in samples],
+                                   [tuple(values) for _, values in samples], received)
+
+    def insert_columns(self, unit: UnitRecord, timestamps: Sequence[dt.datetime],
+                       values: Sequence[tuple[float, ...]], received: dt.datetime,
+                       texts: Sequence[str] | None = None) -> list[bool]:
+        """:meth:`insert_samples` for samples given as columns (the upload verb's hot path).
+
+        ``texts``, when given, is ``str(timestamp)`` of every timestamp (the form SQLite keeps),
+        which saves converting them here.
+        """
+        if self._received[0] is not received:
+            self._received = (received, self.db_timestamp(received))
+        received_value = self._received[1]
+        if self.kind != "sqlite":
+            stamps = timestamps
+        elif texts is not None:
+            stamps = texts
+        else:
+            stamps = list(map(str, timestamps))
         cursor = self.db.cursor()
-        if len(samples) <= ROWS_PER_STATEMENT or self.kind != "sqlite":
-            return self._insert_chunks(cursor, unit, samples, received_value)
+        if len(stamps) <= ROWS_PER_STATEMENT or self.kind != "sqlite":
+            return self._insert_chunks(cursor, unit, stamps, values, received_value)
         # Several statements: all of them or none (the caller's savepoint covers other engines).
         cursor.execute("SAVEPOINT txm_samples")
         try:
-            result = self._insert_chunks(cursor, unit, samples, received_value)
+            result = self._insert_chunks(cursor, unit, stamps, values, received_value)
         except BaseException:
             cursor.execute("ROLLBACK TO SAVEPOINT txm_samples")
             cursor.execute("RELEASE SAVEPOINT txm_samples")
@@ -175,44 +197,49 @@ class SampleStore:
         cursor.execute("RELEASE SAVEPOINT txm_samples")
         return result
 
-    def _insert_chunks(self, cursor, unit: UnitRecord, samples, received_value) -> list[bool]:
+    def _insert_chunks(self, cursor, unit: UnitRecord, stamps: Sequence[Any], values: Sequence[tuple[float, ...]],
+                       received_value: Any) -> list[bool]:
+        """Insert the rows; ``stamps`` are the timestamps as the driver takes them."""
         inserted: list[bool] = []
-        for start in range(0, len(samples), ROWS_PER_STATEMENT):
-            chunk = samples[start:start + ROWS_PER_STATEMENT]
-            params: list[Any] = []
-            stamps = []
-            uid = unit.id
-            for timestamp, values in chunk:
-                stamp = self.db_timestamp(timestamp)
-                stamps.append(stamp)
-                params.append(uid)
-                params.append(stamp)
-                params.append(received_value)
-                params.extend(values)
-            if self.kind == "mysql":
-                inserted.extend(self._insert_mysql(cursor, unit.channels, chunk, params, stamps, received_value))
-                continue
-            cursor.execute(self._insert(unit.channels, len(chunk)), params)
-            returned = {row[0] for row in cursor.fetchall()}
-            if len(returned) == len(chunk):
-                inserted.extend([True] * len(chunk))
+        uid = unit.id
+        total = len(stamps)
+        for start in range(0, total, ROWS_PER_STATEMENT):
+            if total > ROWS_PER_STATEMENT:
+                chunk = stamps[start:start + ROWS_PER_STATEMENT]
+                chunk_values = values[start:start + ROWS_PER_STATEMENT]
             else:
-                inserted.extend(stamp in returned for stamp in stamps)
+                chunk, chunk_values = stamps, values
+            rows = len(chunk)
+            if rows == 1:
+                params = [uid, chunk[0], received_value, *chunk_values[0]]
+            else:  # (unit, timestamp, received) + values, row after row
+                params = list(chain.from_iterable(map(
+                    operator.add, zip(repeat(uid, rows), chunk, repeat(received_value, rows)), chunk_values)))
+            if self.kind == "mysql":
+                inserted.extend(self._insert_mysql(cursor, unit.channels, rows, params))
+                continue
+            cursor.execute(self._insert(unit.channels, rows), params)
+            returned = cursor.fetchall()
+            if len(returned) == rows:
+                inserted.extend([True] * rows)
+            else:
+                went_in = {row[0] for row in returned}
+                inserted.extend(stamp in went_in for stamp in chunk)
         return inserted
 
-    def _insert_mysql(self, cursor, channels: int, chunk, params, stamps, received_value) -> list[bool]:
+    def _insert_mysql(self, cursor, channels: int, rows: int, params: list[Any]) -> list[bool]:
         cursor.execute("SAVEPOINT txm_upload")
-        cursor.execute(self._insert(channels, len(chunk)), params)
-        if cursor.rowcount == len(chunk):
+        cursor.execute(self._insert(channels, rows), params)
+        if cursor.rowcount == rows:
             cursor.execute("RELEASE SAVEPOINT txm_upload")
-            return [True] * len(chunk)
+            return [True] * rows
         # Some were duplicates: redo row by row to learn which, each row's count answering for it.
         cursor.execute("ROLLBACK TO SAVEPOINT txm_upload")
         cursor.execute("RELEASE SAVEPOINT txm_upload")
         sql = self._insert(channels, 1)
         width = 3 + channels
         result = []
-        for i in range(len(chunk)):
+        for i in range(rows):
             cursor.execute(sql, params[i * width:(i + 1) * width])
             result.append(cursor.rowcount == 1)
         return result
