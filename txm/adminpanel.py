@@ -24,8 +24,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import peewee as pw
 
+from txm import alarms, manage
 from txm import db as m
-from txm import manage
 from txm.config import Settings
 from txm.errors import InvalidValue, NotFound, TxmError
 from txm.passwords import make_password, weakness
@@ -933,15 +933,6 @@ class UnitAdmin(ModelAdmin):
 # --- mailing lists and alarm messages --------------------------------------------------------
 
 
-def _alarms_api():
-    """txm.alarms's template functions, when that part of txm is installed."""
-    try:
-        from txm import alarms
-    except ImportError:
-        return None
-    return alarms if hasattr(alarms, "check_template") else None
-
-
 class MailingListAdmin(ModelAdmin):
     name = "mailinglist"
     verbose = "mailing list"
@@ -1050,13 +1041,10 @@ class AlarmMessageAdmin(ModelAdmin):
                 (m.AlarmMessage.unit == int(unit)) & (m.AlarmMessage.level == level)
                 & (m.AlarmMessage.id != (obj.id if obj else 0))).exists():
             form.add_error("level", "This unit already has a message for this level.")
-        api = _alarms_api()
-        if api is None:
-            return
         for name in ("subject", "body"):
             if data.get(name):
                 try:
-                    api.check_template(data[name])
+                    alarms.check_template(data[name])
                 except InvalidValue as exc:
                     form.add_error(name, f"The template does not work: {exc}")
 
@@ -1077,27 +1065,21 @@ SAMPLE_ALARM_DATA = ["2026-01-01 12:00:00", "42.5", "17"]
 def preview_alarm_message(unit: m.Unit, level: int, subject: str, body: str,
                           data: Sequence[str] | None = None) -> tuple[str, str]:
     """A subject and body template (as typed, saved or not) rendered with sample data."""
-    api = _alarms_api()
-    if api is None:
-        raise TxmError("alarm emails are not part of this installation")
-    return api.render_message(subject, body, unit, level, list(data if data is not None else SAMPLE_ALARM_DATA))
+    return alarms.render_message(subject, body, unit, level, list(data if data is not None else SAMPLE_ALARM_DATA))
 
 
 def send_test_alarm_email(actor: Actor, message: m.AlarmMessage, recipients: Sequence[str],
                           data: Sequence[str] | None = None) -> None:
     """Send the saved message with sample data to ``recipients``; raise TxmError with the SMTP reason."""
     actor.require("change", "alarmmessage")
-    api = _alarms_api()
-    if api is None:
-        raise TxmError("alarm emails are not part of this installation")
     addresses = [r.strip() for r in recipients if r.strip()]
     if not addresses:
         raise InvalidValue("give at least one address to send the test email to")
     for address in addresses:
         if not re.fullmatch(r"[^@\s,;<>]+@[^@\s,;<>]+", address):
             raise InvalidValue(f"{address!r} is not an email address")
-    api.send_test_email(actor.settings, message.unit, message.level,
-                        list(data if data is not None else SAMPLE_ALARM_DATA), addresses)
+    alarms.send_test_email(actor.settings, message.unit, message.level,
+                          list(data if data is not None else SAMPLE_ALARM_DATA), addresses)
 
 
 def mailing_list_addresses(unit: m.Unit) -> list[str]:
