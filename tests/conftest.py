@@ -273,3 +273,24 @@ def database_values(settings) -> dict:
     values = {key: settings[key] for key in ("DATABASE_ENGINE", "DATABASE_NAME", "DATABASE_HOST",
                                              "DATABASE_PORT", "DATABASE_USER") if settings[key]}
     return {**values, "HTTP_PORT": 0}  # the web interface on any free port
+
+
+# --- a real browser -------------------------------------------------------------------------
+
+#: Debian's Chromium, driven by Playwright; never a browser Playwright downloads.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium; a missing browser fails the test (CI installs it)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -3,29 +3,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.conftest import database_values, write_toml
 from tests.test_web_serve import web_port
 from txm import db as m
 from txm import manage
 from txm.passwords import make_password
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-
-
-@pytest.fixture
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def test_create_a_unit_and_a_view_then_see_them_on_the_home_page(serve_process, settings, config_file, browser):

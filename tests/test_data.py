@@ -8,6 +8,7 @@ import statistics
 
 import pytest
 
+from tests.webutil import store_samples
 from txm import data
 from txm import db as m
 from txm.errors import InvalidValue
@@ -19,21 +20,9 @@ def _unit(code="M1", channels=2, **fields) -> m.Unit:
     return m.Unit.create(code=code, key="k", channels=channels, **fields)
 
 
-def _samples(unit: m.Unit, rows) -> None:
-    """rows: (timestamp, [values])"""
-    batch = []
-    for when, values in rows:
-        row = {"unit": unit.id, "timestamp": when, "received": m.utcnow()}
-        row.update({f"ch{i + 1}": v for i, v in enumerate(values)})
-        batch.append(row)
-    with m.database.atomic():
-        for i in range(0, len(batch), 500):
-            m.Sample.insert_many(batch[i:i + 500]).execute()
-
-
 def test_presets_count_back_from_the_newest_sample(database):
     unit = _unit()
-    _samples(unit, [(BASE - dt.timedelta(days=3), [1, 1]), (BASE, [2, 2])])
+    store_samples(unit, [(BASE - dt.timedelta(days=3), [1, 1]), (BASE, [2, 2])])
     day = data.resolve_range(unit, "day")
     assert (day.start, day.end) == (BASE - dt.timedelta(days=1) + dt.timedelta(microseconds=1),
                                     BASE + dt.timedelta(microseconds=1))
@@ -67,7 +56,7 @@ def test_statistics_match_python_on_every_backend(database):
         other = None if i % 5 == 0 else float(i)
         big = 1e6 + (i % 10) * 1e-3  # large values varying a little: cancellation would ruin this
         rows.append((BASE + dt.timedelta(seconds=i, microseconds=i % 3), [flow, other, big]))
-    _samples(unit, rows)
+    store_samples(unit, rows)
     stats = data.channel_stats(unit, None, None)
     assert stats.count == 500 and stats.first == rows[0][0] and stats.last == rows[-1][0]
     for n, c in enumerate(stats.channels, start=1):
@@ -83,7 +72,7 @@ def test_statistics_match_python_on_every_backend(database):
 
 def test_statistics_of_a_range_one_value_and_nothing(database):
     unit = _unit(channels=2)
-    _samples(unit, [(BASE, [5.0, None]), (BASE + dt.timedelta(hours=1), [7.0, None])])
+    store_samples(unit, [(BASE, [5.0, None]), (BASE + dt.timedelta(hours=1), [7.0, None])])
     stats = data.channel_stats(unit, BASE, BASE + dt.timedelta(minutes=1))
     one, empty = stats.channels
     assert (one.count, one.minimum, one.maximum, one.mean, one.stddev) == (1, 5.0, 5.0, 5.0, None)
@@ -95,7 +84,7 @@ def test_statistics_of_a_range_one_value_and_nothing(database):
 def test_series_unreduced_when_it_fits(database):
     unit = _unit(channels=2)
     rows = [(BASE + dt.timedelta(seconds=i), [float(i), None if i == 3 else -i]) for i in range(10)]
-    _samples(unit, rows)
+    store_samples(unit, rows)
     s = data.series(unit, None, None, [1, 2], limit=10)
     assert not s.reduced and s.total == 10
     assert s.lines[1] == [(r[0], r[1][0]) for r in rows]
@@ -106,7 +95,7 @@ def test_reduced_series_keeps_every_peak_and_respects_the_limit(database):
     unit = _unit(channels=1)
     spikes = {1234: 1000.0, 5678: -1000.0, 9999: 500.0}
     rows = [(BASE + dt.timedelta(seconds=i), [spikes.get(i, math.sin(i / 50))]) for i in range(10_000)]
-    _samples(unit, rows)
+    store_samples(unit, rows)
     s = data.series(unit, None, None, [1], limit=200)
     assert s.reduced and s.total == 10_000
     line = s.lines[1]
@@ -126,7 +115,7 @@ def test_last_sample_stale_and_pages(database):
     unit = _unit(channels=2)
     assert data.last_sample(unit) is None and data.is_stale(None, 60)
     rows = [(BASE + dt.timedelta(seconds=i), [float(i), float(-i)]) for i in range(25)]
-    _samples(unit, rows)
+    store_samples(unit, rows)
     last = data.last_sample(unit)
     assert last.timestamp == rows[-1][0] and last.values == [24.0, -24.0]
     assert not data.is_stale(last, 60)
@@ -142,7 +131,7 @@ def test_statistics_are_the_same_when_the_lines_are_reduced(database):
     unit = _unit(channels=2)
     rows = [(BASE + dt.timedelta(seconds=i * 7), [math.cos(i) * 100, None if i < 40 or i > 900 else i / 3])
             for i in range(1000)]
-    _samples(unit, rows)
+    store_samples(unit, rows)
     plain = data.channel_stats(unit, None, None)
     stats, lines = data.overview(unit, None, None, limit=60)
     assert lines.reduced and all(len(line) <= 60 for line in lines.lines.values())
@@ -218,7 +207,7 @@ def test_reduced_lines_and_statistics_equal_a_plain_python_computation(database)
             wave = math.sin(second * 7 + j) + 2.0
             ch2 = None if second == 7 or j == 3 else float(second * 7 + j)
             rows.append((at + dt.timedelta(microseconds=micro), [peak or dip or wave, ch2, 1e6 + j * 1e-3]))
-    _samples(unit, rows)
+    store_samples(unit, rows)
     assert rows[-1][0] - rows[0][0] == dt.timedelta(seconds=10) - dt.timedelta(microseconds=1)
     s = BASE + dt.timedelta(seconds=2, microseconds=1)
     e = BASE + dt.timedelta(seconds=8, microseconds=999_999)
@@ -245,7 +234,7 @@ def test_both_ways_of_reading_buckets_give_the_plain_python_result(database, mon
         rows.append((when, [math.cos(i) * (1000.0 if i % 37 == 0 else 1.0), None if i % 3 else float(i)]))
     rows = sorted(dict(rows).items())
     rows[-1] = (rows[0][0] + dt.timedelta(seconds=4) - dt.timedelta(microseconds=1), rows[-1][1])
-    _samples(unit, rows)
+    store_samples(unit, rows)
     for start, end in ((None, None), (rows[5][0], rows[-20][0])):
         for limit in (40, 9, 100):
             _check_against_reference(unit, rows, start, end, limit)
@@ -255,7 +244,7 @@ def test_a_range_with_one_sample_and_samples_beyond_its_end(database):
     unit = _unit(channels=2)
     rows = [(BASE + dt.timedelta(seconds=i, microseconds=i * 3), [float(i % 4), None if i % 2 else -float(i)])
             for i in range(50)]
-    _samples(unit, rows)
+    store_samples(unit, rows)
     one_start, one_end = rows[10][0], rows[11][0]
     _check_against_reference(unit, rows, one_start, one_end, 4)
     stats, series = data.overview(unit, one_start, one_end, 4)
