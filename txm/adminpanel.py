@@ -1314,14 +1314,19 @@ def delete_sample(actor: Actor, sample: m.Sample) -> None:
 
 def delete_samples_selected(actor: Actor, ids: Sequence[Any]) -> int:
     """The "Delete selected Samples" action: every sample gets its own log entry, as the manual says."""
-    require_deletion(actor, "sample")
+    return _delete_selected(actor, ids, m.Sample, "sample", lambda sample: sample_repr(sample, sample.unit))
+
+
+def _delete_selected(actor: Actor, ids: Sequence[Any], model: type[m.BaseModel], name: str,
+                     describe: Callable[[Any], str]) -> int:
+    """Delete the chosen samples or alarms in one transaction, writing one log entry each."""
+    require_deletion(actor, name)
     numbers = selected_ids(ids)
     deleted = 0
     with m.write_transaction():
-        for sample in m.Sample.select(m.Sample, m.Unit).join(m.Unit).where(m.Sample.id.in_(numbers)):
-            sample.delete_instance()
-            log_action(actor, "delete", "sample", sample.id, sample_repr(sample, sample.unit),
-                       "Deleted (selected).")
+        for record in model.select(model, m.Unit).join(m.Unit).where(model.id.in_(numbers)):
+            record.delete_instance()
+            log_action(actor, "delete", name, record.id, describe(record), "Deleted (selected).")
             deleted += 1
     return deleted
 
@@ -1332,15 +1337,7 @@ def delete_alarm(actor: Actor, alarm: m.Alarm) -> None:
 
 def delete_alarms_selected(actor: Actor, ids: Sequence[Any]) -> int:
     """Delete the chosen alarms, one log entry each."""
-    require_deletion(actor, "alarm")
-    numbers = selected_ids(ids)
-    deleted = 0
-    with m.write_transaction():
-        for alarm in m.Alarm.select(m.Alarm, m.Unit).join(m.Unit).where(m.Alarm.id.in_(numbers)):
-            alarm.delete_instance()
-            log_action(actor, "delete", "alarm", alarm.id, alarm_repr(alarm), "Deleted (selected).")
-            deleted += 1
-    return deleted
+    return _delete_selected(actor, ids, m.Alarm, "alarm", alarm_repr)
 
 
 def selected_ids(ids: Sequence[Any]) -> list[int]:

@@ -428,6 +428,16 @@ def write_transaction(db: pw.Database | None = None):
     return db.atomic()
 
 
+def close_quietly(db: pw.Database) -> None:
+    """Close ``db`` after a failure, ignoring a connection that is already broken; the next use
+    opens a fresh one."""
+    try:
+        if not db.is_closed():
+            db.close()
+    except pw.PeeweeException:
+        pass
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]

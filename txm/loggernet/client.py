@@ -41,7 +41,7 @@ import peewee as pw
 from txm import db as models
 from txm.config import Settings
 from txm.errors import ConfigError, TxmError
-from txm.db import write_transaction
+from txm.db import close_quietly, write_transaction
 from txm.loggernet import records
 from txm.ttp.store import SampleStore, UnitRecord
 
@@ -192,7 +192,7 @@ class PullClient:
         except (records.RecordError, TxmError) as exc:
             return Outcome(None, str(exc))
         except pw.PeeweeException as exc:
-            self._reset_database()
+            close_quietly(self.db)
             return Outcome(None, f"database error: {str(exc).strip() or type(exc).__name__}")
         except Exception as exc:  # a bug must not end the pull: log it, do not acknowledge
             log.exception("storing a record failed")
@@ -217,7 +217,7 @@ class PullClient:
                 finally:
                     sock.close()
         finally:
-            self._reset_database()
+            close_quietly(self.db)
 
     def _connect(self, stop: threading.Event) -> socket.socket | None:
         try:
@@ -284,9 +284,3 @@ class PullClient:
                                 self.port, exc)
                     return
 
-    def _reset_database(self) -> None:
-        try:
-            if not self.db.is_closed():
-                self.db.close()
-        except pw.PeeweeException:
-            pass

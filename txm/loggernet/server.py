@@ -38,7 +38,7 @@ import peewee as pw
 from txm import db as models
 from txm.config import Settings
 from txm.errors import ConfigError, TxmError
-from txm.db import write_transaction
+from txm.db import close_quietly, write_transaction
 from txm.export import settled_last_id
 from txm.loggernet import records
 from txm.ttp.loop import make_listener
@@ -133,7 +133,7 @@ class ExportServer:
                     self._step()
                 except pw.PeeweeException as exc:
                     log.warning("database error while exporting (retrying): %s", exc)
-                    self._reset_database()
+                    close_quietly(self.db)
                     self._next_poll = time.monotonic() + POLL_SECONDS
                 except Exception:  # a bug must not end the service: drop the session, go on
                     log.exception("Data Export server error; closing the session")
@@ -187,7 +187,7 @@ class ExportServer:
                 self.last_acked = self._start_position()
             except pw.PeeweeException as exc:
                 log.warning("database error at the start of a Data Export session: %s", exc)
-                self._reset_database()
+                close_quietly(self.db)
                 self._end_session("the database is not available")
                 return
             self._scanned = self.last_acked
@@ -244,7 +244,7 @@ class ExportServer:
         except pw.PeeweeException as exc:
             # not stored: the record is sent again and its next acknowledgement advances
             log.warning("database error storing the acknowledgement of record %d: %s", pending.sample_id, exc)
-            self._reset_database()
+            close_quietly(self.db)
             return
         self.acknowledged += 1
         session.pending = None
@@ -382,12 +382,6 @@ class ExportServer:
         for unit in models.Unit.select().where(models.Unit.id.in_(list(unit_ids))):
             self._units[unit.id] = (unit.code, field_names(unit.channel_labels()))
 
-    def _reset_database(self) -> None:
-        try:
-            if not self.db.is_closed():
-                self.db.close()
-        except pw.PeeweeException:
-            pass
 
 
 def field_names(labels: list[str]) -> list[str]:
