@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -210,16 +211,19 @@ START_TIMEOUT = 30
 
 
 class ServeProcess:
-    """``txm serve`` in a subprocess; its stdout lines are collected by a thread."""
+    """``txm serve`` in a subprocess; threads collect its stdout lines and its log (stderr),
+    so a chatty server never stalls on a full pipe and a failing test can show what it logged."""
 
     def __init__(self, config_path, *args: str):
         self.proc = subprocess.Popen([*TXM, "--config", str(config_path), "serve", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=txm_subprocess_env())
         self.lines: list[str] = []
+        self.log: list[str] = []
         self.port: int | None = None
         self._ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_log, daemon=True).start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -231,11 +235,23 @@ class ServeProcess:
                 self._ready.set()
         self._ready.set()
 
+    def _read_log(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line.rstrip("\n"))
+
+    def logged(self, level: str = "") -> str:
+        """The log lines so far (of ``level`` and up, e.g. "WARNING"), one per line."""
+        levels = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+        wanted = levels[levels.index(level):] if level else levels
+        return "\n".join(line for line in self.log if not level or any(f" {w} " in line for w in wanted))
+
     def wait_ready(self) -> int:
         if not self._ready.wait(START_TIMEOUT) or self.port is None:
             self.proc.kill()
-            out, err = self.proc.communicate(timeout=10)
-            raise AssertionError(f"txm serve did not start:\n{chr(10).join(self.lines)}\n{err}")
+            self.proc.wait(10)
+            time.sleep(0.2)  # the reader threads take the last lines
+            raise AssertionError(f"txm serve did not start:\n{chr(10).join(self.lines)}\n{self.logged()}")
         return self.port
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> int:

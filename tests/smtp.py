@@ -17,6 +17,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
@@ -66,6 +67,8 @@ class _Recorder:
         self.server = server
 
     async def handle_DATA(self, smtp, session, envelope):
+        if self.server.on_data is not None:
+            self.server.on_data()
         with self.server.lock:
             if self.server.refusals:
                 return self.server.refusals.pop(0)
@@ -128,12 +131,14 @@ class _Controller(Controller):
 
 class SMTPServer:
     """Use as a context manager; ``port``, ``messages``, ``refusals`` (replies to give to the next
-    DATA commands instead of accepting, e.g. ``"451 try later"``)."""
+    DATA commands instead of accepting, e.g. ``"451 try later"``) and ``on_data`` (called as each
+    message arrives, before it is accepted)."""
 
     def __init__(self, *, starttls_cert: tuple[Path, Path] | None = None, tls_cert: tuple[Path, Path] | None = None,
                  login: tuple[str, str] | None = None):
         self.messages: list[Received] = []
         self.refusals: list[str] = []
+        self.on_data: Callable[[], None] | None = None
         self.lock = threading.Lock()
         self.arrived = threading.Condition(self.lock)
         kwargs: dict = {}

@@ -54,7 +54,11 @@ def test_two_nodes_send_each_alarm_email_once(serve_process, settings, config_fi
         database = models.open_database(settings)
         deadline = time.monotonic() + 60
         while models.Alarm.select().where(models.Alarm.email_status != "sent").exists():
-            assert time.monotonic() < deadline, "not every alarm was marked sent"
+            if time.monotonic() > deadline:
+                stuck = [(a.id, a.email_status, a.email_claimed_until, a.email_error)
+                         for a in models.Alarm.select().where(models.Alarm.email_status != "sent")]
+                raise AssertionError(f"not every alarm was marked sent: {stuck}\n"
+                                     + "\n".join(node.logged("WARNING") for node in nodes))
             time.sleep(0.05)
         ids = [a.id for a in models.Alarm.select(models.Alarm.id)]
         database.close()

@@ -251,6 +251,9 @@ TTP_VERBS = {"al": alarm_verb}
 POLL_SECONDS = 10.0
 #: Alarms claimed per look.
 CLAIM_BATCH = 50
+#: Tries at recording an email's outcome in the database, and the first pause between them.
+FINISH_ATTEMPTS = 5
+FINISH_RETRY_SECONDS = 0.5
 #: Longest wait before a failed email is tried again.
 MAX_RETRY_DELAY = 3600.0
 
@@ -381,9 +384,22 @@ class EmailWorker:
         return until if taken == 1 else None
 
     def _finish(self, alarm_id: int, claim: dt.datetime, **values: Any) -> None:
+        """Record what became of the email. After an email went out, a passing database failure
+        (a deadlock, a dropped connection) is tried again: left claimed, the alarm would wait
+        for its claim to run out and then be emailed a second time."""
         values["email_claimed_until"] = None
-        updated = m.Alarm.update(**values).where((m.Alarm.id == alarm_id)
-                                                 & (m.Alarm.email_claimed_until == claim)).execute()
+        query = m.Alarm.update(**values).where((m.Alarm.id == alarm_id) & (m.Alarm.email_claimed_until == claim))
+        for attempt in range(1, FINISH_ATTEMPTS + 1):
+            try:
+                updated = query.execute()
+                break
+            except (pw.OperationalError, pw.InterfaceError) as exc:  # deadlocks, lost connections
+                if attempt == FINISH_ATTEMPTS or self._stopping.is_set():
+                    raise
+                log.warning("alarm %d: recording its email failed (%s); trying again", alarm_id, exc)
+                m.close_quietly(self.db)
+                self._stopping.wait(FINISH_RETRY_SECONDS * attempt)
+                self.db.connect(reuse_if_open=True)
         if updated != 1:
             log.warning("alarm %d: its claim ran out while this node was sending; another node may send it too",
                         alarm_id)
