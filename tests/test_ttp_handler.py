@@ -187,3 +187,138 @@ def test_random_request_lines_always_get_a_protocol_reply(settings, units):
         check()
     finally:
         handler.close()
+
+
+# --- one-sample uploads of a pass go in together ---------------------------------------------
+
+
+@pytest.fixture
+def three_units(database):
+    manage.add_unit("A", "ka", 1)
+    manage.add_unit("B", "kb", 2)
+    manage.add_unit("C", "kc", 3)
+    return database
+
+
+def stored_samples(database) -> list[tuple]:
+    with database.bind_ctx([models.Sample, models.Unit]):
+        rows = (models.Sample.select(models.Unit.code, models.Sample.timestamp, models.Sample.ch1,
+                                     models.Sample.ch2, models.Sample.ch3, models.Sample.ch4)
+                .join(models.Unit).tuples())
+        return sorted((code, str(ts), *values) for code, ts, *values in rows)
+
+
+def without_ids(replies: list[str]) -> list[str]:
+    """Download replies start with the sample's id, which differs between two runs."""
+    import re
+    return [re.sub(r"^OK <\d+ ", "OK <id ", reply) for reply in replies]
+
+
+def test_batched_uploads_answer_and_store_exactly_as_one_at_a_time(settings, three_units):
+    """The upload verb's batch path against the same verb without it, on random passes: the
+    same replies (OK, 400, 402, 405, 406 with positions) and the same rows."""
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hsettings
+    from hypothesis import strategies as st
+
+    from txm.ttp.handler import upload
+
+    channels = {"A": 1, "B": 2, "C": 3, "X": 1}
+    keys = {"A": "ka", "B": "kb", "C": "kc", "X": "kx"}
+
+    @st.composite
+    def request_line(draw) -> str:
+        code = draw(st.sampled_from("AABBCCX"))
+        key = keys[code] if draw(st.integers(0, 9)) else "wrong"
+        if draw(st.integers(0, 7)) == 0:
+            return f"TTP /dl/{code}/last {key}"
+        samples = []
+        for _ in range(draw(st.sampled_from([1, 1, 1, 2, 3]))):
+            second = draw(st.integers(0, 3))  # few instants: duplicates happen
+            stamp = draw(st.sampled_from([f"2020-01-01 00:00:0{second}", f"2020-1-1 0:0:{second}"]))
+            width = channels[code] + (1 if draw(st.integers(0, 15)) == 0 else 0)  # now and then one too many
+            values = [str(draw(st.sampled_from([1, -2.5, 3e2, 0]))) for _ in range(width)]
+            samples.append(f"<{stamp};{';'.join(values)}>")
+        return f"TTP /up/{code}/{''.join(samples)} {key}"
+
+    batched = make_handler(settings, three_units)
+    alone = make_handler(settings, three_units, {"up": lambda call: upload(call)})  # no ttp_batch
+
+    def run(handler, lines):
+        replies = without_ids(handler.handle(requests(*lines)))
+        rows = stored_samples(three_units)
+        with three_units.bind_ctx([models.Sample]):
+            models.Sample.delete().execute()
+        return replies, rows
+
+    @hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(request_line(), min_size=1, max_size=25))
+    def check(lines):
+        assert run(batched, lines) == run(alone, lines)
+
+    try:
+        check()
+    finally:
+        batched.close()
+        alone.close()
+
+
+def test_a_batch_of_one_sample_uploads_is_one_insert_per_pass(settings, three_units):
+    handler = make_handler(settings, three_units)
+    lines = ["TTP /up/A/<2020-1-1 0:0:0;1> ka", "TTP /up/B/<2020-1-1 0:0:0;1;2> kb",
+             "TTP /up/C/<2020-1-1 0:0:0;1;2;3> kc", "TTP /up/A/<2020-1-1 0:0:1;1> ka",
+             "TTP /up/B/<2020-1-1 0:0:0;1;2> kb", "TTP /dl/B/last kb"]
+    seen: list[str] = []
+    original = handler.store.insert_one_each
+
+    def counting(samples, received):
+        seen.append(",".join(unit.code for unit, _, _, _ in samples))
+        return original(samples, received)
+
+    handler.store.insert_one_each = counting
+    replies = handler.handle(requests(*lines))
+    assert without_ids(replies) == ["OK", "OK", "OK", "OK", "406 Duplicate sample 1<2020-1-1 0:0:0>",
+                                    "OK <id 2020-01-01 00:00:00 1 2>"]
+    # A unit that comes again starts the next batch; a download is not batched.
+    assert seen == ["A,B,C", "A,B"]
+    assert other_connection_count(settings, "A") == 2
+    handler.close()
+
+
+def test_a_failing_batch_keeps_nothing_and_each_request_is_answered_alone(settings, three_units):
+    from txm.ttp.handler import upload
+
+    def flaky(call):
+        return upload(call)
+
+    def batch_that_fails(calls):
+        for call in calls:  # writes, then fails: none of it may stay
+            call.store.insert_samples(call.unit(), [(call.received.replace(year=2001), (5.0,) * 3)],
+                                      call.received)
+        raise RuntimeError("bug in the batch")
+
+    flaky.ttp_batch = batch_that_fails
+    handler = make_handler(settings, three_units, {"up": flaky})
+    replies = handler.handle(requests("TTP /up/A/<2020-1-1 0:0:0;1> ka", "TTP /up/B/<2020-1-1 0:0:0;1;2> wrong",
+                                      "TTP /up/C/<2020-1-1 0:0:0;1;2;3> kc"))
+    assert replies == ["OK", "402 Unauthorized", "OK"]
+    assert stored_samples(three_units) == [("A", "2020-01-01 00:00:00", 1.0, None, None, None),
+                                           ("C", "2020-01-01 00:00:00", 1.0, 2.0, 3.0, None)]
+    handler.close()
+
+
+def test_the_sqlite_loop_connection_checkpoints_its_wal_less_often(tmp_path):
+    """Also after the handler had to reconnect (a failed pass closes the connection)."""
+    from tests.conftest import write_toml
+    from txm import config
+    from txm.ttp.handler import SQLITE_CHECKPOINT_PAGES
+
+    sqlite = config.read_settings(write_toml(tmp_path / "txm.toml", {"DATABASE_NAME": str(tmp_path / "t.db")}))
+    database = manage.syncdb(sqlite).database
+    database.close()
+    handler = make_handler(sqlite, database)
+    assert database.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == SQLITE_CHECKPOINT_PAGES
+    handler._abandon()
+    assert handler.handle(requests("TTP /dl/A/last ka")) == ["405 Unit Not Found"]
+    assert database.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == SQLITE_CHECKPOINT_PAGES
+    handler.close()

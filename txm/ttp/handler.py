@@ -23,6 +23,13 @@ A verb is a function ``verb(call: Call) -> str`` returning the reply line withou
 * ``call.received`` -- the pass's time (naive UTC), ``call.settings``, ``call.log``;
 * ``call.after_commit(fn)`` -- run ``fn()`` once the pass is committed (e.g. wake a worker).
 
+A verb may also answer several requests at once: ``verb.ttp_batch(calls) -> list`` receives
+consecutive calls of the verb for *different* units and returns, per call, the reply text or
+the :class:`~txm.ttp.parser.ProtocolError` to answer with; it sets ``call.wrote`` for calls
+that wrote. The batch runs in one savepoint; if it raises, nothing of it is kept and each call
+goes to ``verb`` alone. The upload verb uses this to put the one-sample uploads of a pass
+into one multi-row INSERT.
+
 Where verbs come from
 ---------------------
 * Built-in verbs: a module listed in :data:`BUILTIN_VERB_MODULES` defines
@@ -48,7 +55,7 @@ import peewee as pw
 
 from txm.config import Settings
 from txm.db import utcnow
-from txm.ttp.parser import (ProtocolError, Request, error_reply, format_timestamp, format_value,
+from txm.ttp.parser import (ProtocolError, Request, Upload, error_reply, format_timestamp, format_value,
                             parse_upload)
 from txm.ttp.store import SampleStore, UnitRecord
 
@@ -62,6 +69,12 @@ BUILTIN_VERB_MODULES: tuple[str, ...] = ("txm.ttp.handler", "txm.alarms")
 
 #: Seconds an uncommitted upload may wait when COMMIT_INTERVAL is more than 1.
 MAX_COMMIT_DELAY = 1.0
+#: SQLite: WAL pages after which the loop's commit copies them into the database file (SQLite's
+#: default is 1,000). A pass of uploads from many meters dirties an index page per meter; a
+#: longer WAL lets a checkpoint copy each such page once for many passes instead of once for few.
+SQLITE_CHECKPOINT_PAGES = 20_000
+#: Most requests handed to a verb's batch function at once.
+BATCH_LIMIT = 500
 #: Attempts at one request, in a transaction of its own, after its pass met a lock conflict.
 CONFLICT_ATTEMPTS = 6
 
@@ -148,7 +161,10 @@ class Call:
 def upload(call: Call) -> str:
     """``TTP /up/<code>/<ts;v1;...><ts;...>... <key>``: store samples; 406 lists duplicates."""
     unit = call.unit()
-    batch = parse_upload(call.request.argument, unit.channels)
+    return _store_upload(call, unit, parse_upload(call.request.argument, unit.channels))
+
+
+def _store_upload(call: Call, unit: UnitRecord, batch: Upload) -> str:
     timestamps = batch.timestamps
     duplicates: list[int] = []
     if len(timestamps) == 1 or len(set(timestamps)) == len(timestamps):  # the usual case
@@ -179,7 +195,35 @@ def upload(call: Call) -> str:
     return OK
 
 
+def upload_batch(calls: list[Call]) -> list[str | ProtocolError]:
+    """:func:`upload` for consecutive uploads of different units: the one-sample uploads among
+    them (what most meters send) go into the database in one multi-row INSERT."""
+    outcomes: list[str | ProtocolError] = [OK] * len(calls)
+    singles: list[tuple[int, Upload]] = []
+    samples = []
+    for index, call in enumerate(calls):
+        try:
+            unit = call.unit()
+            batch = parse_upload(call.request.argument, unit.channels)
+            if len(batch.timestamps) == 1:
+                singles.append((index, batch))
+                samples.append((unit, batch.timestamps[0], batch.texts[0] if batch.texts else None, batch.values[0]))
+            else:
+                outcomes[index] = _store_upload(call, unit, batch)
+        except ProtocolError as exc:
+            outcomes[index] = exc
+    if samples:
+        inserted = calls[0].store.insert_one_each(samples, calls[0].received)
+        for (index, batch), went_in in zip(singles, inserted):
+            calls[index].wrote = True
+            if not went_in:
+                outcomes[index] = ProtocolError(406, f"1 duplicate sample(s) for unit {calls[index].request.code!r}",
+                                                f"1<{batch.sent[0]}>")
+    return outcomes
+
+
 upload.ttp_single_statement = True  # type: ignore[attr-defined]
+upload.ttp_batch = upload_batch  # type: ignore[attr-defined]
 
 
 def download(call: Call) -> str:
@@ -245,11 +289,14 @@ class Handler:
 
     def open(self) -> None:
         """Connect in the calling thread (the loop's)."""
-        self.db.connect(reuse_if_open=True)
+        if self.db.is_closed():
+            self.db.connect()
+            if self._sqlite:
+                self.db.execute_sql(f"PRAGMA wal_autocheckpoint = {SQLITE_CHECKPOINT_PAGES}")
 
     def _begin(self) -> None:
         if self._txn is None:
-            self.db.connect(reuse_if_open=True)
+            self.open()
             # SQLite: take the write lock at BEGIN so the first write never fails on a snapshot
             # another process committed after our first read.
             txn = self.db.transaction(lock_type="IMMEDIATE") if self._sqlite else self.db.transaction()
@@ -306,7 +353,7 @@ class Handler:
             try:
                 self._begin()
                 self._units = self.store.units_for_pass({r.code for r in requests})
-                replies = [self._call(request, received) for request in requests]
+                replies = self._answer(requests, received)
                 if self.commit_interval <= 1 or self._pending_writes >= self.commit_interval or (
                         time.monotonic() - self._txn_started >= MAX_COMMIT_DELAY):
                     self._commit()
@@ -349,6 +396,68 @@ class Handler:
         log.error("%s: 500 (still in a lock conflict after %d attempts)", request.describe(), CONFLICT_ATTEMPTS)
         return error_reply(500)
 
+    def _answer(self, requests: list[Request], received: dt.datetime) -> list[str]:
+        """Answer the requests in order; consecutive requests of a verb with a batch function
+        (``verb.ttp_batch``) and of different units go to it together, at most
+        :data:`BATCH_LIMIT` at a time. A unit that comes again starts a new batch, so each
+        request still sees what the ones before it wrote."""
+        replies: list[str] = []
+        verbs = self.verbs
+        count = len(requests)
+        i = 0
+        while i < count:
+            request = requests[i]
+            batch = getattr(verbs.get(request.verb), "ttp_batch", None)
+            j = i + 1
+            if batch is not None:
+                codes = {request.code}
+                limit = min(count, i + BATCH_LIMIT)
+                while j < limit and requests[j].verb == request.verb and requests[j].code not in codes:
+                    codes.add(requests[j].code)
+                    j += 1
+            if j - i == 1:
+                replies.append(self._call(request, received))
+            else:
+                replies.extend(self._call_batch(batch, requests[i:j], received))
+            i = j
+        return replies
+
+    def _call_batch(self, batch: Callable[[list[Call]], list], requests: list[Request],
+                    received: dt.datetime) -> list[str]:
+        """Answer requests through their verb's batch function, in one savepoint; when it fails,
+        nothing of it is kept and the requests are answered one at a time instead."""
+        calls = [Call(request, self, received) for request in requests]
+        cursor = self.db.cursor()
+        cursor.execute("SAVEPOINT txm_batch")
+        try:
+            outcomes = batch(calls)
+            if len(outcomes) != len(calls):
+                raise TypeError(f"a batch of {len(calls)} request(s) gave {len(outcomes)} answer(s)")
+            cursor.execute("RELEASE SAVEPOINT txm_batch")
+        except Exception as exc:
+            if is_lock_conflict(exc):
+                raise LockConflict() from exc  # the whole pass is redone, see _one_by_one
+            self._undo(cursor, "txm_batch")
+            log.warning("a batch of %d request(s) failed (%s: %s); answering them one at a time",
+                        len(calls), type(exc).__name__, exc)
+            return [self._call(request, received) for request in requests]
+        replies = []
+        for call, outcome in zip(calls, outcomes):
+            if isinstance(outcome, ProtocolError):
+                self._log_protocol_error(call.request, outcome)
+                outcome = outcome.reply()
+            replies.append(outcome)
+            if call.wrote:
+                self._pending_writes += 1
+                if self.commit_interval > 1:
+                    self._uncommitted.append((call.request, received))
+        return replies
+
+    @staticmethod
+    def _log_protocol_error(request: Request, exc: ProtocolError) -> None:
+        log.log(logging.DEBUG if exc.code in (404, 406) else logging.INFO,
+                "%s: %d %s", request.describe(), exc.code, exc.reason or exc.args[0])
+
     def _call(self, request: Request, received: dt.datetime) -> str:
         verb = self.verbs.get(request.verb)
         if verb is None:
@@ -375,8 +484,7 @@ class Handler:
                 if cursor is not None:
                     self._undo(cursor)
                 call.wrote = False
-            log.log(logging.DEBUG if exc.code in (404, 406) else logging.INFO,
-                    "%s: %d %s", request.describe(), exc.code, exc.reason or exc.args[0])
+            self._log_protocol_error(request, exc)
             reply = exc.reply()
         except Exception as exc:
             if is_lock_conflict(exc):
@@ -392,9 +500,9 @@ class Handler:
                 self._uncommitted.append((request, received))
         return reply
 
-    def _undo(self, cursor) -> None:
-        cursor.execute("ROLLBACK TO SAVEPOINT txm_call")
-        cursor.execute("RELEASE SAVEPOINT txm_call")
+    def _undo(self, cursor, savepoint: str = "txm_call") -> None:
+        cursor.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
+        cursor.execute(f"RELEASE SAVEPOINT {savepoint}")
 
     # --- COMMIT_INTERVAL > 1 ---------------------------------------------------------------------
 

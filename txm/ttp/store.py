@@ -66,7 +66,7 @@ class SampleStore:
         self.param = "?" if self.kind == "sqlite" else "%s"
         q = '"' if self.kind != "mysql" else "`"
         self._q = q
-        self._insert_sql: dict[tuple[int, int], str] = {}
+        self._insert_sql: dict[tuple[int, int, str], str] = {}
         self._row_sql: dict[int, str] = {}
         self._last_sql: dict[int, str] = {}
         self._units_sql: dict[int, str] = {}
@@ -142,8 +142,8 @@ class SampleStore:
 
     # --- uploads --------------------------------------------------------------------------------
 
-    def _insert(self, channels: int, rows: int) -> str:
-        sql = self._insert_sql.get((channels, rows))
+    def _insert(self, channels: int, rows: int, returning: str = "timestamp") -> str:
+        sql = self._insert_sql.get((channels, rows, returning))
         if sql is None:
             q = self._q
             cols = ["unit_id", "timestamp", "received", *CHANNEL_COLUMNS[:channels]]
@@ -154,9 +154,9 @@ class SampleStore:
                 sql = f"INSERT IGNORE INTO {q}sample{q} ({col_sql}) VALUES {values}"
             else:
                 sql = (f"INSERT INTO {q}sample{q} ({col_sql}) VALUES {values} "
-                       f"ON CONFLICT ({q}unit_id{q}, {q}timestamp{q}) DO NOTHING RETURNING {q}timestamp{q}")
+                       f"ON CONFLICT ({q}unit_id{q}, {q}timestamp{q}) DO NOTHING RETURNING {q}{returning}{q}")
             if len(self._insert_sql) < 4096:
-                self._insert_sql[(channels, rows)] = sql
+                self._insert_sql[(channels, rows, returning)] = sql
         return sql
 
     def insert_samples(self, unit: UnitRecord, samples: Sequence[tuple[dt.datetime, Sequence[float]]],
@@ -225,6 +225,44 @@ class SampleStore:
             else:
                 went_in = {row[0] for row in returned}
                 inserted.extend(stamp in went_in for stamp in chunk)
+        return inserted
+
+    def insert_one_each(self, samples: Sequence[tuple[UnitRecord, dt.datetime, str | None, tuple[float, ...]]],
+                        received: dt.datetime) -> list[bool]:
+        """Insert one sample for each of several *different* units, in as few statements as the
+        parameter limit allows; return, per sample, whether it went in (False: a duplicate).
+
+        Each sample is ``(unit, timestamp, text, values)``, ``text`` being ``str(timestamp)`` or
+        None. Units with fewer channels leave the others NULL, as a single upload does.
+        """
+        if self._received[0] is not received:
+            self._received = (received, self.db_timestamp(received))
+        received_value = self._received[1]
+        sqlite = self.kind == "sqlite"
+        cursor = self.db.cursor()
+        inserted: list[bool] = []
+        for start in range(0, len(samples), ROWS_PER_STATEMENT):
+            chunk = samples[start:start + ROWS_PER_STATEMENT]
+            channels = max(unit.channels for unit, _, _, _ in chunk)
+            params: list[Any] = []
+            for unit, timestamp, text, values in chunk:
+                stamp = (text if text is not None else str(timestamp)) if sqlite else timestamp
+                params += (unit.id, stamp, received_value, *values)
+                if unit.channels < channels:
+                    params += (None,) * (channels - unit.channels)
+            rows = len(chunk)
+            if self.kind == "mysql":
+                inserted.extend(self._insert_mysql(cursor, channels, rows, params))
+                continue
+            cursor.execute(self._insert(channels, rows, "unit_id"), params)
+            returned = cursor.fetchall()
+            if len(returned) == rows:
+                inserted.extend([True] * rows)
+            else:  # the units differ, so the unit tells which rows went in
+                if len({unit.id for unit, _, _, _ in chunk}) != rows:
+                    raise ValueError("insert_one_each needs samples of different units")
+                went_in = {row[0] for row in returned}
+                inserted.extend(unit.id in went_in for unit, _, _, _ in chunk)
         return inserted
 
     def _insert_mysql(self, cursor, channels: int, rows: int, params: list[Any]) -> list[bool]:
