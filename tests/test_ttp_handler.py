@@ -322,3 +322,23 @@ def test_the_sqlite_loop_connection_checkpoints_its_wal_less_often(tmp_path):
     assert handler.handle(requests("TTP /dl/A/last ka")) == ["405 Unit Not Found"]
     assert database.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == SQLITE_CHECKPOINT_PAGES
     handler.close()
+
+
+def test_the_batch_interface_as_docs_apps_shows_it(settings, three_units):
+    """docs/apps.md's ``ttp_batch`` example, run: each call of a batch answered on its own."""
+    import re
+    from pathlib import Path
+
+    text = Path(__file__).parent.parent.joinpath("docs", "apps.md").read_text()
+    [example] = [block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "ttp_batch" in block]
+    app: dict = {}
+    exec("def handle(call):\n    call.unit()\n    return 'OK'\n" + example, app)
+    batches: list[int] = []
+    original = app["handle"].ttp_batch
+    app["handle"].ttp_batch = lambda calls: batches.append(len(calls)) or original(calls)
+    handler = make_handler(settings, three_units, {"ping": app["handle"]})
+    replies = handler.handle(requests("TTP /ping/A/x ka", "TTP /ping/B/x wrong", "TTP /ping/X/x kx",
+                                      "TTP /ping/C/x kc", "TTP /ping/A/x ka"))
+    assert replies == ["OK", "402 Unauthorized", "405 Unit Not Found", "OK", "OK"]
+    assert batches == [4]  # A comes again: the fifth call is answered alone
+    handler.close()
