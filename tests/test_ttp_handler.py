@@ -342,3 +342,42 @@ def test_the_batch_interface_as_docs_apps_shows_it(settings, three_units):
     assert replies == ["OK", "402 Unauthorized", "405 Unit Not Found", "OK", "OK"]
     assert batches == [4]  # A comes again: the fifth call is answered alone
     handler.close()
+
+
+def test_a_failing_single_statement_call_costs_only_its_own_request(settings, units):
+    """Such a call runs without a savepoint of its own; on PostgreSQL its failure aborts the
+    transaction, so the pass is answered again one request at a time: the others' samples are
+    stored all the same, each answered once."""
+    def broken(call):
+        call.unit()
+        call.db.execute_sql("SELECT no_such_column FROM unit")
+        return "OK"
+
+    broken.ttp_single_statement = True
+    handler = make_handler(settings, units, {"bad": broken})
+    replies = handler.handle(requests("TTP /up/A/<2020-1-1 0:0:0;1> ka", "TTP /up/A/<2020-1-1 0:0:1;1> ka",
+                                      "TTP /bad/A/x ka", "TTP /up/B/<2020-1-1 0:0:0;1;2> kb",
+                                      "TTP /up/B/<2020-1-1 0:0:0;1;2> kb"))
+    assert replies == ["OK", "OK", "500 Internal error", "OK", "406 Duplicate sample 1<2020-1-1 0:0:0>"]
+    assert other_connection_count(settings, "A") == 2 and other_connection_count(settings, "B") == 1
+    # The next pass goes the quick way again.
+    assert handler.handle(requests("TTP /up/A/<2020-1-1 0:0:2;1> ka")) == ["OK"]
+    assert other_connection_count(settings, "A") == 3
+    handler.close()
+
+
+def test_a_failing_single_statement_call_with_commit_interval_loses_no_answered_upload(settings, units):
+    """COMMIT_INTERVAL > 1: uploads answered OK in earlier passes are still uncommitted when the
+    failure rolls the transaction back; they are written again."""
+    def broken(call):
+        call.db.execute_sql("SELECT no_such_column FROM unit")
+        return "OK"
+
+    broken.ttp_single_statement = True
+    handler = make_handler(settings, units, {"bad": broken}, COMMIT_INTERVAL=100)
+    assert handler.handle(requests("TTP /up/A/<2020-1-1 0:0:0;1> ka")) == ["OK"]
+    assert handler.handle(requests("TTP /up/B/<2020-1-1 0:0:0;1;2> kb", "TTP /bad/A/x ka")) == [
+        "OK", "500 Internal error"]
+    handler.flush()
+    assert other_connection_count(settings, "A") == 1 and other_connection_count(settings, "B") == 1
+    handler.close()

@@ -19,7 +19,10 @@ A verb is a function ``verb(call: Call) -> str`` returning the reply line withou
 * ``call.db`` -- the peewee database, inside the pass's transaction. Write with peewee or SQL
   as usual: it is committed with the pass, before any ``OK`` goes out when ``COMMIT_INTERVAL``
   is 1. Each call runs in its own savepoint, so a failing call leaves nothing behind and never
-  harms the other calls of the pass;
+  harms the other calls of the pass (a built-in verb marked ``ttp_single_statement``, whose
+  one statement either works or changes nothing, skips the savepoint on SQLite and
+  PostgreSQL; should that statement fail on PostgreSQL, the pass is rolled back and answered
+  again one request per transaction);
 * ``call.received`` -- the pass's time (naive UTC), ``call.settings``, ``call.log``;
 * ``call.after_commit(fn)`` -- run ``fn()`` once the pass is committed (e.g. wake a worker).
 
@@ -94,6 +97,11 @@ def keys_match(given: str, stored: str) -> bool:
 
 class LockConflict(Exception):
     """Another database session (another txm node) holds rows this pass needs and waits for ours."""
+
+
+class PassAborted(Exception):
+    """A statement without a savepoint failed on PostgreSQL, which then refuses every further
+    statement of the transaction: the pass is redone one request at a time."""
 
 
 def is_lock_conflict(exc: BaseException | None) -> bool:
@@ -277,6 +285,11 @@ class Handler:
         self.store = SampleStore(database)
         self.commit_interval = settings.COMMIT_INTERVAL
         self._sqlite = self.store.kind == "sqlite"
+        # Single-statement verbs run without a savepoint of their own where a failed statement
+        # can be survived: SQLite undoes just the statement; PostgreSQL aborts the transaction,
+        # and the pass is then redone one request at a time (PassAborted). MySQL keeps them.
+        self._savepoint_free = self.store.kind in ("sqlite", "postgresql")
+        self._alone_mode = False  # answering one request per transaction, every call in a savepoint
         self._txn: Any = None
         self._txn_started = 0.0
         self._pending_writes = 0
@@ -349,6 +362,7 @@ class Handler:
             return []
         self.requests_handled += len(requests)
         received = utcnow()
+        earlier = len(self._uncommitted)  # answered in earlier passes, not yet committed
         try:
             try:
                 self._begin()
@@ -357,8 +371,8 @@ class Handler:
                 if self.commit_interval <= 1 or self._pending_writes >= self.commit_interval or (
                         time.monotonic() - self._txn_started >= MAX_COMMIT_DELAY):
                     self._commit()
-            except LockConflict:
-                replies = self._one_by_one(requests, received)
+            except (LockConflict, PassAborted) as exc:
+                replies = self._one_by_one(requests, received, exc, earlier)
         except Exception:
             log.exception("database failure; %d request(s) of this pass answered 500", len(requests))
             self._abandon()
@@ -367,20 +381,30 @@ class Handler:
             self._units = {}
         return replies
 
-    def _one_by_one(self, requests: list[Request], received: dt.datetime) -> list[str]:
-        """After a lock conflict with another node: roll the pass back, then answer each request
-        in a transaction of its own, so no transaction of ours holds rows while it waits.
+    def _one_by_one(self, requests: list[Request], received: dt.datetime, why: Exception,
+                    earlier: int) -> list[str]:
+        """After a lock conflict with another node, or a failed statement that aborted the
+        transaction (PostgreSQL): roll the pass back, then answer each request in a transaction
+        of its own, so no transaction of ours holds rows while it waits.
 
-        On MySQL a deadlock rolls back the whole transaction, including writes of earlier passes
-        already answered (``COMMIT_INTERVAL`` > 1): those are written again first.
+        The rollback also takes the writes of earlier passes already answered but not yet
+        committed (``COMMIT_INTERVAL`` > 1, the first ``earlier`` of :attr:`_uncommitted`):
+        those are written again first. This pass's own are not: they are answered afresh.
         """
-        log.info("lock conflict with another database session; answering %d request(s) one by one",
-                 len(requests))
-        replay, self._uncommitted = self._uncommitted, []
+        if isinstance(why, LockConflict):
+            log.info("lock conflict with another database session; answering %d request(s) one by one",
+                     len(requests))
+        else:
+            log.info("a statement of this pass failed; answering its %d request(s) one by one", len(requests))
+        replay, self._uncommitted = self._uncommitted[:earlier], []
         self._rollback()
-        for request, when in replay:
-            self._alone(request, when)
-        return [self._alone(request, received) for request in requests]
+        self._alone_mode = True
+        try:
+            for request, when in replay:
+                self._alone(request, when)
+            return [self._alone(request, received) for request in requests]
+        finally:
+            self._alone_mode = False
 
     def _alone(self, request: Request, received: dt.datetime) -> str:
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
@@ -464,7 +488,7 @@ class Handler:
             log.info("%s: 501 (no verb %r)", request.describe(), request.verb)
             return error_reply(501)
         call = Call(request, self, received)
-        savepoint = not (self._sqlite and getattr(verb, "ttp_single_statement", False))
+        savepoint = self._alone_mode or not (self._savepoint_free and getattr(verb, "ttp_single_statement", False))
         cursor = self.db.cursor() if savepoint else None
         try:
             if cursor is not None:
@@ -489,6 +513,8 @@ class Handler:
         except Exception as exc:
             if is_lock_conflict(exc):
                 raise LockConflict() from exc  # the whole pass is redone, see _one_by_one
+            if cursor is None and not self._sqlite:
+                raise PassAborted() from exc  # the whole pass is redone, see _one_by_one
             if cursor is not None:
                 self._undo(cursor)
             call.wrote = False
