@@ -50,15 +50,19 @@ def selected_backends(config_) -> list[str]:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "server_databases: runs on PostgreSQL and MariaDB only, not SQLite")
+    config.addinivalue_line("markers", "sqlite_only: about SQLite itself (its one write lock); runs on SQLite only")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests about database servers are not collected for SQLite (deselected, not skipped)."""
+    """Tests about database servers are not collected for SQLite, nor tests about SQLite for the
+    servers (deselected, not skipped)."""
     keep, drop = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        on_sqlite = callspec is not None and callspec.params.get("backend") == "sqlite"
-        (drop if on_sqlite and item.get_closest_marker("server_databases") else keep).append(item)
+        backend = callspec.params.get("backend") if callspec is not None else None
+        wrong = ((backend == "sqlite" and item.get_closest_marker("server_databases"))
+                 or (backend not in (None, "sqlite") and item.get_closest_marker("sqlite_only")))
+        (drop if wrong else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

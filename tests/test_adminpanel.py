@@ -176,6 +176,40 @@ def test_bulk_delete_samples_batches_one_entry(admin):
     assert result.deleted == 6345 and m.Sample.select().count() == 10
 
 
+@pytest.mark.sqlite_only
+def test_a_bulk_deletion_lets_another_writer_in_between_batches(admin, settings):
+    """SQLite has one write lock: a deletion that took it again the moment it committed would
+    keep the TTP server out until the end. Another connection that starts waiting for the lock
+    during the deletion gets it while the deletion is still under way."""
+    import threading
+
+    unit = ap.submit(ap.registry()["unit"], admin, unit_input()).saved
+    add_samples(unit, 20 * m.BATCH_SIZE)
+    done = threading.Event()
+
+    def delete() -> None:
+        try:
+            ap.delete_samples_bulk(admin, unit)
+        finally:
+            m.database.close()
+            done.set()
+
+    other = m.make_database(settings)
+    other.connect()
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    try:
+        while other.execute_sql("SELECT COUNT(*) FROM sample").fetchone()[0] == 20 * m.BATCH_SIZE:
+            assert not done.is_set()  # the deletion is under way once the first batch went
+        with m.write_transaction(other):
+            other.execute_sql("UPDATE unit SET name = 'written meanwhile' WHERE id = ?", (unit.id,))
+            left = other.execute_sql("SELECT COUNT(*) FROM sample").fetchone()[0]
+    finally:
+        deleter.join(60)
+        other.close()
+    assert 0 < left < 20 * m.BATCH_SIZE, "the other writer waited for the whole deletion"
+
+
 def test_deletion_switched_off(admin, settings):
     unit = ap.submit(ap.registry()["unit"], admin, unit_input()).saved
     add_samples(unit, 3)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -1372,12 +1373,14 @@ def _delete_batches_samples(unit: m.Unit, older_than: Optional[dt.datetime]) -> 
     deleted = 0
     while True:
         with m.write_transaction():
+            locked_at = time.monotonic()  # the write lock is ours from here
             boundary = (m.Sample.select(m.Sample.timestamp).where(cond).order_by(m.Sample.timestamp)
                         .offset(m.BATCH_SIZE - 1).limit(1).scalar())
             if boundary is None:
                 deleted += m.Sample.delete().where(cond).execute()
                 break
             deleted += m.Sample.delete().where(cond & (m.Sample.timestamp <= boundary)).execute()
+        m.between_batches(locked_at)
     return deleted, latest
 
 
@@ -1389,12 +1392,14 @@ def _delete_batches_alarms(unit: m.Unit, older_than: Optional[dt.datetime]) -> t
     deleted = 0
     while True:
         with m.write_transaction():
+            locked_at = time.monotonic()  # the write lock is ours from here
             boundary = (m.Alarm.select(m.Alarm.id).where(cond).order_by(m.Alarm.id)
                         .offset(m.BATCH_SIZE - 1).limit(1).scalar())
             if boundary is None:
                 deleted += m.Alarm.delete().where(cond).execute()
                 break
             deleted += m.Alarm.delete().where(cond & (m.Alarm.id <= boundary)).execute()
+        m.between_batches(locked_at)
     return deleted, latest
 
 

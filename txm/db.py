@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 from typing import Any, Iterable
 
 import peewee as pw
@@ -24,6 +25,9 @@ MAX_CHANNELS = 32
 UNIT_CODE_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
 #: Rows a bulk operation (deletion, migration) touches per transaction.
 BATCH_SIZE = 5000
+#: Bounds of the pause a bulk writer makes after each batch on SQLite, seconds (between_batches).
+BULK_PAUSE_MIN = 0.002
+BULK_PAUSE_MAX = 0.05
 
 database = pw.DatabaseProxy()
 
@@ -411,6 +415,27 @@ def open_database(settings: Settings, create: bool = False) -> pw.Database:
         raise DatabaseError(f"the database ({settings.database_label()}) has no txm tables yet; "
                             f"create them with: txm syncdb")
     return db
+
+
+def between_batches(locked_at: float, db: pw.Database | None = None) -> None:
+    """What a bulk writer (the admin panel's deletions) does after committing each batch, whose
+    write transaction held the lock from ``locked_at`` (``time.monotonic()``). SQLite only:
+
+    * copy what the write-ahead log holds into the database file now, without waiting for or
+      blocking anyone (a passive checkpoint), so that the TTP server's commit does not later
+      copy the whole of it in one long go;
+    * pause as long as the batch held the lock (within BULK_PAUSE_MIN and BULK_PAUSE_MAX).
+      SQLite's waiting writers poll for the lock, more slowly the longer they wait: a bulk
+      writer that took the lock again at once would keep the TTP server out for the whole
+      operation, however small its batches.
+
+    PostgreSQL and MySQL lock rows, not the database: nothing to do there.
+    """
+    db = db if db is not None else database.obj
+    if isinstance(db, pw.SqliteDatabase):
+        held = time.monotonic() - locked_at
+        db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        time.sleep(min(BULK_PAUSE_MAX, max(BULK_PAUSE_MIN, held)))
 
 
 def write_transaction(db: pw.Database | None = None):

@@ -6,6 +6,7 @@ Each function works on the bound database (see :func:`txm.db.open_database`) and
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -161,11 +162,13 @@ def remove_unit(code: str) -> int:
     removed = 0
     while True:
         with m.write_transaction():
+            locked_at = time.monotonic()
             ids = [row.id for row in m.Sample.select(m.Sample.id).where(m.Sample.unit == unit)
                    .limit(m.BATCH_SIZE)]
             if not ids:
                 break
             removed += m.Sample.delete().where(m.Sample.id.in_(ids)).execute()
+        m.between_batches(locked_at)  # a running txm serve gets the lock in between
     with m.write_transaction():
         unit.delete_instance(recursive=True)
     return removed
