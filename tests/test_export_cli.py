@@ -199,3 +199,43 @@ def test_a_million_samples_exact_and_in_constant_memory(tmp_path):
         assert i == MILLION - 1 and checked > 1000
     small_rows = list(csv.reader(io.StringIO((tmp_path / "small.csv").read_text(), newline="")))
     assert len(small_rows) == 1 + 8640 and small_rows[-1] == expected_row(8639)
+
+
+def read_terminal(master: int, proc: subprocess.Popen) -> str:
+    """Everything the process wrote to its terminal, until it exits."""
+    import os
+
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the terminal closed: the process is gone
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(60)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_a_progress_bar_and_a_summary_at_a_terminal_only(config_file, units, tmp_path):
+    """At a real (pseudo-)terminal the command draws a progress bar and says what it did; the
+    same command from cron (no terminal) writes nothing but the CSV, as the first test shows."""
+    import os
+    import pty
+
+    units.close()
+    target = tmp_path / "m1.csv"
+    master, slave = pty.openpty()
+    env = txm_subprocess_env(TERM="xterm", COLUMNS="100")
+    proc = subprocess.Popen([*TXM, "--config", str(config_file), "export-csv", "M1", "-o", str(target)],
+                            stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    try:
+        screen = read_terminal(master, proc)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, screen
+    assert "exporting" in screen and "3/3" in screen, screen
+    assert f"Exported 3 sample(s) to {target}." in screen.replace("\r\n", "").replace("\n", "")
+    assert target.read_bytes().startswith(b"timestamp,Flow,Level,Temp\r\n")
