@@ -511,3 +511,61 @@ def test_txm_serve_refuses_to_start_with_a_bad_loggernet_setting(settings, datab
     # the TTP port was released: the same settings without the mistake start
     with ServerThread(values.replace(LOGGERNET_HOST="", EXPORT_ENABLED=True, EXPORT_PORT=0)) as running:
         assert "dataexport" in [s.name for s in running.server.services]
+
+
+def _fail_the_servers_database(settings, database):
+    """Make the export server's next write fail for real, then work again: another connection
+    holds SQLite's write lock for a while (the server waits 0.2 s for it), or the server ends
+    the export server's connections (PostgreSQL, MariaDB)."""
+    engine = settings.DATABASE_ENGINE
+    if engine == "sqlite3":
+        import sqlite3
+
+        other = sqlite3.connect(str(settings.sqlite_path()), isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        threading.Timer(1.5, lambda: (other.rollback(), other.close())).start()
+        return
+    other = models.make_database(settings)
+    other.connect()
+    if engine == "postgresql":
+        other.execute_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    else:
+        ids = [row[0] for row in other.execute_sql(
+            "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()")]
+        for connection_id in ids:
+            other.execute_sql(f"KILL CONNECTION {int(connection_id)}")
+    other.close()
+
+
+def test_server_survives_a_database_failure_and_loses_no_acknowledgement(settings, source_units, caplog):
+    """The acknowledgement that could not be stored is asked for again: the record is sent
+    again, and the cursor advances once the database is back."""
+    ids = sample_ids("M1")
+    database = source_units
+    if settings.DATABASE_ENGINE == "sqlite3":  # wait 0.2 s for the lock, not 10 s
+        database = models.pw.SqliteDatabase(str(settings.sqlite_path()), timeout=0.2,
+                                            pragmas={"journal_mode": "wal", "busy_timeout": 200})
+        models.database.initialize(database)
+    try:
+        with caplog.at_level(logging.WARNING, logger="txm"), \
+                Running(ExportServer(server_settings(settings), database)) as server:
+            client = LineClient(server.port)
+            first = client.record()
+            assert records.parse_standard(first).record_number == ids[0]
+            _fail_the_servers_database(settings, database)
+            client.send(records.format_ack(records.parse_standard(first)))
+            again = 0
+            while (line := client.record()) == first:  # sent again until an acknowledgement is stored
+                again += 1
+                client.send(records.format_ack(records.parse_standard(line)))
+            assert again >= 1
+            assert records.parse_standard(line).record_number == ids[1]
+            client.close()
+        assert "database error" in caplog.text
+    finally:
+        if database is not source_units:
+            database.close()
+            models.database.initialize(source_units)
+    models.close_quietly(source_units)  # the test's own connection may have been ended too
+    assert cursor_value() == ids[0]
