@@ -244,6 +244,20 @@ def test_batched_uploads_answer_and_store_exactly_as_one_at_a_time(settings, thr
     batched = make_handler(settings, three_units)
     alone = make_handler(settings, three_units, {"up": lambda call: upload(call)})  # no ttp_batch
 
+    used, failed = [], []
+    original = batched.store.insert_one_each
+
+    def watched(samples, received):  # the batch path must really be taken, and never fail
+        try:
+            result = original(samples, received)
+        except Exception as exc:
+            failed.append(exc)
+            raise
+        used.append(len(samples))
+        return result
+
+    batched.store.insert_one_each = watched
+
     def run(handler, lines):
         replies = without_ids(handler.handle(requests(*lines)))
         rows = stored_samples(three_units)
@@ -261,6 +275,8 @@ def test_batched_uploads_answer_and_store_exactly_as_one_at_a_time(settings, thr
     finally:
         batched.close()
         alone.close()
+    assert not failed, failed
+    assert any(size > 1 for size in used)
 
 
 def test_a_batch_of_one_sample_uploads_is_one_insert_per_pass(settings, three_units):
@@ -272,8 +288,9 @@ def test_a_batch_of_one_sample_uploads_is_one_insert_per_pass(settings, three_un
     original = handler.store.insert_one_each
 
     def counting(samples, received):
-        seen.append(",".join(unit.code for unit, _, _, _ in samples))
-        return original(samples, received)
+        result = original(samples, received)
+        seen.append(",".join(unit.code for unit, _, _, _ in samples))  # only once it worked
+        return result
 
     handler.store.insert_one_each = counting
     replies = handler.handle(requests(*lines))
