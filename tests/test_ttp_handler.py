@@ -341,6 +341,35 @@ def test_the_sqlite_loop_connection_checkpoints_its_wal_less_often(tmp_path):
     handler.close()
 
 
+def test_the_sqlite_checkpointer_copies_the_wal_after_commits_and_stops_with_the_handler(tmp_path):
+    import threading
+    import time
+
+    from tests.conftest import write_toml
+    from txm import config
+
+    sqlite = config.read_settings(write_toml(tmp_path / "txm.toml", {"DATABASE_NAME": str(tmp_path / "t.db")}))
+    database = manage.syncdb(sqlite).database
+    manage.add_unit("A", "ka", 1)
+    database.close()
+    handler = make_handler(sqlite, database)
+    checkpointer = handler.checkpointer
+    assert checkpointer is not None and checkpointer.runs == 0
+    time.sleep(0.3)
+    assert checkpointer.runs == 0  # nothing committed: nothing to do
+    assert handler.handle(requests("TTP /up/A/<2020-1-1 0:0:0;1> ka")) == ["OK"]
+    deadline = time.monotonic() + 10
+    while checkpointer.runs == 0:
+        assert time.monotonic() < deadline, "the checkpointer never ran"
+        time.sleep(0.02)
+    runs = checkpointer.runs
+    time.sleep(0.3)
+    assert checkpointer.runs == runs  # once per commit at most, not on a timer
+    handler.close()
+    assert handler.checkpointer is None
+    assert "txm-checkpoint" not in [thread.name for thread in threading.enumerate()]
+
+
 def test_the_batch_interface_as_docs_apps_shows_it(settings, three_units):
     """docs/apps.md's ``ttp_batch`` example, run: each call of a batch answered on its own."""
     import re

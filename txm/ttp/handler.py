@@ -51,6 +51,7 @@ import hmac
 import importlib
 import logging
 import random
+import threading
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -76,6 +77,10 @@ MAX_COMMIT_DELAY = 1.0
 #: default is 1,000). A pass of uploads from many meters dirties an index page per meter; a
 #: longer WAL lets a checkpoint copy each such page once for many passes instead of once for few.
 SQLITE_CHECKPOINT_PAGES = 20_000
+#: SQLite: seconds between the checkpointer thread's copies of the WAL into the database file,
+#: while the loop commits. It does the copying beside the loop (SQLite works without Python's
+#: lock), so the loop's own checkpoint every SQLITE_CHECKPOINT_PAGES finds little left to copy.
+SQLITE_CHECKPOINT_SECONDS = 0.1
 #: Most requests handed to a verb's batch function at once.
 BATCH_LIMIT = 500
 #: Attempts at one request, in a transaction of its own, after its pass met a lock conflict.
@@ -270,6 +275,55 @@ def builtin_verbs(modules: Iterable[str] = BUILTIN_VERB_MODULES) -> dict[str, Ve
 # --- the handler -------------------------------------------------------------------------------
 
 
+class Checkpointer:
+    """SQLite: copies the write-ahead log into the database file from a thread of its own with
+    its own connection (a passive checkpoint: it never waits for or blocks the loop), at most
+    every :data:`SQLITE_CHECKPOINT_SECONDS` and only after the loop committed something.
+
+    Alone it could never let SQLite start the log afresh (the loop keeps adding to it), so the
+    loop's connection still checkpoints every :data:`SQLITE_CHECKPOINT_PAGES` pages; by then
+    little is left to copy, and the log restarts.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.runs = 0
+        self._committed = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="txm-checkpoint", daemon=True)
+        self._thread.start()
+
+    def committed(self) -> None:
+        self._committed.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._committed.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        import sqlite3
+
+        try:
+            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            log.warning("the WAL checkpointer could not open the database: %s", exc)
+            return
+        try:
+            while not self._stopping.is_set():
+                self._committed.wait()
+                if self._stopping.wait(SQLITE_CHECKPOINT_SECONDS):
+                    break
+                self._committed.clear()
+                try:
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.runs += 1
+                except sqlite3.Error as exc:  # the loop's own checkpoints go on regardless
+                    log.debug("WAL checkpoint failed: %s", exc)
+        finally:
+            connection.close()
+
+
 class Handler:
     """Answers batches of requests with group commit.
 
@@ -290,6 +344,7 @@ class Handler:
         # and the pass is then redone one request at a time (PassAborted). MySQL keeps them.
         self._savepoint_free = self.store.kind in ("sqlite", "postgresql")
         self._alone_mode = False  # answering one request per transaction, every call in a savepoint
+        self.checkpointer: Checkpointer | None = None  # SQLite, from open() to close()
         self._txn: Any = None
         self._txn_started = 0.0
         self._pending_writes = 0
@@ -306,6 +361,8 @@ class Handler:
             self.db.connect()
             if self._sqlite:
                 self.db.execute_sql(f"PRAGMA wal_autocheckpoint = {SQLITE_CHECKPOINT_PAGES}")
+                if self.checkpointer is None:
+                    self.checkpointer = Checkpointer(self.db.database)
 
     def _begin(self) -> None:
         if self._txn is None:
@@ -324,6 +381,8 @@ class Handler:
         callbacks, self._after_commit = self._after_commit, []
         if txn is not None:
             txn.__exit__(None, None, None)  # commits; rolls back and raises on failure
+            if self.checkpointer is not None:
+                self.checkpointer.committed()
         for fn in callbacks:
             try:
                 fn()
@@ -554,8 +613,11 @@ class Handler:
             self._abandon()
 
     def close(self) -> None:
-        """Flush pending commits and close this thread's connection."""
+        """Flush pending commits, stop the checkpointer and close this thread's connection."""
         self.flush()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+            self.checkpointer = None
         try:
             self.db.close()
         except Exception:
