@@ -288,6 +288,34 @@ def serve_process(config_file):
                 pipe.close()
 
 
+def fail_the_database(settings, seconds: float = 1.0) -> None:
+    """Make other connections' next statements fail for real, as a database that fails for a
+    moment does: on SQLite another connection holds the write lock for ``seconds`` (writers
+    whose busy timeout is shorter fail with "database is locked"); on PostgreSQL and MariaDB
+    the server ends every other connection to the test's database."""
+    engine = settings.DATABASE_ENGINE
+    if engine == "sqlite3":
+        import sqlite3
+
+        other = sqlite3.connect(str(settings.sqlite_path()), isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        threading.Timer(seconds, lambda: (other.rollback(), other.close())).start()
+        return
+    other = models.make_database(settings)
+    other.connect()
+    try:
+        if engine == "postgresql":
+            other.execute_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        else:
+            ids = [row[0] for row in other.execute_sql(
+                "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()")]
+            for connection_id in ids:
+                other.execute_sql(f"KILL CONNECTION {int(connection_id)}")
+    finally:
+        other.close()
+
+
 def database_values(settings) -> dict:
     """The DATABASE_* values of ``settings``, and the web interface on any free port."""
     values = {key: settings[key] for key in ("DATABASE_ENGINE", "DATABASE_NAME", "DATABASE_HOST",

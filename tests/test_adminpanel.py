@@ -178,9 +178,10 @@ def test_bulk_delete_samples_batches_one_entry(admin):
 
 @pytest.mark.sqlite_only
 def test_a_bulk_deletion_lets_another_writer_in_between_batches(admin, settings):
-    """SQLite has one write lock: a deletion that took it again the moment it committed would
-    keep the TTP server out until the end. Another connection that starts waiting for the lock
-    during the deletion gets it while the deletion is still under way."""
+    """SQLite has one write lock, and a deletion in one long transaction would keep the TTP
+    server out until the end: another connection that starts waiting for the lock during the
+    deletion gets it while the deletion is still under way. (How short the wait is, which the
+    pause after each batch decides, is a timing: bench/admin_bench.py measures it.)"""
     import threading
 
     unit = ap.submit(ap.registry()["unit"], admin, unit_input()).saved

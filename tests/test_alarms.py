@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import sqlite3
-import threading
 import time
-from typing import Callable
 
 import pytest
 
+from tests.conftest import fail_the_database
 from tests.smtp import SilentServer, SMTPServer, closed_port, make_certificate
 from tests.test_ttp_server import Meter
 from txm import alarms, manage
@@ -462,37 +460,15 @@ def test_the_worker_waits_for_a_claim_held_by_another_node_without_spinning(sett
     database.close()
 
 
-def _break_the_database_for(settings, database) -> Callable[[], None]:
-    """What makes the worker's next statement fail for real: the server ends its connection
-    (PostgreSQL, MariaDB), or another connection holds SQLite's write lock for a second."""
-    engine = settings.DATABASE_ENGINE
-    if engine == "sqlite3":
-        database.execute_sql("PRAGMA busy_timeout = 200")  # fail fast while the lock is held
-
-        def hold_the_write_lock() -> None:
-            other = sqlite3.connect(str(settings.sqlite_path()), isolation_level=None, check_same_thread=False)
-            other.execute("BEGIN IMMEDIATE")
-            threading.Timer(1.0, lambda: (other.rollback(), other.close())).start()
-        return hold_the_write_lock
-    query = "SELECT pg_backend_pid()" if engine == "postgresql" else "SELECT CONNECTION_ID()"
-    victim = database.execute_sql(query).fetchone()[0]
-    kill = "SELECT pg_terminate_backend(%s)" if engine == "postgresql" else "KILL CONNECTION %s"
-
-    def end_the_connection() -> None:
-        other = models.make_database(settings)
-        other.connect()
-        other.execute_sql(kill % int(victim))
-        other.close()
-    return end_the_connection
-
-
 def test_a_sent_email_is_recorded_through_a_passing_database_failure(settings, people, caplog):
     """The email went out, then recording it failed: it is tried again, not left to go twice."""
     database = models.open_database(settings)
     alarm = models.Alarm.create(unit=models.Unit.get(code="M1"), level=1, data=["x"], received=models.utcnow())
     with SMTPServer() as smtp:
         worker = alarms.EmailWorker(server_settings(settings, smtp.port), database)
-        smtp.on_data = _break_the_database_for(settings, database)
+        if settings.DATABASE_ENGINE == "sqlite3":
+            database.execute_sql("PRAGMA busy_timeout = 200")  # fail fast while the lock is held
+        smtp.on_data = lambda: fail_the_database(settings)  # as the email arrives, before it is recorded
         with caplog.at_level(logging.WARNING, logger="txm.alarms"):
             assert worker.process(alarm.id) == "sent"
         assert len(smtp.messages) == 1

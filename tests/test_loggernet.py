@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import TXM, txm_subprocess_env
+from tests.conftest import TXM, fail_the_database, txm_subprocess_env
 from tests.test_export import store_samples
 from txm import manage
 from txm import db as models
@@ -513,31 +513,6 @@ def test_txm_serve_refuses_to_start_with_a_bad_loggernet_setting(settings, datab
         assert "dataexport" in [s.name for s in running.server.services]
 
 
-def _fail_the_servers_database(settings, database):
-    """Make the export server's next write fail for real, then work again: another connection
-    holds SQLite's write lock for a while (the server waits 0.2 s for it), or the server ends
-    the export server's connections (PostgreSQL, MariaDB)."""
-    engine = settings.DATABASE_ENGINE
-    if engine == "sqlite3":
-        import sqlite3
-
-        other = sqlite3.connect(str(settings.sqlite_path()), isolation_level=None, check_same_thread=False)
-        other.execute("BEGIN IMMEDIATE")
-        threading.Timer(1.5, lambda: (other.rollback(), other.close())).start()
-        return
-    other = models.make_database(settings)
-    other.connect()
-    if engine == "postgresql":
-        other.execute_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE datname = current_database() AND pid <> pg_backend_pid()")
-    else:
-        ids = [row[0] for row in other.execute_sql(
-            "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()")]
-        for connection_id in ids:
-            other.execute_sql(f"KILL CONNECTION {int(connection_id)}")
-    other.close()
-
-
 def test_server_survives_a_database_failure_and_loses_no_acknowledgement(settings, source_units, caplog):
     """The acknowledgement that could not be stored is asked for again: the record is sent
     again, and the cursor advances once the database is back."""
@@ -553,7 +528,7 @@ def test_server_survives_a_database_failure_and_loses_no_acknowledgement(setting
             client = LineClient(server.port)
             first = client.record()
             assert records.parse_standard(first).record_number == ids[0]
-            _fail_the_servers_database(settings, database)
+            fail_the_database(settings, 1.5)
             client.send(records.format_ack(records.parse_standard(first)))
             again = 0
             while (line := client.record()) == first:  # sent again until an acknowledgement is stored

@@ -201,25 +201,30 @@ def _store_upload(call: Call, unit: UnitRecord, batch: Upload) -> str:
     if not all(inserted):
         duplicates.extend(position for position, went_in in zip(positions, inserted) if not went_in)
     if duplicates:
-        duplicates.sort()
-        sent = batch.sent
-        raise ProtocolError(406, f"{len(duplicates)} duplicate sample(s) for unit {unit.code!r}",
-                            "".join(f"{p}<{sent[p - 1]}>" for p in duplicates))
+        raise duplicate_error(unit, batch, sorted(duplicates))
     return OK
+
+
+def duplicate_error(unit: UnitRecord, batch: Upload, positions: list[int]) -> ProtocolError:
+    """The manual's ``406 Duplicate sample``, each duplicate's 1-based position and timestamp as
+    sent appended: ``406 Duplicate sample 2<2009-1-16 15:30:45>``."""
+    sent = batch.sent
+    return ProtocolError(406, f"{len(positions)} duplicate sample(s) for unit {unit.code!r}",
+                         "".join(f"{p}<{sent[p - 1]}>" for p in positions))
 
 
 def upload_batch(calls: list[Call]) -> list[str | ProtocolError]:
     """:func:`upload` for consecutive uploads of different units: the one-sample uploads among
     them (what most meters send) go into the database in one multi-row INSERT."""
     outcomes: list[str | ProtocolError] = [OK] * len(calls)
-    singles: list[tuple[int, Upload]] = []
+    singles: list[tuple[int, UnitRecord, Upload]] = []
     samples = []
     for index, call in enumerate(calls):
         try:
             unit = call.unit()
             batch = parse_upload(call.request.argument, unit.channels)
             if len(batch.timestamps) == 1:
-                singles.append((index, batch))
+                singles.append((index, unit, batch))
                 samples.append((unit, batch.timestamps[0], batch.texts[0] if batch.texts else None, batch.values[0]))
             else:
                 outcomes[index] = _store_upload(call, unit, batch)
@@ -227,11 +232,10 @@ def upload_batch(calls: list[Call]) -> list[str | ProtocolError]:
             outcomes[index] = exc
     if samples:
         inserted = calls[0].store.insert_one_each(samples, calls[0].received)
-        for (index, batch), went_in in zip(singles, inserted):
+        for (index, unit, batch), went_in in zip(singles, inserted):
             calls[index].wrote = True
             if not went_in:
-                outcomes[index] = ProtocolError(406, f"1 duplicate sample(s) for unit {calls[index].request.code!r}",
-                                                f"1<{batch.sent[0]}>")
+                outcomes[index] = duplicate_error(unit, batch, [1])
     return outcomes
 
 

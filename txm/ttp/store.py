@@ -159,6 +159,12 @@ class SampleStore:
                 self._insert_sql[(channels, rows, returning)] = sql
         return sql
 
+    def _received_value(self, received: dt.datetime) -> Any:
+        """The pass's time as the driver takes it, converted once per pass."""
+        if self._received[0] is not received:
+            self._received = (received, self.db_timestamp(received))
+        return self._received[1]
+
     def insert_samples(self, unit: UnitRecord, samples: Sequence[tuple[dt.datetime, Sequence[float]]],
                        received: dt.datetime) -> list[bool]:
         """Insert samples whose timestamps differ from each other; return, per sample, whether it
@@ -174,9 +180,7 @@ class SampleStore:
         ``texts``, when given, is ``str(timestamp)`` of every timestamp (the form SQLite keeps),
         which saves converting them here.
         """
-        if self._received[0] is not received:
-            self._received = (received, self.db_timestamp(received))
-        received_value = self._received[1]
+        received_value = self._received_value(received)
         if self.kind != "sqlite":
             stamps = timestamps
         elif texts is not None:
@@ -235,9 +239,7 @@ class SampleStore:
         Each sample is ``(unit, timestamp, text, values)``, ``text`` being ``str(timestamp)`` or
         None. Units with fewer channels leave the others NULL, as a single upload does.
         """
-        if self._received[0] is not received:
-            self._received = (received, self.db_timestamp(received))
-        received_value = self._received[1]
+        received_value = self._received_value(received)
         sqlite = self.kind == "sqlite"
         cursor = self.db.cursor()
         inserted: list[bool] = []
