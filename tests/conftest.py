@@ -218,10 +218,11 @@ class ServeProcess:
     """``txm serve`` in a subprocess; threads collect its stdout lines and its log (stderr),
     so a chatty server never stalls on a full pipe and a failing test can show what it logged."""
 
-    def __init__(self, config_path, *args: str):
+    def __init__(self, config_path, *args: str, env: dict[str, str] | None = None):
+        # In a session of its own, as under systemd: signals can go to its whole process group.
         self.proc = subprocess.Popen([*TXM, "--config", str(config_path), "serve", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=txm_subprocess_env())
+                                     env=txm_subprocess_env(**(env or {})), start_new_session=True)
         self.lines: list[str] = []
         self.log: list[str] = []
         self.port: int | None = None
@@ -273,15 +274,17 @@ class ServeProcess:
 def serve_process(config_file):
     started: list[ServeProcess] = []
 
-    def start(*args: str, path=None) -> ServeProcess:
-        process = ServeProcess(path or config_file, *args)
+    def start(*args: str, path=None, env: dict[str, str] | None = None) -> ServeProcess:
+        process = ServeProcess(path or config_file, *args, env=env)
         started.append(process)
         return process
 
     yield start
     for process in started:
-        if process.proc.poll() is None:
-            process.proc.kill()
+        try:
+            os.killpg(process.proc.pid, signal.SIGKILL)  # the server and any child it left
+        except ProcessLookupError:
+            pass
         process.proc.wait(10)
         for pipe in (process.proc.stdout, process.proc.stderr):
             if pipe:

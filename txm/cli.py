@@ -33,6 +33,12 @@ class TxmGroup(click.Group):
             error = click.ClickException(str(exc))
             error.exit_code = exc.exit_code
             raise error from None
+        except ModuleNotFoundError as exc:
+            if not exc.name or exc.name.split(".")[0] == "txm":
+                raise
+            # An installation without one of txm's dependencies: say which, before any harm.
+            raise click.ClickException(f"txm cannot run: the module {exc.name!r} it needs is not installed; "
+                                       f"install txm again with its dependencies (pip install txm)") from None
 
 
 class Context:
@@ -378,6 +384,20 @@ def serve(ctx: Context, verbose: bool, ds_port: int | None) -> None:
     Example:
       txm --config /etc/txm.toml serve --verbose
     """
+    import signal
+
+    # A signal that comes while the server's modules load is kept for the server to honour;
+    # one that comes after the server stopped (a second Ctrl-C, systemd's SIGTERM to the whole
+    # group after the first) finds the process ending anyway, and must not end it with a
+    # traceback or a killed-by-signal status. The handler stays until the process exits.
+    early: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: early.append(signum))
+    _serve(ctx, verbose, ds_port, early)
+    ctx.out.print("Stopped.")
+
+
+def _serve(ctx: Context, verbose: bool, ds_port: int | None, early: list[int]) -> None:
     from txm.serve import Server
 
     _setup_logging(verbose)
@@ -385,7 +405,11 @@ def serve(ctx: Context, verbose: bool, ds_port: int | None) -> None:
     if ds_port is not None:
         settings = settings.replace(DS_PORT=ds_port)
     server = Server(settings)
+    if early:
+        server.request_stop()
     server.start()
+    if server.should_exit:  # a signal during start-up
+        return
     ctx.out.print(f"Configuration: {settings.path or 'none found, using defaults'}")
     ctx.out.print(f"Database: {settings.database_label()}" + (" (created)" if server.database_created else ""))
     if server.admin_created:
@@ -394,6 +418,8 @@ def serve(ctx: Context, verbose: bool, ds_port: int | None) -> None:
     commit = ("every OK durable, commits grouped" if settings.COMMIT_INTERVAL <= 1
               else f"commit every {settings.COMMIT_INTERVAL} uploads or 1 s")
     ctx.out.print(f"TTP server listening on {server.ttp_address} ({commit})")
+    if server.ttp_apps:
+        ctx.out.print("TTP Apps: " + ", ".join(server.ttp_apps))
     for service in server.services:
         description = getattr(service, "description", "")
         if description:
@@ -401,7 +427,6 @@ def serve(ctx: Context, verbose: bool, ds_port: int | None) -> None:
     ctx.out.print("Press Ctrl-C to stop.")
     sys.stdout.flush()
     server.serve()
-    ctx.out.print("Stopped.")
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -388,8 +388,9 @@ def make_database(settings: Settings) -> pw.Database:
     return pw.MySQLDatabase(name, charset="utf8mb4", field_types={"DATETIME": "DATETIME(6)"}, **params)
 
 
-def open_database(settings: Settings, create: bool = False) -> pw.Database:
-    """Open the database the settings name and bind the models to it.
+def open_database(settings: Settings, create: bool = False, db: pw.Database | None = None) -> pw.Database:
+    """Open the database the settings name (with ``db``, that database object of
+    :func:`make_database`) and bind the models to it.
 
     With ``create`` false, a missing SQLite file or a database without txm's tables is a
     :class:`DatabaseError` that says to run ``txm syncdb``.
@@ -403,7 +404,8 @@ def open_database(settings: Settings, create: bool = False) -> pw.Database:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise DatabaseError(f"cannot create the folder for the database {path}: {exc.strerror}") from None
-    db = make_database(settings)
+    if db is None:
+        db = make_database(settings)
     try:
         db.connect(reuse_if_open=True)
     except pw.OperationalError as exc:

@@ -37,9 +37,9 @@ def mount_point(name: str, url: str) -> str:
     return path
 
 
-def load_apps(settings: Settings) -> list[tuple[str, str | None, Any]]:
-    """``(name, mount point or None, app)`` of every app switched on in ``[httpapps]``."""
-    loaded = []
+def _switched_on(settings: Settings):
+    """``(name, mount point or None, factory, where found)`` of every app switched on in
+    ``[httpapps]``; :class:`ConfigError` for a url taken twice or an app that cannot be loaded."""
     seen: dict[str, str] = {}
     for name, entry in settings.httpapps.items():
         if not entry.enabled:
@@ -47,7 +47,23 @@ def load_apps(settings: Settings) -> list[tuple[str, str | None, Any]]:
         prefix = mount_point(name, entry.url) if entry.url else None
         if prefix is not None and prefix in seen:
             raise ConfigError(f"HTTP Apps {seen[prefix]!r} and {name!r} both want the url {prefix}")
+        if prefix is not None:
+            seen[prefix] = name
         factory, where = KIND.find(settings, name)
+        yield name, prefix, factory, where
+
+
+def find_apps(settings: Settings) -> list[tuple[str, str | None, str]]:
+    """``(name, mount point or None, where found)`` of every app switched on: each is imported,
+    not built, so that ``txm serve`` stops on a missing or broken one before it touches the
+    database (the web process builds them)."""
+    return [(name, prefix, where) for name, prefix, _, where in _switched_on(settings)]
+
+
+def load_apps(settings: Settings) -> list[tuple[str, str | None, Any]]:
+    """``(name, mount point or None, app)`` of every app switched on in ``[httpapps]``."""
+    loaded = []
+    for name, prefix, factory, where in _switched_on(settings):
         try:
             app = factory(settings)
         except Exception as exc:
@@ -55,8 +71,6 @@ def load_apps(settings: Settings) -> list[tuple[str, str | None, Any]]:
         if not callable(app):
             raise ConfigError(f"HTTP App {name!r} ({where}): make_app returned {type(app).__name__}, "
                               f"not a Bottle app or WSGI callable")
-        if prefix is not None:
-            seen[prefix] = name
         loaded.append((name, prefix, app))
     return loaded
 

@@ -28,12 +28,13 @@ class SyncResult:
     created_admin: bool
 
 
-def syncdb(settings: Settings) -> SyncResult:
+def syncdb(settings: Settings, database: pw.Database | None = None) -> SyncResult:
     """Create the database and any missing tables; create the first superuser if there is no user.
 
-    Safe to run again and again, and on a database that holds data.
+    Safe to run again and again, and on a database that holds data. ``database``: a database
+    object made (not connected) by :func:`txm.db.make_database`, to use instead of a new one.
     """
-    database = m.open_database(settings, create=True)
+    database = m.open_database(settings, create=True, db=database)
     created = m.create_tables(database)
     created_admin = False
     with database.atomic():

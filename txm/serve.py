@@ -1,11 +1,23 @@
 """``txm serve``: one lifecycle object for the TTP server and the services beside it.
 
-:class:`Server` goes through start (database ready, port bound, services started), ready
-(:attr:`Server.ready` is set; :attr:`Server.ttp_port` is the port really bound, also with
-``DS_PORT`` 0), serving (the TTP loop runs in the thread that called :meth:`Server.serve`),
-should-exit (:meth:`Server.request_stop`, from any thread; SIGINT/SIGTERM when serving in the
-main thread) and a graceful stop: the loop finishes its pass, pending commits are flushed,
-services stop in reverse order.
+:class:`Server` goes through start, ready, serving, should-exit and a graceful stop:
+
+* **start** (:meth:`Server.start`): everything that can fail for a reason a person must fix
+  is tried *before* the database is touched, so a failed start never creates a database file
+  nor alters one: TTP Apps are loaded, the TTP port is bound (not yet listening), each
+  service prepares (binds its port, finds its apps). Then the database is created or
+  brought up to date, the services start (the web interface's child process says it is
+  ready), and only then does the TTP port listen;
+* **ready** (:attr:`Server.ready`; ``READY=1`` to systemd when the loop takes its first pass):
+  meters are answered at full speed from here; :attr:`Server.ttp_port` is the port really
+  bound, also with ``DS_PORT`` 0;
+* **serving**: the TTP loop runs in the thread that called :meth:`Server.serve`;
+* **should-exit** (:meth:`Server.request_stop`, from any thread; SIGINT/SIGTERM when serving
+  in the main thread, however often and in whatever order they reach txm and its web child):
+  :attr:`Server.stopping` is set at once, so no service restarts a child from then on; a
+  stop asked for during start-up ends the start quietly;
+* **graceful stop**: the loop finishes its pass, pending commits are flushed, services stop
+  in reverse order, and only then are the signal handlers given back.
 
 Services beside the TTP loop
 ----------------------------
@@ -13,25 +25,21 @@ The web interface, the email worker and the LoggerNet export server/client run b
 loop as *services*: objects with
 
 * ``name`` -- a short name for messages (``"web"``);
+* optionally ``prepare()`` -- bind ports, load apps, check settings; called before the
+  database is created or opened; raise :class:`txm.errors.TxmError` with a one-line reason;
 * ``start()`` -- start running in the background (a thread or a child process) and return
   once it is ready; raise :class:`txm.errors.TxmError` with a one-line reason if it cannot;
 * ``stop()`` -- stop and return once stopped; called once, also after a failed start of a
   later service, and must not raise;
-* optionally ``description`` -- a line for the start-up message (``"web interface on
+* optionally ``description`` -- lines for the start-up message (``"web interface on
   http://0.0.0.0:8080/"``), read after ``start()``.
 
-A module offers services through a factory ``make_services(settings, server)`` returning a list
-(empty when switched off in the settings), and is listed, one line each, in
-:data:`SERVICE_MODULES`. :class:`ThreadService` and :class:`ProcessService` wrap a plain
-function; a service that must never stall the meters (a web server rendering big graphs) can
-be a :class:`ProcessService`, whose child opens its own database connection.
+The services of ``txm serve`` are the explicit list in :meth:`Server._make_services`.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import multiprocessing
 import resource
 import signal
 import threading
@@ -39,22 +47,16 @@ from typing import Any, Callable, Iterable, Protocol
 
 import peewee as pw
 
-from txm import manage
+from txm import alarms, loggernet, manage, web
+from txm import db as models
 from txm.config import Settings
 from txm.errors import ConfigError, DatabaseError, TxmError
+from txm.systemd import Notifier
 from txm.ttp.apps import app_verbs
 from txm.ttp.handler import Handler, builtin_verbs
-from txm.ttp.loop import Loop, make_listener
+from txm.ttp.loop import Loop, make_listener, start_listening
 
 log = logging.getLogger("txm.serve")
-
-#: Modules whose ``make_services(settings, server)`` add services to ``txm serve``; one per line.
-#: A module that is not part of this installation is left out.
-SERVICE_MODULES: tuple[str, ...] = (
-    "txm.loggernet",
-    "txm.alarms",
-    "txm.web",
-)
 
 #: File descriptors kept free beside the meter connections (database, logs, web server).
 SPARE_FILES = 256
@@ -98,42 +100,6 @@ class ThreadService:
                 log.warning("service %s did not stop within %.0f s", self.name, self._stop_timeout)
 
 
-class ProcessService:
-    """A service running ``target(settings_path, stop_event, *args)`` in a child process.
-
-    The child is started with the ``spawn`` method (no inherited database connection or
-    threads); ``target`` must be importable (a module-level function). ``stop()`` sets the
-    event, waits, and terminates the child if it does not finish in time.
-    """
-
-    def __init__(self, name: str, target: Callable[..., Any], args: Iterable[Any] = (), description: str = "",
-                 stop_timeout: float = 10.0):
-        self.name = name
-        self.description = description
-        self._ctx = multiprocessing.get_context("spawn")
-        self._stop_event = self._ctx.Event()
-        self._process = self._ctx.Process(target=target, args=(self._stop_event, *args), name=f"txm-{name}",
-                                          daemon=True)
-        self._stop_timeout = stop_timeout
-
-    @property
-    def process(self):
-        return self._process
-
-    def start(self) -> None:
-        self._process.start()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        if self._process.pid is None:
-            return
-        self._process.join(self._stop_timeout)
-        if self._process.is_alive():
-            log.warning("service %s did not stop within %.0f s; terminating it", self.name, self._stop_timeout)
-            self._process.terminate()
-            self._process.join(5)
-
-
 def raise_file_limit(wanted: int) -> int:
     """Raise the soft limit of open files toward the hard limit; return the soft limit now."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -151,24 +117,32 @@ def raise_file_limit(wanted: int) -> int:
     return soft
 
 
+class _StopRequested(Exception):
+    """A stop was asked for while starting: the start ends quietly."""
+
+
 class Server:
     """``txm serve`` as an object: see the module docstring for its life."""
 
     def __init__(self, settings: Settings, services: Iterable[Service] | None = None,
                  handle_signals: bool = True, module_services: bool = True):
-        """``services`` start beside the loop in addition to those of :data:`SERVICE_MODULES`
-        (left out with ``module_services`` false: the TTP server alone, as its tests want)."""
+        """``services`` start beside the loop in addition to txm's own (left out with
+        ``module_services`` false: the TTP server alone, as its tests want)."""
         self.settings = settings
         self.handle_signals = handle_signals
         self.module_services = module_services
         self._extra_services = list(services or [])
-        self.services: list[Service] = []
+        self.services: list[Service] = []  # started, in start order
+        self._prepared: list[Service] = []  # prepared (holding a port), maybe not started
         self.ready = threading.Event()
+        self.stopping = threading.Event()
         self.stopped = threading.Event()
         self.database_created = False
         self.admin_created = False
+        self.database: pw.Database | None = None
         self.loop: Loop | None = None
-        self._should_exit = False
+        self.ttp_apps: list[str] = []
+        self.notifier = Notifier()
         self._started = False
         self._previous_signals: dict[int, Any] = {}
 
@@ -176,7 +150,7 @@ class Server:
 
     @property
     def should_exit(self) -> bool:
-        return self._should_exit
+        return self.stopping.is_set()
 
     @property
     def ttp_port(self) -> int:
@@ -189,14 +163,23 @@ class Server:
         return f"{self.settings.BIND_ADDRESS}:{self.ttp_port}"
 
     def start(self) -> None:
-        """Prepare the database, bind the TTP port, load the verbs, start the services.
+        """Load the apps, bind the ports, prepare the database, start the services, listen.
 
         Every failure is a :class:`TxmError` with a one-line reason; nothing is left running.
+        A stop asked for meanwhile (a signal) ends the start early and quietly:
+        :attr:`should_exit` is then true and :meth:`serve` returns at once.
         """
         self._install_signals()
         try:
             self._start()
-        except BaseException:
+        except _StopRequested:
+            self._stop_all()
+        except BaseException as exc:
+            asked_to_stop = self.should_exit  # before _stop_all, which sets it
+            self._stop_all()
+            if asked_to_stop and isinstance(exc, TxmError):
+                log.info("start-up ended by the stop request (%s)", exc)
+                return
             self._restore_signals()
             raise
 
@@ -212,70 +195,75 @@ class Server:
             signal.signal(sig, handler)
         self._previous_signals.clear()
 
+    def _check_stop(self) -> None:
+        if self.stopping.is_set():
+            raise _StopRequested
+
     def _start(self) -> None:
         settings = self.settings
         raise_file_limit(settings.MAX_CONNECTIONS + SPARE_FILES)
+        verbs = builtin_verbs()
+        for name, verb in app_verbs(settings).items():
+            if name in verbs:
+                raise ConfigError(f"TTP App {name!r} would replace the built-in verb {name!r}; rename the app")
+            verbs[name] = verb
+            self.ttp_apps.append(name)
         try:
-            result = manage.syncdb(settings)
+            listener = make_listener(settings.BIND_ADDRESS, settings.DS_PORT, listen=False)
+        except OSError as exc:
+            raise TxmError(f"cannot listen for TTP on {settings.BIND_ADDRESS}:{settings.DS_PORT}: "
+                           f"{exc.strerror or exc}") from None
+        # Not connected: the database is created or opened only once everything else is in place.
+        self.database = models.make_database(settings)
+        self.loop = Loop(settings, Handler(settings, self.database, verbs), listener,
+                         heartbeat=self.notifier.heartbeat, heartbeat_interval=self.notifier.watchdog_interval)
+        services = [*self._extra_services, *(self._make_services() if self.module_services else [])]
+        for service in services:
+            prepare = getattr(service, "prepare", None)
+            if prepare is not None:
+                prepare()
+                self._prepared.append(service)  # stopped (its port closed) should a later step fail
+        self._check_stop()
+        try:
+            result = manage.syncdb(settings, self.database)
         except pw.PeeweeException as exc:
             raise DatabaseError(f"cannot prepare the database ({settings.database_label()}): "
                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
                                 ) from None
         self.database_created = bool(result.created_tables)
         self.admin_created = result.created_admin
-        database = result.database
-        database.close()  # the loop's thread opens its own connection
-        verbs = builtin_verbs()
-        for name, verb in app_verbs(settings).items():
-            if name in verbs:
-                raise ConfigError(f"TTP App {name!r} would replace the built-in verb {name!r}; rename the app")
-            verbs[name] = verb
-        try:
-            listener = make_listener(settings.BIND_ADDRESS, settings.DS_PORT)
-        except OSError as exc:
-            raise TxmError(f"cannot listen for TTP on {settings.BIND_ADDRESS}:{settings.DS_PORT}: "
-                           f"{exc.strerror or exc}") from None
-        self.loop = Loop(settings, Handler(settings, database, verbs), listener)
-        try:
-            module_services = self._module_services() if self.module_services else []
-            for service in [*self._extra_services, *module_services]:
-                service.start()
-                self.services.append(service)
-        except BaseException:
-            self._stop_services()
-            self.loop._shutdown()
-            raise
+        self.database.close()  # the loop's thread opens its own connection
+        for service in services:
+            self._check_stop()
+            service.start()
+            self.services.append(service)
+        self._check_stop()
+        start_listening(listener)
         self._started = True
         self.ready.set()
 
-    def _module_services(self) -> list[Service]:
-        found: list[Service] = []
-        for name in SERVICE_MODULES:
-            try:
-                module = importlib.import_module(name)
-            except ModuleNotFoundError as exc:
-                if exc.name == name:
-                    continue
-                raise
-            found.extend(module.make_services(self.settings, self) or [])
-        return found
+    def _make_services(self) -> list[Service]:
+        """txm's own services, in start order (they stop in reverse)."""
+        return [
+            *loggernet.make_services(self.settings, self),
+            *alarms.make_services(self.settings, self),
+            *web.make_services(self.settings, self),
+        ]
 
     # --- serving and stopping ---------------------------------------------------------------------
 
     def serve(self) -> None:
         """Run the TTP loop in this thread until asked to stop; then stop everything."""
-        if not self._started:
+        if not self._started and not self.should_exit:
             self.start()
-        assert self.loop is not None
         try:
-            if not self._should_exit:
+            if self._started and not self.should_exit:
+                assert self.loop is not None
+                self.notifier.ready(f"TTP on {self.ttp_address}")
                 self.loop.run()
-            else:
-                self.loop.handler.close()
-                self.loop._shutdown()
         finally:
+            self._stop_all()
             self._restore_signals()
-            self._stop_services()
             self.stopped.set()
             log.info("stopped")
 
@@ -285,18 +273,30 @@ class Server:
         self.serve()
 
     def request_stop(self) -> None:
-        """Ask the server to stop (any thread)."""
-        self._should_exit = True
+        """Ask the server to stop (any thread, or a signal handler)."""
+        if not self.stopping.is_set():
+            self.stopping.set()
+            self.notifier.stopping()
         if self.loop is not None:
             self.loop.stop()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        log.info("received %s; stopping", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if self.stopping.is_set():
+            log.info("received %s; already stopping", name)
+        else:
+            log.info("received %s; stopping", name)
         self.request_stop()
 
-    def _stop_services(self) -> None:
-        while self.services:
-            service = self.services.pop()
+    def _stop_all(self) -> None:
+        """Stop the loop (flushing its commits), then the services in reverse order. Idempotent."""
+        self.stopping.set()
+        loop, self._started = self.loop, False
+        if loop is not None and not loop.closed:
+            loop.close()
+        started, self.services = self.services, []
+        prepared, self._prepared = self._prepared, []
+        for service in [*reversed(started), *(s for s in reversed(prepared) if s not in started)]:
             try:
                 service.stop()
             except Exception:

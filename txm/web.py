@@ -42,7 +42,7 @@ from txm import db as m
 from txm.config import Settings
 from txm.errors import InvalidValue, TxmError
 from txm.graphs import render_graphs, unit_axes
-from txm.httpapps import mount_apps
+from txm import httpapps
 from txm.passwords import DEFAULT_PASSWORD, check_password, make_password, weakness
 from txm.permissions import can_see_unit, visible_units
 from txm.webcore import STATIC, LoginRefused, WebCore, format_when, safe_next
@@ -76,7 +76,7 @@ def make_app(settings: Settings, database: Any = None) -> bottle.Bottle:
     _account_routes(app, core)
     _page_routes(app, core, settings)
     mount_admin(app, settings)
-    mount_apps(app, settings)
+    httpapps.mount_apps(app, settings)
     return app
 
 
@@ -466,10 +466,16 @@ def mount_admin(app: bottle.Bottle, settings: Settings) -> bool:
 
 # --- the service in txm serve ------------------------------------------------------------------------
 
+#: Seconds the web process has to stop once asked, before it is terminated, then killed.
+STOP_TIMEOUT = 5.0
+#: The signals blocked while a web process is spawned: it unblocks them once it can handle them,
+#: so a signal to the process group during its start-up never ends it with a traceback.
+_START_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
 
 def make_services(settings: Settings, server: Any) -> list:
     """``txm serve``: the web interface on BIND_ADDRESS:HTTP_PORT, in a child process."""
-    return [WebService(settings)]
+    return [WebService(settings, stopping=getattr(server, "stopping", None))]
 
 
 def bind(address: str, port: int) -> socket.socket:
@@ -484,68 +490,100 @@ def bind(address: str, port: int) -> socket.socket:
 class WebService:
     """The web server in a child process, with the socket bound here in the parent.
 
-    Binding in the parent makes a port already in use stop ``txm serve`` at once with a one-line
-    reason, and makes ``HTTP_PORT`` 0 report the real port. The child gets the socket, opens its
-    own database connection, builds the app, says ready (or why not) over a pipe, and serves with
-    waitress until asked to stop -- or until its parent is gone. The parent keeps the listening
-    socket: should the child die (a crash, the kernel's out-of-memory killer), a watcher thread
-    logs it and starts a new child on the same socket, and browsers' connections wait in the
-    socket's queue meanwhile.
+    Binding in the parent (:meth:`prepare`, before ``txm serve`` touches the database) makes a
+    port already in use stop ``txm serve`` at once with a one-line reason, and makes
+    ``HTTP_PORT`` 0 report the real port; the HTTP Apps are found then too. The child gets the
+    socket, opens its own database connection, builds the app, says ready (or why not) over a
+    pipe, and serves with waitress until asked to stop.
+
+    Stopping goes through a second pipe that only the parent holds open for writing: the
+    parent closes it to ask the child to stop, and when the parent dies, even by SIGKILL, the
+    kernel closes it and the child stops within a second instead of holding the HTTP port.
+    (Not a ``multiprocessing.Event``: its ``set()`` waits for every waiter to wake, and a
+    waiter killed by a signal never does.) SIGTERM to the child alone stops it cleanly too.
+
+    The parent keeps the listening socket: should the child die while txm is not stopping (a
+    crash, the kernel's out-of-memory killer), a watcher thread logs it and starts a new child
+    on the same socket, and browsers' connections wait in the socket's queue meanwhile. Once
+    ``stopping`` (the server's event) is set, no child is started again.
     """
 
     name = "web"
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, stopping: threading.Event | None = None):
         self.settings = settings
         self.port: int | None = None
         self.description = ""
         self.restarts = 0
+        self.apps: list[tuple[str, str | None, str]] = []  # (name, mount point, where found)
         self._sock: socket.socket | None = None
         self._process: multiprocessing.Process | None = None
-        self._stop_event: Any = None
-        self._stopping = threading.Event()
+        self._stop_writer: Any = None  # closing it asks the child to stop
+        self._stopping = stopping if stopping is not None else threading.Event()
         self._watcher: threading.Thread | None = None
+        self._lock = threading.Lock()  # one child started or ended at a time
         self._ctx = multiprocessing.get_context("spawn")
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    def prepare(self) -> None:
+        """Bind the HTTP port and find the HTTP Apps (TxmError saying why not)."""
+        if self._sock is None:
+            self.apps = httpapps.find_apps(self.settings)
+            self._sock = bind(self.settings.BIND_ADDRESS, self.settings.HTTP_PORT)
+            self.port = self._sock.getsockname()[1]
+
     def start(self) -> None:
-        settings = self.settings
-        self._sock = bind(settings.BIND_ADDRESS, settings.HTTP_PORT)
-        self.port = self._sock.getsockname()[1]
+        self.prepare()
         try:
             self._spawn()
         except BaseException:
             self.stop()
             raise
-        host = settings.BIND_ADDRESS
+        host = self.settings.BIND_ADDRESS
         shown = f"[{host}]" if ":" in host else host
-        self.description = f"Web interface listening on http://{shown}:{self.port}/"
+        lines = [f"Web interface listening on http://{shown}:{self.port}/"]
+        if self.apps:
+            lines.append("HTTP Apps: " + ", ".join(f"{name} at {prefix}" if prefix else f"{name} (not mounted)"
+                                                   for name, prefix, _ in self.apps))
+        self.description = "\n".join(lines)
         self._watcher = threading.Thread(target=self._watch, name="txm-web-watcher", daemon=True)
         self._watcher.start()
 
     def _spawn(self) -> None:
         """Start a child on the socket and wait until it is ready; TxmError saying why not."""
-        self._stop_event = self._ctx.Event()
-        reader, writer = self._ctx.Pipe(duplex=False)
-        process = self._ctx.Process(target=run_web_process, name="txm-web", daemon=True,
-                                    args=(self._stop_event, _settings_state(self.settings), self._sock, writer))
-        self._process = process
-        try:
-            process.start()
-        finally:
-            writer.close()
-        message = None
-        if reader.poll(START_TIMEOUT):
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            ready_reader, ready_writer = self._ctx.Pipe(duplex=False)
+            stop_reader, self._stop_writer = self._ctx.Pipe(duplex=False)
+            process = self._ctx.Process(target=run_web_process, name="txm-web", daemon=True,
+                                        args=(_settings_state(self.settings), self._sock, ready_writer, stop_reader))
+            self._process = process
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _START_SIGNALS)
             try:
-                message = reader.recv()
-            except EOFError:
-                message = None
-        reader.close()
+                process.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+                ready_writer.close()
+                stop_reader.close()
+        message = None
+        deadline = time.monotonic() + START_TIMEOUT
+        try:
+            while not self._stopping.is_set() and time.monotonic() < deadline:
+                if ready_reader.poll(0.1):
+                    message = ready_reader.recv()
+                    break
+        except EOFError:
+            message = None
+        finally:
+            ready_reader.close()
         if message != "ready":
             self._end_child()
+            if self._stopping.is_set():
+                return
             if isinstance(message, tuple):
                 error = TxmError(message[1])
                 error.exit_code = message[0]  # 2 for a configuration error, as the CLI documents
@@ -558,12 +596,14 @@ class WebService:
             process = self._process
             if process is None:
                 return
-            process.join(1.0)
+            process.join(0.5)
             if process.is_alive() or self._stopping.is_set():
                 continue
-            log.error("the web process ended unexpectedly (exit code %s); starting it again", process.exitcode)
+            # The stop of the whole service group (a signal to it) reaches the child first at
+            # times: wait a moment for the parent's own stop before starting a child again.
             if self._stopping.wait(delay):
                 return
+            log.error("the web process ended unexpectedly (exit code %s); starting it again", process.exitcode)
             try:
                 self._spawn()
                 self.restarts += 1
@@ -573,21 +613,30 @@ class WebService:
                 delay = min(delay * 2, 60.0)
 
     def _end_child(self) -> None:
-        process = self._process
-        if process is None or process.pid is None:
-            return
-        self._stop_event.set()
-        process.join(10)
-        if process.is_alive():
-            log.warning("the web process did not stop within 10 s; terminating it")
-            process.terminate()
-            process.join(5)
+        """Ask the child to stop and wait; terminate, then kill one that does not."""
+        with self._lock:
+            process, writer = self._process, self._stop_writer
+            self._stop_writer = None
+            if writer is not None:
+                writer.close()
+            if process is None or process.pid is None:
+                return
+            process.join(STOP_TIMEOUT)
+            if process.is_alive():
+                log.warning("the web process did not stop within %.0f s; terminating it", STOP_TIMEOUT)
+                process.terminate()
+                process.join(2)
+            if process.is_alive():
+                process.kill()
+                process.join(2)
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._watcher is not None:
-            self._watcher.join(15)
-        self._end_child()
+        self._end_child()  # the watcher, seeing stopping set, starts no other
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(START_TIMEOUT)
+        self._end_child()  # one the watcher was starting meanwhile
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -599,16 +648,35 @@ def _settings_state(settings: Settings) -> tuple:
             dict(settings.ttpapps))
 
 
-def run_web_process(stop_event: Any, settings_state: tuple, sock: socket.socket, ready: Any) -> None:
-    """The web process: serve ``make_app(settings)`` on ``sock`` until ``stop_event`` is set."""
+class _StopServing(Exception):
+    """SIGTERM reached the web process: it stops serving."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _StopServing
+
+
+def _tell(ready: Any, message: Any) -> bool:
+    """Send the parent the start's outcome; False when it no longer listens."""
+    try:
+        ready.send(message)
+        ready.close()
+    except OSError:
+        return False
+    return True
+
+
+def run_web_process(settings_state: tuple, sock: socket.socket, ready: Any, stop: Any) -> None:
+    """The web process: serve ``make_app(settings)`` on ``sock`` until ``stop`` (a pipe) ends
+    or SIGTERM arrives. SIGINT is the parent's to handle (Ctrl-C reaches both)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _START_SIGNALS)  # SIGTERM ends a start quietly
     settings = Settings(*settings_state)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
     try:
         os.nice(WEB_NICENESS)  # on a busy machine the meters' loop gets the CPU first
     except OSError:
         pass
     _child_logging()
-    parent = os.getppid()
     try:
         import waitress
 
@@ -625,19 +693,23 @@ def run_web_process(stop_event: Any, settings_state: tuple, sock: socket.socket,
                                         outbuf_high_watermark=OUTPUT_WATERMARK, outbuf_overflow=OUTPUT_WATERMARK,
                                         **proxy)
     except TxmError as exc:
-        ready.send((exc.exit_code, str(exc)))
+        _tell(ready, (exc.exit_code, str(exc)))
         return
     except Exception as exc:  # a bug: one line for the parent to report, the traceback in the log
         log.exception("the web interface cannot start")
-        ready.send((1, f"the web interface cannot start: {type(exc).__name__}: {exc}"))
+        _tell(ready, (1, f"the web interface cannot start: {type(exc).__name__}: {exc}"))
         return
-    ready.send("ready")
-    ready.close()
     thread = threading.Thread(target=server.run, name="txm-waitress", daemon=True)
-    thread.start()
-    while not stop_event.wait(1.0):
-        if os.getppid() != parent or not thread.is_alive():
-            break
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        if _tell(ready, "ready"):  # else the parent stopped waiting: it is stopping
+            thread.start()
+            while thread.is_alive() and not stop.poll(1.0):  # true once the parent closes its end
+                pass
+    except _StopServing:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         server.close()
     except Exception:

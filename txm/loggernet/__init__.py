@@ -27,8 +27,14 @@ class LoopService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def prepare(self) -> None:
+        """Make the worker: it binds its port and checks its settings, so that their errors
+        stop ``txm serve`` before it touches the database."""
+        if self.worker is None:
+            self.worker = self._make()
+
     def start(self) -> None:
-        self.worker = self._make()  # binds the port, checks settings: errors stop txm serve here
+        self.prepare()
         self.description = self.worker.description
         self._thread = threading.Thread(target=self._run, name=f"txm-{self.name}", daemon=True)
         self._thread.start()
@@ -45,19 +51,25 @@ class LoopService:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(15)
+        elif self.worker is not None and hasattr(self.worker, "close"):
+            self.worker.close()  # prepared, never run: its port is closed here
 
 
 def make_services(settings: Settings, server: Any = None) -> list[LoopService]:
     """The Data Export server and/or client that the settings switch on."""
     from txm import db as models
 
+    def database():  # txm serve's own (made before it is opened), or the models' when alone
+        own = getattr(server, "database", None)
+        return own if own is not None else models.database.obj
+
     services = []
     if settings.EXPORT_ENABLED:
         from txm.loggernet.server import ExportServer
 
-        services.append(LoopService("dataexport", lambda: ExportServer(settings, models.database.obj)))
+        services.append(LoopService("dataexport", lambda: ExportServer(settings, database())))
     if settings.LOGGERNET_HOST:
         from txm.loggernet.client import PullClient
 
-        services.append(LoopService("loggernet", lambda: PullClient(settings, models.database.obj)))
+        services.append(LoopService("loggernet", lambda: PullClient(settings, database())))
     return services

@@ -15,7 +15,7 @@ import logging
 import selectors
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 
 from txm.config import Settings
 from txm.ttp.handler import Handler
@@ -37,19 +37,26 @@ _BAD_REQUEST = error_reply(400)
 _FULL = (error_reply(500) + "\r").encode()
 
 
-def make_listener(address: str, port: int, backlog: int = 4096) -> socket.socket:
-    """A bound, listening, non-blocking TCP socket. Raises OSError."""
+def make_listener(address: str, port: int, backlog: int = 4096, listen: bool = True) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket (bound only with ``listen`` false: call
+    :func:`start_listening` once ready to serve). Raises OSError."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((address, port))
-        sock.listen(min(backlog, socket.SOMAXCONN) if socket.SOMAXCONN > 128 else backlog)
+        if listen:
+            start_listening(sock, backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def start_listening(sock: socket.socket, backlog: int = 4096) -> None:
+    """Open a bound socket for connections (the kernel caps ``backlog`` at somaxconn)."""
+    sock.listen(min(backlog, socket.SOMAXCONN) if socket.SOMAXCONN > 128 else backlog)
 
 
 class Connection:
@@ -79,8 +86,14 @@ class Connection:
 class Loop:
     """The selectors loop. ``run()`` until ``stop()``; the handler is flushed on the way out."""
 
-    def __init__(self, settings: Settings, handler: Handler, listener: socket.socket):
+    def __init__(self, settings: Settings, handler: Handler, listener: socket.socket,
+                 heartbeat: Callable[[float], Any] | None = None, heartbeat_interval: float | None = None):
+        """``heartbeat(now)`` is called after every pass, and passes come at least every
+        ``heartbeat_interval`` seconds on a quiet server (the systemd watchdog: a loop that
+        wedges stops calling it)."""
         self.settings = settings
+        self.heartbeat = heartbeat
+        self.max_wait = min(MAX_WAIT, heartbeat_interval) if heartbeat_interval else MAX_WAIT
         self.handler = handler
         self.listener = listener
         self.max_bytes = settings.MAX_REQUEST_BYTES
@@ -95,6 +108,7 @@ class Loop:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._stopping = False
+        self.closed = False
         self._requests_since_sweep = 0
         self._next_sweep = 0.0
         self._accept_paused_until = 0.0
@@ -125,15 +139,22 @@ class Loop:
             while not self._stopping:
                 self._pass()
         finally:
-            try:
-                self.handler.close()
-            finally:
-                self._shutdown()
+            self.close()
+
+    def close(self) -> None:
+        """Flush the handler's pending commits and close every socket; once (``run`` ends with it)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.handler.close()
+        finally:
+            self._shutdown()
 
     # --- one pass ----------------------------------------------------------------------------------
 
     def _wait(self, now: float) -> float:
-        wait = min(MAX_WAIT, self._next_sweep - now)
+        wait = min(self.max_wait, self._next_sweep - now)
         deadline = self.handler.next_deadline()
         if deadline is not None:
             wait = min(wait, deadline - now)
@@ -176,6 +197,8 @@ class Loop:
                 for conn in {conn for conn, _ in items}:
                     self._close(conn)
         self.handler.tick()
+        if self.heartbeat is not None:
+            self.heartbeat(now)
         if self._requests_since_sweep >= self.maintenance_interval or now >= self._next_sweep:
             self._sweep(time.monotonic())
 
