@@ -64,7 +64,10 @@ def connect(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_upload(args, units: list[int], epoch: int) -> dict:
+def run_upload(args, units: list[int], epoch: int, timeline: list | None = None) -> dict:
+    """Upload on persistent connections; ``timeline``, when given, receives ``(reply time, latency)``
+    for every reply, warm-up included (``time.perf_counter()`` seconds: one clock for the machine's
+    processes on Linux, so a caller can place the replies against its own events)."""
     sel = selectors.DefaultSelector()
     conns = []
     for unit in units:
@@ -98,6 +101,8 @@ def run_upload(args, units: list[int], epoch: int) -> dict:
                 reply, _, conn.buf = conn.buf.partition(b"\r")
                 now = time.perf_counter()
                 all_requests += 1
+                if timeline is not None:
+                    timeline.append((now, now - conn.sent_at))
                 if warm_until <= conn.sent_at and now <= end:
                     latencies.append(now - conn.sent_at)
                     counted_requests += 1
