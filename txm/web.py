@@ -653,6 +653,7 @@ class _StopServing(Exception):
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM changes nothing
     raise _StopServing
 
 
@@ -710,10 +711,11 @@ def run_web_process(settings_state: tuple, sock: socket.socket, ready: Any, stop
         pass
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        server.close()
-    except Exception:
-        pass
+    # Exit at once. Closing waitress first would pull its trigger from under requests still
+    # being served (each then logs a traceback); the listening socket is the parent's to close,
+    # and the kernel ends the connections and database sessions with the process.
+    logging.shutdown()
+    os._exit(0)
 
 
 def _child_logging() -> None:
