@@ -386,14 +386,19 @@ def serve(ctx: Context, verbose: bool, ds_port: int | None) -> None:
     """
     import signal
 
-    # A signal that comes while the server's modules load is kept for the server to honour;
-    # one that comes after the server stopped (a second Ctrl-C, systemd's SIGTERM to the whole
-    # group after the first) finds the process ending anyway, and must not end it with a
-    # traceback or a killed-by-signal status. The handler stays until the process exits.
+    # A signal that comes while the server's modules load is kept for the server to honour.
     early: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: early.append(signum))
-    _serve(ctx, verbose, ds_port, early)
+    try:
+        _serve(ctx, verbose, ds_port, early)
+    finally:
+        # One that comes once the server has stopped (a second Ctrl-C, systemd's SIGTERM to the
+        # whole group after the first) finds the process ending: it must not end it with a
+        # killed-by-signal status. Ignored, not handled: Python gives handled signals back their
+        # default action while it shuts down.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
     ctx.out.print("Stopped.")
 
 
