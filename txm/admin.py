@@ -29,7 +29,7 @@ from txm import adminpanel as ap
 from txm import db as m
 from txm.config import Settings
 from txm.errors import InvalidValue, NotFound, TxmError
-from txm.webcore import WebCore
+from txm.webcore import WebCore, safe_next
 
 #: Models edited through forms (the others are only listed, viewed and perhaps deleted).
 FORM_MODELS = ("user", "group", "unit", "mailinglist", "alarmmessage", "view")
@@ -192,7 +192,7 @@ def make_app(settings: Settings) -> bottle.Bottle:
         ap.require_deletion(who, model)
         forms = bottle.request.forms
         ids = forms.getall("ids")
-        back = _safe_back(forms.getunicode("back") or "", link(f"/{model}/"))
+        back = safe_next(forms.getunicode("back") or "", link(f"/{model}/"))
         table = m.Sample if model == "sample" else m.Alarm
         try:
             numbers = ap.selected_ids(ids)
@@ -541,13 +541,6 @@ def _get_record(model: type[m.BaseModel], obj_id: str, what: str) -> Any:
     if record is None:
         bottle.abort(404, f"There is no {what} with id {number} (perhaps it was deleted).")
     return record
-
-
-def _safe_back(target: str, default: str) -> str:
-    """A same-site path to return to after an action (never another site)."""
-    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return default
 
 
 def _data_list(text: str | None) -> list[str]:

@@ -31,6 +31,7 @@ from txm.config import Settings
 from txm.errors import InvalidValue, NotFound, TxmError
 from txm.passwords import make_password, weakness
 from txm.permissions import ACTIONS, ALL_PERMISSIONS, PERMISSION_MODELS, permissions_of
+from txm.ttp.parser import format_timestamp
 
 #: Most axes a unit's graph may have.
 MAX_AXES = 4
@@ -534,7 +535,7 @@ class UserAdmin(ModelAdmin):
     description = "People who log in: staff and superuser status, groups, permissions, units they see."
     columns = [Column("User name", lambda u: u.username), Column("Email", lambda u: u.email),
                Column("Active", lambda u: u.is_active), Column("Staff", lambda u: u.is_staff),
-               Column("Superuser", lambda u: u.is_superuser), Column("Last login", lambda u: _stamp(u.last_login)[:16] if u.last_login else "never")]
+               Column("Superuser", lambda u: u.is_superuser), Column("Last login", lambda u: format_timestamp(u.last_login)[:16] if u.last_login else "never")]
     search_fields = ("username", "email", "first_name", "last_name")
     ordering = (m.User.username,)
 
@@ -1214,12 +1215,6 @@ class Page:
     older: Optional[str] = None
 
 
-def _stamp(value: Any) -> str:
-    if isinstance(value, dt.datetime):
-        return value.isoformat(sep=" ")
-    return str(value)
-
-
 def _keyset_page(base: pw.ModelSelect, key: pw.Field, parse: Callable[[str], Any], before: str, after: str,
                  size: int, show: Callable[[Any], str] = str) -> Page:
     """One page of ``base``, newest ``key`` first; ``before``/``after`` are cursors (``show`` of a
@@ -1268,7 +1263,7 @@ def sample_page(unit: m.Unit, start: Optional[dt.datetime] = None, end: Optional
         cond &= m.Sample.timestamp < end
     base = m.Sample.select().where(cond)
     return _keyset_page(base, m.Sample.timestamp, lambda text: parse_when(text, "page"), before, after, size,
-                        show=_stamp)
+                        show=format_timestamp)
 
 
 def alarm_page(unit: Optional[m.Unit], start: Optional[dt.datetime] = None, end: Optional[dt.datetime] = None,
@@ -1287,11 +1282,11 @@ def alarm_page(unit: Optional[m.Unit], start: Optional[dt.datetime] = None, end:
 
 def sample_repr(sample: m.Sample, unit: Optional[m.Unit] = None) -> str:
     unit = unit or sample.unit
-    return f"{unit.code} sample at {_stamp(sample.timestamp)}"
+    return f"{unit.code} sample at {format_timestamp(sample.timestamp)}"
 
 
 def alarm_repr(alarm: m.Alarm) -> str:
-    return f"{alarm.unit.code} alarm level {alarm.level} received {_stamp(alarm.received)}"
+    return f"{alarm.unit.code} alarm level {alarm.level} received {format_timestamp(alarm.received)}"
 
 
 def require_deletion(actor: Actor, model: str) -> None:
@@ -1421,7 +1416,7 @@ def delete_samples_bulk(actor: Actor, unit: Optional[m.Unit] = None,
         if newest is not None and (latest is None or newest.timestamp > latest.timestamp):
             latest, latest_unit = newest, u
     scope = f"of unit {unit.code}" if unit is not None else "of every unit"
-    which = f"older than {_stamp(older_than)}" if older_than is not None else "(all)"
+    which = f"older than {format_timestamp(older_than)}" if older_than is not None else "(all)"
     latest_text = sample_repr(latest, latest_unit) if latest is not None else ""
     message = f"Bulk deletion: {total} sample(s) {scope} {which}."
     if latest is not None:
@@ -1442,7 +1437,7 @@ def delete_alarms_bulk(actor: Actor, unit: Optional[m.Unit] = None,
         if newest is not None and (latest is None or newest.id > latest.id):
             latest = newest
     scope = f"of unit {unit.code}" if unit is not None else "of every unit"
-    which = f"received before {_stamp(older_than)} UTC" if older_than is not None else "(all)"
+    which = f"received before {format_timestamp(older_than)} UTC" if older_than is not None else "(all)"
     latest_text = alarm_repr(latest) if latest is not None else ""
     message = f"Bulk deletion: {total} alarm(s) {scope} {which}."
     if latest is not None:
