@@ -9,9 +9,9 @@ import pytest
 
 from tests.test_adminpanel import add_samples
 from tests.webutil import add_user, client, csrf_token, login
-from txm import adminpanel as ap
 from txm import db as m
 from txm.passwords import check_password
+from txm.permissions import permissions_of
 
 A = "/admin"
 
@@ -192,7 +192,7 @@ def admin_routes(app, ids: dict[str, int]) -> dict[str, list[tuple[str, str]]]:
     A generic rule (``/admin/<model>/<obj_id>/``) stands for each model edited through forms;
     ``<obj_id>`` becomes the id of an existing record of that model.
     """
-    from txm.admin import FORM_MODELS
+    from txm.admin.registry import FORM_MODELS
 
     walked: dict[str, list[tuple[str, str]]] = {model: [] for model in ids}
     rules = [(route.method, route.rule) for route in app.routes if route.rule.startswith(A + "/")]
@@ -294,7 +294,7 @@ def test_a_staff_user_cannot_grant_more_than_they_hold(web):
                             "is_superuser": "on", "permissions": ["view_user"]}, status=303)
     new = m.User.get(m.User.username == "new")
     assert not new.is_superuser
-    assert ap.permissions_of(new) == {"view_user"}
+    assert permissions_of(new) == {"view_user"}
 
 
 # --- samples and alarms -----------------------------------------------------------------------------------

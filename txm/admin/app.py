@@ -14,7 +14,8 @@ Routes (below the mount point):
 
 Only an active staff user enters (the web core checks it and sends an anonymous visitor to the
 login page); every route then checks the model permission it needs on the server.
-All the work is done by :mod:`txm.adminpanel`; these routes only read requests and render pages.
+All the work is done by the other modules of :mod:`txm.admin`; these routes only read requests and
+render pages.
 """
 
 from __future__ import annotations
@@ -25,22 +26,27 @@ from urllib.parse import urlencode
 
 import bottle
 
-from txm import adminpanel as ap
 from txm import db as m
+from txm.admin.actor import Actor, Forbidden
+from txm.admin.base import delete, new_form, submit
+from txm.admin.forms import Form, FormInput, read_input
+from txm.admin.meters import (SAMPLE_ALARM_DATA, mailing_list_addresses, preview_alarm_message,
+                              send_test_alarm_email)
+from txm.admin.people import password_fields, permission_grid, set_password
+from txm.admin.records import (Page, alarm_page, alarm_repr, delete_alarm, delete_alarms_bulk, delete_alarms_selected,
+                               delete_sample, delete_samples_bulk, delete_samples_selected, deletion_allowed, log_page,
+                               parse_when, require_deletion, sample_page, sample_repr, selected_ids)
+from txm.admin.registry import FORM_MODELS, registry, visible_sections
 from txm.config import Settings
 from txm.errors import InvalidValue, NotFound, TxmError
 from txm.webcore import WebCore, safe_next
-
-#: Models edited through forms (the others are only listed, viewed and perhaps deleted).
-FORM_MODELS = ("user", "group", "unit", "mailinglist", "alarmmessage", "view")
-
 
 def make_app(settings: Settings) -> bottle.Bottle:
     """The admin panel as a Bottle app; the web interface mounts it at ``/admin/``."""
     app = bottle.Bottle()
     core = WebCore(settings)
     core.install(app, default_access="staff")
-    reg = ap.registry()
+    reg = registry()
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -56,10 +62,10 @@ def make_app(settings: Settings) -> bottle.Bottle:
     def go(path: str, **query: Any) -> None:
         bottle.redirect(link(path, **query), 303)
 
-    def actor() -> ap.Actor:
-        return ap.Actor.of(core.user, settings)
+    def actor() -> Actor:
+        return Actor.of(core.user, settings)
 
-    def need(action: str, model: str) -> ap.Actor:
+    def need(action: str, model: str) -> Actor:
         who = actor()
         if not who.may(action, model):
             bottle.abort(403, f"You do not have permission to {action} {reg[model].plural}.")
@@ -76,11 +82,11 @@ def make_app(settings: Settings) -> bottle.Bottle:
         query = bottle.request.query_string
         here = bottle.request.fullpath + ("?" + query if query else "")
         return core.render(template, admin_url=link, who=who, registry=reg, here=here,
-                           permission_grid=ap.permission_grid, **context)
+                           permission_grid=permission_grid, **context)
 
-    def form_input() -> ap.FormInput:
+    def form_input() -> FormInput:
         forms = bottle.request.forms.decode()
-        return ap.FormInput({key: forms.getall(key) for key in forms.keys()})
+        return FormInput({key: forms.getall(key) for key in forms.keys()})
 
     def query_value(name: str) -> str:
         return (bottle.request.query.getunicode(name) or "").strip()
@@ -92,7 +98,7 @@ def make_app(settings: Settings) -> bottle.Bottle:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return route(*args, **kwargs)
-            except ap.Forbidden as exc:
+            except Forbidden as exc:
                 bottle.abort(403, _sentence(str(exc)))
             except NotFound as exc:
                 bottle.abort(404, _sentence(str(exc)))
@@ -108,7 +114,7 @@ def make_app(settings: Settings) -> bottle.Bottle:
     def index():
         who = actor()
         recent = (m.LogEntry.select().where(m.LogEntry.user == who.user).order_by(m.LogEntry.id.desc()).limit(10))
-        return render("admin/index.html", who=who, sections=ap.visible_sections(who), recent=list(recent),
+        return render("admin/index.html", who=who, sections=visible_sections(who), recent=list(recent),
                       title="Administration")
 
     # --- samples ---------------------------------------------------------------------------------
@@ -126,7 +132,7 @@ def make_app(settings: Settings) -> bottle.Bottle:
 
     def date_filters() -> tuple[Any, Any, str]:
         try:
-            return (ap.parse_when(query_value("from"), "From"), ap.parse_when(query_value("to"), "To"), "")
+            return (parse_when(query_value("from"), "From"), parse_when(query_value("to"), "To"), "")
         except InvalidValue as exc:
             return None, None, _sentence(str(exc))
 
@@ -138,22 +144,22 @@ def make_app(settings: Settings) -> bottle.Bottle:
         if unit is None:
             return unit_picker(who, "sample")
         start, end, problem = date_filters()
-        page = ap.Page([])
+        page = Page([])
         if not problem:
             try:
-                page = ap.sample_page(unit, start, end, query_value("before"), query_value("after"))
+                page = sample_page(unit, start, end, query_value("before"), query_value("after"))
             except InvalidValue as exc:
                 problem = _sentence(str(exc))
         return render("admin/samples.html", who=who, unit=unit, page=page, problem=problem,
                       filters={"from": query_value("from"), "to": query_value("to")},
-                      can_delete=ap.deletion_allowed(who, "sample"), title=f"Samples of {unit.code}")
+                      can_delete=deletion_allowed(who, "sample"), title=f"Samples of {unit.code}")
 
-    def unit_picker(who: ap.Actor, model: str):
+    def unit_picker(who: Actor, model: str):
         search = query_value("q")
         page = _page_number()
         rows, more = reg["unit"].page(search, page)
         return render("admin/unit_picker.html", who=who, model=model, units=rows, more=more, page=page,
-                      search=search, can_delete=ap.deletion_allowed(who, model),
+                      search=search, can_delete=deletion_allowed(who, model),
                       title=f"{reg[model].plural.capitalize()}: choose a unit")
 
     @app.get("/sample/<obj_id>/")
@@ -162,19 +168,19 @@ def make_app(settings: Settings) -> bottle.Bottle:
         who = need("view", "sample")
         sample = _get_record(m.Sample, obj_id, "sample")
         return render("admin/sample.html", who=who, sample=sample, unit=sample.unit,
-                      can_delete=ap.deletion_allowed(who, "sample"), title=ap.sample_repr(sample))
+                      can_delete=deletion_allowed(who, "sample"), title=sample_repr(sample))
 
     @app.route("/sample/<obj_id>/delete", method=["GET", "POST"])
     @library_errors
     def sample_delete(obj_id):
         who = need("delete", "sample")
-        ap.require_deletion(who, "sample")
+        require_deletion(who, "sample")
         sample = _get_record(m.Sample, obj_id, "sample")
         if bottle.request.method == "POST":
-            ap.delete_sample(who, sample)
-            core.flash(f"Deleted {ap.sample_repr(sample)}.", "success")
+            delete_sample(who, sample)
+            core.flash(f"Deleted {sample_repr(sample)}.", "success")
             go("/sample/", unit=sample.unit.code)
-        return render("admin/confirm_delete.html", who=who, what=ap.sample_repr(sample), warnings=[],
+        return render("admin/confirm_delete.html", who=who, what=sample_repr(sample), warnings=[],
                       problems=[], back=link(f"/sample/{sample.id}/"), title="Delete a sample")
 
     @app.post("/sample/delete-selected")
@@ -189,25 +195,25 @@ def make_app(settings: Settings) -> bottle.Bottle:
 
     def delete_selected(model: str):
         who = need("delete", model)
-        ap.require_deletion(who, model)
+        require_deletion(who, model)
         forms = bottle.request.forms
         ids = forms.getall("ids")
         back = safe_next(forms.getunicode("back") or "", link(f"/{model}/"))
         table = m.Sample if model == "sample" else m.Alarm
         try:
-            numbers = ap.selected_ids(ids)
+            numbers = selected_ids(ids)
         except InvalidValue as exc:
             core.flash(_sentence(str(exc)), "error")
             bottle.redirect(back, 303)
         if forms.get("confirm") == "yes":
             if model == "sample":
-                count = ap.delete_samples_selected(who, numbers)
+                count = delete_samples_selected(who, numbers)
             else:
-                count = ap.delete_alarms_selected(who, numbers)
+                count = delete_alarms_selected(who, numbers)
             core.flash(f"Deleted {count} {reg[model].plural if count != 1 else reg[model].verbose}.", "success")
             bottle.redirect(back, 303)
         records = list(table.select(table, m.Unit).join(m.Unit).where(table.id.in_(numbers)).order_by(table.id))
-        names = [ap.sample_repr(r) if model == "sample" else ap.alarm_repr(r) for r in records]
+        names = [sample_repr(r) if model == "sample" else alarm_repr(r) for r in records]
         return render("admin/confirm_selected.html", who=who, model=model, names=names, ids=[r.id for r in records],
                       back=back, title=f"Delete {len(records)} selected {reg[model].plural}")
 
@@ -233,7 +239,7 @@ def make_app(settings: Settings) -> bottle.Bottle:
 
     def bulk(model: str, old: bool):
         who = need("delete", model)
-        ap.require_deletion(who, model)
+        require_deletion(who, model)
         unit = unit_from_query(False)
         before_text = (bottle.request.forms.getunicode("before") or "").strip()
         error = ""
@@ -241,16 +247,16 @@ def make_app(settings: Settings) -> bottle.Bottle:
             before = None
             if old:
                 try:
-                    before = ap.parse_when(before_text, "Older than")
+                    before = parse_when(before_text, "Older than")
                     if before is None:
                         error = "Give the date: everything older than it is deleted."
                 except InvalidValue as exc:
                     error = _sentence(str(exc))
             if not error:
                 if model == "sample":
-                    result = ap.delete_samples_bulk(who, unit, before)
+                    result = delete_samples_bulk(who, unit, before)
                 else:
-                    result = ap.delete_alarms_bulk(who, unit, before)
+                    result = delete_alarms_bulk(who, unit, before)
                 core.flash(result.message, "success")
                 go(f"/{model}/", unit=unit.code if unit else "")
         noun = reg[model].plural
@@ -270,16 +276,16 @@ def make_app(settings: Settings) -> bottle.Bottle:
         who = need("view", "alarm")
         unit = unit_from_query(False)
         start, end, problem = date_filters()
-        page = ap.Page([])
+        page = Page([])
         if not problem:
             try:
-                page = ap.alarm_page(unit, start, end, query_value("before"), query_value("after"))
+                page = alarm_page(unit, start, end, query_value("before"), query_value("after"))
             except InvalidValue as exc:
                 problem = _sentence(str(exc))
         units = list(m.Unit.select(m.Unit.id, m.Unit.code, m.Unit.name).order_by(m.Unit.code).limit(1000))
         return render("admin/alarms.html", who=who, unit=unit, units=units, page=page, problem=problem,
                       filters={"from": query_value("from"), "to": query_value("to")},
-                      can_delete=ap.deletion_allowed(who, "alarm"),
+                      can_delete=deletion_allowed(who, "alarm"),
                       title="Alarms" + (f" of {unit.code}" if unit else ""))
 
     @app.get("/alarm/<obj_id>/")
@@ -287,20 +293,20 @@ def make_app(settings: Settings) -> bottle.Bottle:
     def alarm_detail(obj_id):
         who = need("view", "alarm")
         alarm = _get_record(m.Alarm, obj_id, "alarm")
-        return render("admin/alarm.html", who=who, alarm=alarm, can_delete=ap.deletion_allowed(who, "alarm"),
-                      title=ap.alarm_repr(alarm))
+        return render("admin/alarm.html", who=who, alarm=alarm, can_delete=deletion_allowed(who, "alarm"),
+                      title=alarm_repr(alarm))
 
     @app.route("/alarm/<obj_id>/delete", method=["GET", "POST"])
     @library_errors
     def alarm_delete(obj_id):
         who = need("delete", "alarm")
-        ap.require_deletion(who, "alarm")
+        require_deletion(who, "alarm")
         alarm = _get_record(m.Alarm, obj_id, "alarm")
         if bottle.request.method == "POST":
-            ap.delete_alarm(who, alarm)
-            core.flash(f"Deleted {ap.alarm_repr(alarm)}.", "success")
+            delete_alarm(who, alarm)
+            core.flash(f"Deleted {alarm_repr(alarm)}.", "success")
             go("/alarm/", unit=alarm.unit.code)
-        return render("admin/confirm_delete.html", who=who, what=ap.alarm_repr(alarm), warnings=[], problems=[],
+        return render("admin/confirm_delete.html", who=who, what=alarm_repr(alarm), warnings=[], problems=[],
                       back=link(f"/alarm/{alarm.id}/"), title="Delete an alarm")
 
     # --- the action log --------------------------------------------------------------------------
@@ -311,10 +317,10 @@ def make_app(settings: Settings) -> bottle.Bottle:
         who = need("view", "logentry")
         filters = {name: query_value(name) for name in ("model", "action", "user", "q", "from", "to", "object")}
         start, end, problem = date_filters()
-        page = ap.Page([])
+        page = Page([])
         if not problem:
             try:
-                page = ap.log_page(filters["model"], filters["action"], filters["user"], filters["q"], start, end,
+                page = log_page(filters["model"], filters["action"], filters["user"], filters["q"], start, end,
                                    query_value("before"), query_value("after"), object_id=filters["object"])
             except InvalidValue as exc:
                 problem = _sentence(str(exc))
@@ -347,9 +353,9 @@ def make_app(settings: Settings) -> bottle.Bottle:
     def user_password(obj_id):
         who = need("change", "user")
         user = reg["user"].get(obj_id)
-        form = ap.Form(ap.password_fields())
+        form = Form(password_fields())
         if bottle.request.method == "POST":
-            form = ap.set_password(who, user, form_input())
+            form = set_password(who, user, form_input())
             if form.saved is not None:
                 for warning in form.warnings:
                     core.flash(warning + " It was saved all the same.", "warning")
@@ -374,8 +380,8 @@ def make_app(settings: Settings) -> bottle.Bottle:
         if obj is None:
             who.require("add", "alarmmessage")
         fields = admin.fields(who, obj, raw)
-        data, shown, errors = ap.read_input(fields, raw, admin.initial(obj))
-        form = ap.Form(fields, shown, errors)
+        data, shown, errors = read_input(fields, raw, admin.initial(obj))
+        form = Form(fields, shown, errors)
         sample = _data_list(raw.get("sample_data"))
         preview, problem = None, ""
         unit = m.Unit.get_or_none(m.Unit.id == int(data["unit"])) if data.get("unit") else None
@@ -383,7 +389,7 @@ def make_app(settings: Settings) -> bottle.Bottle:
             problem = "Choose the unit and the alarm level first."
         else:
             try:
-                subject, body = ap.preview_alarm_message(unit, data["level"], data.get("subject") or "",
+                subject, body = preview_alarm_message(unit, data["level"], data.get("subject") or "",
                                                          data.get("body") or "", sample)
                 preview = {"subject": subject, "body": body}
             except TxmError as exc:
@@ -403,7 +409,7 @@ def make_app(settings: Settings) -> bottle.Bottle:
         data = _data_list(forms.getunicode("data"))
         recipients = [r for r in (forms.getunicode("recipients") or "").replace(";", ",").split(",")]
         try:
-            ap.send_test_alarm_email(who, message, recipients, data)
+            send_test_alarm_email(who, message, recipients, data)
         except TxmError as exc:
             core.flash(f"The test email was not sent: {_sentence(str(exc))}", "error")
         else:
@@ -430,18 +436,18 @@ def make_app(settings: Settings) -> bottle.Bottle:
         admin = model_admin(model)
         who = need("add", model)
         if bottle.request.method == "POST":
-            form = ap.submit(admin, who, form_input())
+            form = submit(admin, who, form_input())
             if form.saved is not None:
                 saved(admin, form, added=True)
         else:
-            form = ap.new_form(admin, who)
+            form = new_form(admin, who)
             for f in form.fields:  # links may fill in fields: /mailinglist/add?unit=3
                 if f.kind not in ("multi", "password") and query_value(f.name):
                     form.values[f.name] = query_value(f.name)
         return render("admin/form.html", who=who, admin=admin, form=form, obj=None, readonly=False,
                       title=f"Add {admin.verbose}")
 
-    def saved(admin: Any, form: ap.Form, added: bool) -> None:
+    def saved(admin: Any, form: Form, added: bool) -> None:
         for warning in form.warnings:
             core.flash(warning + " It was saved all the same.", "warning")
         verb = "added" if added else "changed"
@@ -453,18 +459,18 @@ def make_app(settings: Settings) -> bottle.Bottle:
             go(f"/{admin.name}/add")
         go(f"/{admin.name}/")
 
-    def change_page(admin: Any, who: ap.Actor, obj: Any, form: ap.Form | None = None, **extra: Any) -> str:
+    def change_page(admin: Any, who: Actor, obj: Any, form: Form | None = None, **extra: Any) -> str:
         readonly = not who.may("change", admin.name)
         if form is None:
-            form = ap.new_form(admin, who, obj)
+            form = new_form(admin, who, obj)
         if readonly:
             for f in form.fields:
                 f.readonly = True
         if admin.name == "unit":
             extra["mailing_list"] = m.MailingList.get_or_none(m.MailingList.unit == obj)
         if admin.name == "alarmmessage":
-            extra.setdefault("sample_data", ", ".join(ap.SAMPLE_ALARM_DATA))
-            extra.setdefault("recipients", ", ".join(ap.mailing_list_addresses(obj.unit)))
+            extra.setdefault("sample_data", ", ".join(SAMPLE_ALARM_DATA))
+            extra.setdefault("recipients", ", ".join(mailing_list_addresses(obj.unit)))
         return render("admin/form.html", who=who, admin=admin, form=form, obj=obj, readonly=readonly,
                       title=f"{'View' if readonly else 'Change'} {admin.verbose}: {admin.repr(obj)}", **extra)
 
@@ -477,7 +483,7 @@ def make_app(settings: Settings) -> bottle.Bottle:
         form = None
         if bottle.request.method == "POST":
             who = need("change", model)
-            form = ap.submit(admin, who, form_input(), obj)
+            form = submit(admin, who, form_input(), obj)
             if form.saved is not None:
                 saved(admin, form, added=False)
         return change_page(admin, who, obj, form)
@@ -498,7 +504,7 @@ def make_app(settings: Settings) -> bottle.Bottle:
             else:
                 name = admin.repr(obj)
                 try:
-                    ap.delete(admin, who, obj)
+                    delete(admin, who, obj)
                 except InvalidValue as exc:
                     problems = [_sentence(str(exc))]
                 else:
@@ -545,5 +551,5 @@ def _get_record(model: type[m.BaseModel], obj_id: str, what: str) -> Any:
 
 def _data_list(text: str | None) -> list[str]:
     if text is None or not text.strip():
-        return list(ap.SAMPLE_ALARM_DATA)
+        return list(SAMPLE_ALARM_DATA)
     return [part.strip() for part in text.split(",")]
