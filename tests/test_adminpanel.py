@@ -14,7 +14,7 @@ from txm.admin.base import new_form, submit
 from txm.admin.forms import FormInput
 from txm.admin.meters import preview_alarm_message
 from txm.admin.people import set_password
-from txm.admin.records import delete_samples_bulk, delete_samples_selected, sample_page
+from txm.admin.records import SAMPLES
 from txm.admin.registry import registry
 from txm.passwords import check_password
 from txm.ttp.store import SampleStore, UnitRecord
@@ -172,14 +172,14 @@ def test_bulk_delete_samples_batches_one_entry(admin):
     add_samples(unit, 12_345)
     add_samples(other, 10)
     before = m.LogEntry.select().count()
-    result = delete_samples_bulk(admin, unit, dt.datetime(2026, 1, 1) + dt.timedelta(seconds=6000))
+    result = SAMPLES.delete_bulk(admin, unit, dt.datetime(2026, 1, 1) + dt.timedelta(seconds=6000))
     assert result.deleted == 6000
     assert m.Sample.select().where(m.Sample.unit == unit).count() == 6345
     assert m.LogEntry.select().count() == before + 1
     entry = m.LogEntry.select().order_by(m.LogEntry.id.desc()).first()
     assert "6000 sample(s) of unit M1 older than 2026-01-01 01:40:00" in entry.change_message
     assert entry.object_repr == "M1 sample at 2026-01-01 01:39:59"
-    result = delete_samples_bulk(admin, unit)
+    result = SAMPLES.delete_bulk(admin, unit)
     assert result.deleted == 6345 and m.Sample.select().count() == 10
 
 
@@ -197,7 +197,7 @@ def test_a_bulk_deletion_lets_another_writer_in_between_batches(admin, settings)
 
     def delete() -> None:
         try:
-            delete_samples_bulk(admin, unit)
+            SAMPLES.delete_bulk(admin, unit)
         finally:
             m.database.close()
             done.set()
@@ -223,9 +223,9 @@ def test_deletion_switched_off(admin, settings):
     add_samples(unit, 3)
     off = Actor.of(admin.user, settings.replace(ALLOW_SAMPLE_DELETION=False))
     with pytest.raises(Forbidden, match="ALLOW_SAMPLE_DELETION"):
-        delete_samples_bulk(off, unit)
+        SAMPLES.delete_bulk(off, unit)
     with pytest.raises(Forbidden):
-        delete_samples_selected(off, [m.Sample.select().first().id])
+        SAMPLES.delete_selected(off, [m.Sample.select().first().id])
     assert m.Sample.select().count() == 3
 
 
@@ -233,24 +233,24 @@ def test_delete_selected_logs_each(admin):
     unit = submit(registry()["unit"], admin, unit_input()).saved
     add_samples(unit, 5)
     ids = [s.id for s in m.Sample.select().limit(3)]
-    assert delete_samples_selected(admin, ids) == 3
+    assert SAMPLES.delete_selected(admin, ids) == 3
     assert m.LogEntry.select().where((m.LogEntry.model == "sample") & (m.LogEntry.action == "delete")).count() == 3
 
 
 def test_sample_keyset_pages(admin):
     unit = submit(registry()["unit"], admin, unit_input()).saved
     add_samples(unit, 120)
-    first = sample_page(unit, size=50)
+    first = SAMPLES.page(unit=unit, size=50)
     assert first.newer is None and first.older is not None
     assert first.rows[0].timestamp == dt.datetime(2026, 1, 1, 0, 1, 59)
-    second = sample_page(unit, before=first.older, size=50)
-    third = sample_page(unit, before=second.older, size=50)
+    second = SAMPLES.page(unit=unit, before=first.older, size=50)
+    third = SAMPLES.page(unit=unit, before=second.older, size=50)
     assert len(third.rows) == 20 and third.older is None
     seen = [s.id for s in first.rows + second.rows + third.rows]
     assert len(set(seen)) == 120
-    back = sample_page(unit, after=third.newer, size=50)
+    back = SAMPLES.page(unit=unit, after=third.newer, size=50)
     assert [s.id for s in back.rows] == [s.id for s in second.rows]
-    ranged = sample_page(unit, start=dt.datetime(2026, 1, 1, 0, 0, 10), end=dt.datetime(2026, 1, 1, 0, 0, 20))
+    ranged = SAMPLES.page(unit=unit, start=dt.datetime(2026, 1, 1, 0, 0, 10), end=dt.datetime(2026, 1, 1, 0, 0, 20))
     assert len(ranged.rows) == 10
 
 
@@ -300,9 +300,9 @@ def test_panel_writes_wait_for_a_busy_ttp_server(admin, settings):
             m.database.connect(reuse_if_open=True)
             for i in range(40):
                 ids = [s.id for s in m.Sample.select(m.Sample.id).where(m.Sample.unit == victim).limit(5)]
-                assert delete_samples_selected(admin, ids) == 5
+                assert SAMPLES.delete_selected(admin, ids) == 5
                 assert submit(units, admin, unit_input(name=f"Mill {i}"), victim).errors == {}
-            delete_samples_bulk(admin, victim)
+            SAMPLES.delete_bulk(admin, victim)
         finally:
             stop.set()
             meter.join(30)

@@ -33,9 +33,7 @@ from txm.admin.forms import Form, FormInput, read_input
 from txm.admin.meters import (SAMPLE_ALARM_DATA, mailing_list_addresses, preview_alarm_message,
                               send_test_alarm_email)
 from txm.admin.people import password_fields, permission_grid, set_password
-from txm.admin.records import (Page, alarm_page, alarm_repr, delete_alarm, delete_alarms_bulk, delete_alarms_selected,
-                               delete_sample, delete_samples_bulk, delete_samples_selected, deletion_allowed, log_page,
-                               parse_when, require_deletion, sample_page, sample_repr, selected_ids)
+from txm.admin.records import ALARMS, LOG, SAMPLES, Page, parse_when, selected_ids
 from txm.admin.registry import FORM_MODELS, registry, visible_sections
 from txm.config import Settings
 from txm.errors import InvalidValue, NotFound, TxmError
@@ -147,40 +145,40 @@ def make_app(settings: Settings) -> bottle.Bottle:
         page = Page([])
         if not problem:
             try:
-                page = sample_page(unit, start, end, query_value("before"), query_value("after"))
+                page = SAMPLES.page(start, end, query_value("before"), query_value("after"), unit=unit)
             except InvalidValue as exc:
                 problem = _sentence(str(exc))
         return render("admin/samples.html", who=who, unit=unit, page=page, problem=problem,
                       filters={"from": query_value("from"), "to": query_value("to")},
-                      can_delete=deletion_allowed(who, "sample"), title=f"Samples of {unit.code}")
+                      can_delete=SAMPLES.deletion_allowed(who), title=f"Samples of {unit.code}")
 
     def unit_picker(who: Actor, model: str):
         search = query_value("q")
         page = _page_number()
         rows, more = reg["unit"].page(search, page)
         return render("admin/unit_picker.html", who=who, model=model, units=rows, more=more, page=page,
-                      search=search, can_delete=deletion_allowed(who, model),
+                      search=search, can_delete=reg[model].deletion_allowed(who),
                       title=f"{reg[model].plural.capitalize()}: choose a unit")
 
     @app.get("/sample/<obj_id>/")
     @library_errors
     def sample_detail(obj_id):
         who = need("view", "sample")
-        sample = _get_record(m.Sample, obj_id, "sample")
+        sample = SAMPLES.get(obj_id)
         return render("admin/sample.html", who=who, sample=sample, unit=sample.unit,
-                      can_delete=deletion_allowed(who, "sample"), title=sample_repr(sample))
+                      can_delete=SAMPLES.deletion_allowed(who), title=SAMPLES.describe(sample))
 
     @app.route("/sample/<obj_id>/delete", method=["GET", "POST"])
     @library_errors
     def sample_delete(obj_id):
         who = need("delete", "sample")
-        require_deletion(who, "sample")
-        sample = _get_record(m.Sample, obj_id, "sample")
+        SAMPLES.require_deletion(who)
+        sample = SAMPLES.get(obj_id)
         if bottle.request.method == "POST":
-            delete_sample(who, sample)
-            core.flash(f"Deleted {sample_repr(sample)}.", "success")
+            SAMPLES.delete_selected(who, [sample.id])
+            core.flash(f"Deleted {SAMPLES.describe(sample)}.", "success")
             go("/sample/", unit=sample.unit.code)
-        return render("admin/confirm_delete.html", who=who, what=sample_repr(sample), warnings=[],
+        return render("admin/confirm_delete.html", who=who, what=SAMPLES.describe(sample), warnings=[],
                       problems=[], back=link(f"/sample/{sample.id}/"), title="Delete a sample")
 
     @app.post("/sample/delete-selected")
@@ -195,25 +193,22 @@ def make_app(settings: Settings) -> bottle.Bottle:
 
     def delete_selected(model: str):
         who = need("delete", model)
-        require_deletion(who, model)
+        kind = reg[model]
+        kind.require_deletion(who)
         forms = bottle.request.forms
         ids = forms.getall("ids")
         back = safe_next(forms.getunicode("back") or "", link(f"/{model}/"))
-        table = m.Sample if model == "sample" else m.Alarm
         try:
             numbers = selected_ids(ids)
         except InvalidValue as exc:
             core.flash(_sentence(str(exc)), "error")
             bottle.redirect(back, 303)
         if forms.get("confirm") == "yes":
-            if model == "sample":
-                count = delete_samples_selected(who, numbers)
-            else:
-                count = delete_alarms_selected(who, numbers)
+            count = kind.delete_selected(who, numbers)
             core.flash(f"Deleted {count} {reg[model].plural if count != 1 else reg[model].verbose}.", "success")
             bottle.redirect(back, 303)
-        records = list(table.select(table, m.Unit).join(m.Unit).where(table.id.in_(numbers)).order_by(table.id))
-        names = [sample_repr(r) if model == "sample" else alarm_repr(r) for r in records]
+        records = kind.selected(numbers)
+        names = [kind.describe(r) for r in records]
         return render("admin/confirm_selected.html", who=who, model=model, names=names, ids=[r.id for r in records],
                       back=back, title=f"Delete {len(records)} selected {reg[model].plural}")
 
@@ -239,7 +234,7 @@ def make_app(settings: Settings) -> bottle.Bottle:
 
     def bulk(model: str, old: bool):
         who = need("delete", model)
-        require_deletion(who, model)
+        reg[model].require_deletion(who)
         unit = unit_from_query(False)
         before_text = (bottle.request.forms.getunicode("before") or "").strip()
         error = ""
@@ -253,10 +248,7 @@ def make_app(settings: Settings) -> bottle.Bottle:
                 except InvalidValue as exc:
                     error = _sentence(str(exc))
             if not error:
-                if model == "sample":
-                    result = delete_samples_bulk(who, unit, before)
-                else:
-                    result = delete_alarms_bulk(who, unit, before)
+                result = reg[model].delete_bulk(who, unit, before)
                 core.flash(result.message, "success")
                 go(f"/{model}/", unit=unit.code if unit else "")
         noun = reg[model].plural
@@ -279,34 +271,34 @@ def make_app(settings: Settings) -> bottle.Bottle:
         page = Page([])
         if not problem:
             try:
-                page = alarm_page(unit, start, end, query_value("before"), query_value("after"))
+                page = ALARMS.page(start, end, query_value("before"), query_value("after"), unit=unit)
             except InvalidValue as exc:
                 problem = _sentence(str(exc))
         units = list(m.Unit.select(m.Unit.id, m.Unit.code, m.Unit.name).order_by(m.Unit.code).limit(1000))
         return render("admin/alarms.html", who=who, unit=unit, units=units, page=page, problem=problem,
                       filters={"from": query_value("from"), "to": query_value("to")},
-                      can_delete=deletion_allowed(who, "alarm"),
+                      can_delete=ALARMS.deletion_allowed(who),
                       title="Alarms" + (f" of {unit.code}" if unit else ""))
 
     @app.get("/alarm/<obj_id>/")
     @library_errors
     def alarm_detail(obj_id):
         who = need("view", "alarm")
-        alarm = _get_record(m.Alarm, obj_id, "alarm")
-        return render("admin/alarm.html", who=who, alarm=alarm, can_delete=deletion_allowed(who, "alarm"),
-                      title=alarm_repr(alarm))
+        alarm = ALARMS.get(obj_id)
+        return render("admin/alarm.html", who=who, alarm=alarm, can_delete=ALARMS.deletion_allowed(who),
+                      title=ALARMS.describe(alarm))
 
     @app.route("/alarm/<obj_id>/delete", method=["GET", "POST"])
     @library_errors
     def alarm_delete(obj_id):
         who = need("delete", "alarm")
-        require_deletion(who, "alarm")
-        alarm = _get_record(m.Alarm, obj_id, "alarm")
+        ALARMS.require_deletion(who)
+        alarm = ALARMS.get(obj_id)
         if bottle.request.method == "POST":
-            delete_alarm(who, alarm)
-            core.flash(f"Deleted {alarm_repr(alarm)}.", "success")
+            ALARMS.delete_selected(who, [alarm.id])
+            core.flash(f"Deleted {ALARMS.describe(alarm)}.", "success")
             go("/alarm/", unit=alarm.unit.code)
-        return render("admin/confirm_delete.html", who=who, what=alarm_repr(alarm), warnings=[], problems=[],
+        return render("admin/confirm_delete.html", who=who, what=ALARMS.describe(alarm), warnings=[], problems=[],
                       back=link(f"/alarm/{alarm.id}/"), title="Delete an alarm")
 
     # --- the action log --------------------------------------------------------------------------
@@ -320,8 +312,8 @@ def make_app(settings: Settings) -> bottle.Bottle:
         page = Page([])
         if not problem:
             try:
-                page = log_page(filters["model"], filters["action"], filters["user"], filters["q"], start, end,
-                                   query_value("before"), query_value("after"), object_id=filters["object"])
+                page = LOG.page(start, end, query_value("before"), query_value("after"), model=filters["model"],
+                                action=filters["action"], user=filters["user"], q=filters["q"], object=filters["object"])
             except InvalidValue as exc:
                 problem = _sentence(str(exc))
         return render("admin/log.html", who=who, page=page, filters=filters, problem=problem,
@@ -331,7 +323,7 @@ def make_app(settings: Settings) -> bottle.Bottle:
     @library_errors
     def log_detail(obj_id):
         who = need("view", "logentry")
-        entry = _get_record(m.LogEntry, obj_id, "log entry")
+        entry = LOG.get(obj_id)
         return render("admin/logentry.html", who=who, entry=entry, object_url=object_url(entry),
                       title=f"Log entry {entry.id}")
 
@@ -536,17 +528,6 @@ def _page_number() -> int:
         return max(1, min(10_000, int(bottle.request.query.get("page") or 1)))
     except ValueError:
         return 1
-
-
-def _get_record(model: type[m.BaseModel], obj_id: str, what: str) -> Any:
-    try:
-        number = int(obj_id)
-    except ValueError:
-        bottle.abort(404, f"There is no {what} {obj_id!r}.")
-    record = model.get_or_none(model._meta.primary_key == number)
-    if record is None:
-        bottle.abort(404, f"There is no {what} with id {number} (perhaps it was deleted).")
-    return record
 
 
 def _data_list(text: str | None) -> list[str]:

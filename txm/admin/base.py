@@ -22,6 +22,18 @@ from txm.errors import InvalidValue, NotFound
 PAGE_SIZE = 50
 
 
+def by_id(model: type[m.BaseModel], obj_id: Any, what: str, gone: str = "") -> Any:
+    """The row whose id is ``obj_id`` (text from a URL), or :class:`NotFound` (the routes' 404)."""
+    try:
+        number = int(obj_id)
+    except (TypeError, ValueError):
+        raise NotFound(f"there is no {what} {obj_id!r}") from None
+    row = model.get_or_none(model._meta.primary_key == number)
+    if row is None:
+        raise NotFound(f"there is no {what} with id {number}{gone}")
+    return row
+
+
 @dataclass
 class Column:
     title: str
@@ -45,14 +57,7 @@ class ModelAdmin:
     # --- reading ----------------------------------------------------------------------------
 
     def get(self, obj_id: Any) -> Any:
-        try:
-            number = int(obj_id)
-        except (TypeError, ValueError):
-            raise NotFound(f"there is no {self.verbose} {obj_id!r}") from None
-        obj = self.model.get_or_none(self.model._meta.primary_key == number)
-        if obj is None:
-            raise NotFound(f"there is no {self.verbose} with id {number}")
-        return obj
+        return by_id(self.model, obj_id, self.verbose)
 
     def query(self, search: str = "") -> pw.ModelSelect:
         q = self.model.select()

@@ -10,7 +10,7 @@ from txm import db as m
 from txm.admin.actor import Actor
 from txm.admin.base import Column, ModelAdmin, as_ids, as_text, set_links, unit_choices
 from txm.admin.forms import Field
-from txm.admin.records import delete_batches_alarms, delete_batches_samples
+from txm.admin.records import ALARMS, SAMPLES
 from txm.errors import InvalidValue
 
 #: Most axes a unit's graph may have.
@@ -164,28 +164,23 @@ class UnitAdmin(ModelAdmin):
         return obj
 
     def delete_problems(self, actor, obj):
-        problems = []
-        for model, table, setting in (("samples", m.Sample, "ALLOW_SAMPLE_DELETION"),
-                                      ("alarms", m.Alarm, "ALLOW_ALARM_DELETION")):
-            if not actor.settings[setting] and table.select().where(table.unit == obj).limit(1).exists():
-                problems.append(f"The unit has {model}, and deleting {model} is switched off on this server "
-                                f"({setting} is no), so the unit cannot be deleted.")
-        return problems
+        return [f"The unit has {records.plural}, and deleting {records.plural} is switched off on this server "
+                f"({records.deletion_setting} is no), so the unit cannot be deleted."
+                for records in (SAMPLES, ALARMS)
+                if not actor.settings[records.deletion_setting] and records.any_of(obj)]
 
     def delete_warnings(self, actor, obj):
-        samples = m.Sample.select().where(m.Sample.unit == obj).limit(1).exists()
-        alarms = m.Alarm.select().where(m.Alarm.unit == obj).limit(1).exists()
         out = []
-        if samples or alarms:
+        if SAMPLES.any_of(obj) or ALARMS.any_of(obj):
             out.append("ALL samples and alarms of this unit are deleted with it (in batches; this may take a while "
                        "for a unit with millions of samples).")
         out.append("Its mailing list, alarm messages and places in multiple-meter views go too.")
         return out
 
     def prepare_delete(self, actor, obj):
-        samples = delete_batches_samples(obj, None)[0]
-        alarms = delete_batches_alarms(obj, None)[0]
-        return f"Deleted with {samples} sample(s) and {alarms} alarm(s)."
+        samples, _ = SAMPLES.delete_batches(obj)
+        raised, _ = ALARMS.delete_batches(obj)
+        return f"Deleted with {samples} sample(s) and {raised} alarm(s)."
 
 
 

@@ -1,17 +1,24 @@
-"""Samples, alarms and the action log: listed with keyset paging, viewed, deleted, never changed."""
+"""Records the panel shows but never edits: samples, alarms and the action log.
+
+One :class:`RecordAdmin`, parameterised by the model, serves all three: a list newest first with
+keyset paging and filters, each record on its own page and, where a setting allows it, deletion
+of selected records (one log entry each) or of all or old ones in batches (one log entry in all).
+:data:`SAMPLES`, :data:`ALARMS` and :data:`LOG` are the three; another kind of record is another
+instance.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import peewee as pw
 
 from txm import db as m
 from txm.admin.actor import Actor, Forbidden, log_action
-from txm.admin.base import PAGE_SIZE
+from txm.admin.base import PAGE_SIZE, by_id
 from txm.errors import InvalidValue
 from txm.ttp.parser import format_timestamp
 
@@ -30,6 +37,11 @@ def parse_when(text: str, what: str) -> Optional[dt.datetime]:
         raise InvalidValue(f"{what}: {text!r} is not a date; write e.g. 2026-11-20 or 2026-11-20 13:05") from None
 
 
+def with_article(noun: str) -> str:
+    """``an alarm``, ``a sample``: page titles and messages name one record of a kind."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
 @dataclass
 class Page:
     """One page of a long list, with cursors for the neighbouring pages (None at either end)."""
@@ -39,128 +51,15 @@ class Page:
     older: Optional[str] = None
 
 
-def _keyset_page(base: pw.ModelSelect, key: pw.Field, parse: Callable[[str], Any], before: str, after: str,
-                 size: int, show: Callable[[Any], str] = str) -> Page:
-    """One page of ``base``, newest ``key`` first; ``before``/``after`` are cursors (``show`` of a
-    key, read back by ``parse``) from an earlier page. Every query starts at a known key through
-    its index, so a page costs the same however long the list."""
-    def cursor(row) -> str:
-        return show(getattr(row, key.name))
-
-    if after:
-        rows = list(base.where(key > parse(after)).order_by(key.asc()).limit(size + 1))
-        more_newer = len(rows) > size
-        rows = rows[:size][::-1]
-        return Page(rows, cursor(rows[0]) if rows and more_newer else None, cursor(rows[-1]) if rows else None)
-    q = base.where(key < parse(before)) if before else base
-    rows = list(q.order_by(key.desc()).limit(size + 1))
-    more_older = len(rows) > size
-    rows = rows[:size]
-    newer = None
-    if before:
-        newer = (cursor(rows[0]) if rows and base.where(key > getattr(rows[0], key.name)).exists()
-                 else None if rows else before)
-    return Page(rows, newer, cursor(rows[-1]) if rows and more_older else None)
-
-
-def _id_cursor(noun: str) -> Callable[[str], int]:
-    """Reads a page cursor that is a record id."""
-    def parse(text: str) -> int:
-        try:
-            return int(text)
-        except ValueError:
-            raise InvalidValue(f"page: {text!r} is not {noun}") from None
-    return parse
-
-
-def sample_page(unit: m.Unit, start: Optional[dt.datetime] = None, end: Optional[dt.datetime] = None,
-                before: str = "", after: str = "", size: int = PAGE_SIZE) -> Page:
-    """The unit's samples, newest first, ``start <= timestamp < end``; keyset paging on the timestamp.
-
-    ``before``/``after`` are cursors from an earlier page. Every query walks the ``(unit, timestamp)``
-    index from a known point, so a page costs the same with a thousand samples or a billion.
-    """
-    cond = m.Sample.unit == unit
-    if start is not None:
-        cond &= m.Sample.timestamp >= start
-    if end is not None:
-        cond &= m.Sample.timestamp < end
-    base = m.Sample.select().where(cond)
-    return _keyset_page(base, m.Sample.timestamp, lambda text: parse_when(text, "page"), before, after, size,
-                        show=format_timestamp)
-
-
-def alarm_page(unit: Optional[m.Unit], start: Optional[dt.datetime] = None, end: Optional[dt.datetime] = None,
-               before: str = "", after: str = "", size: int = PAGE_SIZE) -> Page:
-    """Alarms (of one unit, or all), newest first, ``start <= received < end``; keyset paging on the id."""
-    cond = pw.SQL("1 = 1")
-    if unit is not None:
-        cond = m.Alarm.unit == unit
-    if start is not None:
-        cond &= m.Alarm.received >= start
-    if end is not None:
-        cond &= m.Alarm.received < end
-    base = m.Alarm.select(m.Alarm, m.Unit).join(m.Unit).where(cond)
-    return _keyset_page(base, m.Alarm.id, _id_cursor("an alarm number"), before, after, size)
-
-
-def sample_repr(sample: m.Sample, unit: Optional[m.Unit] = None) -> str:
-    unit = unit or sample.unit
-    return f"{unit.code} sample at {format_timestamp(sample.timestamp)}"
-
-
-def alarm_repr(alarm: m.Alarm) -> str:
-    return f"{alarm.unit.code} alarm level {alarm.level} received {format_timestamp(alarm.received)}"
-
-
-def require_deletion(actor: Actor, model: str) -> None:
-    setting = "ALLOW_SAMPLE_DELETION" if model == "sample" else "ALLOW_ALARM_DELETION"
-    if not actor.settings[setting]:
-        raise Forbidden(f"{model} deletion is switched off on this server ({setting} is no)")
-    actor.require("delete", model)
-
-
-def deletion_allowed(actor: Actor, model: str) -> bool:
-    try:
-        require_deletion(actor, model)
-    except Forbidden:
-        return False
-    return True
-
-
-def delete_sample(actor: Actor, sample: m.Sample) -> None:
-    delete_samples_selected(actor, [sample.id])
-
-
-def delete_samples_selected(actor: Actor, ids: Sequence[Any]) -> int:
-    """The "Delete selected Samples" action: every sample gets its own log entry, as the manual says."""
-    return _delete_selected(actor, ids, m.Sample, "sample", lambda sample: sample_repr(sample, sample.unit))
-
-
-def _delete_selected(actor: Actor, ids: Sequence[Any], model: type[m.BaseModel], name: str,
-                     describe: Callable[[Any], str]) -> int:
-    """Delete the chosen samples or alarms in one transaction, writing one log entry each."""
-    require_deletion(actor, name)
-    numbers = selected_ids(ids)
-    deleted = 0
-    with m.write_transaction():
-        for record in model.select(model, m.Unit).join(m.Unit).where(model.id.in_(numbers)):
-            record.delete_instance()
-            log_action(actor, "delete", name, record.id, describe(record), "Deleted (selected).")
-            deleted += 1
-    return deleted
-
-
-def delete_alarm(actor: Actor, alarm: m.Alarm) -> None:
-    delete_alarms_selected(actor, [alarm.id])
-
-
-def delete_alarms_selected(actor: Actor, ids: Sequence[Any]) -> int:
-    """Delete the chosen alarms, one log entry each."""
-    return _delete_selected(actor, ids, m.Alarm, "alarm", alarm_repr)
+@dataclass
+class BulkResult:
+    deleted: int
+    latest: str  # what the latest deleted record was, for people ("" when none)
+    message: str
 
 
 def selected_ids(ids: Sequence[Any]) -> list[int]:
+    """The record numbers a "Delete selected" names: at least one, at most :data:`MAX_SELECTED`."""
     try:
         numbers = sorted({int(i) for i in ids})
     except (TypeError, ValueError):
@@ -172,126 +71,218 @@ def selected_ids(ids: Sequence[Any]) -> list[int]:
     return numbers
 
 
-@dataclass
-class BulkResult:
-    deleted: int
-    latest: str  # what the latest deleted record was, for people ("" when none)
-    message: str
+@dataclass(frozen=True)
+class RecordAdmin:
+    """How the panel lists, shows and deletes one kind of record it never changes."""
 
+    name: str  # in URLs and permission codenames
+    verbose: str
+    plural: str
+    description: str
+    model: type[m.BaseModel]
+    #: Pages go newest first along this indexed column, and their cursors are its values.
+    key: pw.Field
+    #: The time the From / To filters and "older than" compare.
+    time: pw.Field
+    #: A record as people read it (titles, flash messages, the log's object names).
+    describe: Callable[[Any], str]
+    list_template: str
+    #: What the detail template (``admin/<name>.html``) calls the record.
+    detail_name: str
+    #: Query parameters that narrow the list, each with the condition it adds.
+    narrowed_by: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    #: Listed one unit at a time (a unit is chosen first); else, with a ``unit`` filter, one or all.
+    per_unit: bool = False
+    #: The setting that allows deleting them through the panel; empty: they are never deleted.
+    deletion_setting: str = ""
+    #: How a bulk deletion's log message names the time it cut at.
+    cut_words: str = "older than {}"
 
-def delete_batches_samples(unit: m.Unit, older_than: Optional[dt.datetime]) -> tuple[int, Optional[m.Sample]]:
-    """Delete a unit's samples (older than a time, or all) in index-range batches of BATCH_SIZE.
+    editable = False  # no add or change forms
 
-    Each batch is its own short transaction: find the timestamp of the batch's last row on the
-    ``(unit, timestamp)`` index, then delete that range. No long lock, no huge list of ids.
-    """
-    cond = m.Sample.unit == unit
-    if older_than is not None:
-        cond &= m.Sample.timestamp < older_than
-    latest = m.Sample.select().where(cond).order_by(m.Sample.timestamp.desc()).first()
-    deleted = 0
-    while True:
+    @property
+    def deletable(self) -> bool:
+        return bool(self.deletion_setting)
+
+    @property
+    def rows_of_many_units(self) -> bool:
+        """A list that may mix units names each row's unit, so it is read with its unit."""
+        return "unit" in self.narrowed_by and not self.per_unit
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def get(self, obj_id: Any) -> Any:
+        return by_id(self.model, obj_id, self.verbose, gone=" (perhaps it was deleted)")
+
+    def page(self, start: Optional[dt.datetime] = None, end: Optional[dt.datetime] = None, before: str = "",
+             after: str = "", size: int = PAGE_SIZE, **filters: Any) -> Page:
+        """Records newest first, ``start <= time < end``, narrowed by ``filters`` (empty ones ignored).
+
+        ``before``/``after`` are cursors from an earlier page. Every query starts at a known key
+        through its index (samples: ``(unit, timestamp)``), so a page costs the same with a
+        thousand records or a billion, and no page counts the table.
+        """
+        unknown = set(filters) - set(self.narrowed_by)
+        if unknown:
+            raise TypeError(f"{self.plural} are not filtered by {', '.join(sorted(unknown))}")
+        conditions = [narrow(filters[name]) for name, narrow in self.narrowed_by.items()
+                      if filters.get(name) not in (None, "")]
+        if start is not None:
+            conditions.append(self.time >= start)
+        if end is not None:
+            conditions.append(self.time < end)
+        base = self.model.select(self.model, m.Unit).join(m.Unit) if self.rows_of_many_units else self.model.select()
+        if conditions:
+            base = base.where(*conditions)
+        key = self.key
+        if after:
+            rows = list(base.where(key > self._read_cursor(after)).order_by(key.asc()).limit(size + 1))
+            more_newer = len(rows) > size
+            rows = rows[:size][::-1]
+            return Page(rows, self._cursor(rows[0]) if rows and more_newer else None,
+                        self._cursor(rows[-1]) if rows else None)
+        query = base.where(key < self._read_cursor(before)) if before else base
+        rows = list(query.order_by(key.desc()).limit(size + 1))
+        more_older = len(rows) > size
+        rows = rows[:size]
+        newer = None
+        if before:
+            newer = (self._cursor(rows[0]) if rows and base.where(key > getattr(rows[0], key.name)).exists()
+                     else None if rows else before)
+        return Page(rows, newer, self._cursor(rows[-1]) if rows and more_older else None)
+
+    def _cursor(self, record: Any) -> str:
+        value = getattr(record, self.key.name)
+        return format_timestamp(value) if isinstance(self.key, pw.DateTimeField) else str(value)
+
+    def _read_cursor(self, text: str) -> Any:
+        if isinstance(self.key, pw.DateTimeField):
+            return parse_when(text, "page")
+        try:
+            return int(text)
+        except ValueError:
+            raise InvalidValue(f"page: {text!r} is not {with_article(self.verbose)} number") from None
+
+    def any_of(self, unit: m.Unit) -> bool:
+        """Has the unit any of these records?"""
+        return self.model.select().where(self.model.unit == unit).limit(1).exists()
+
+    def selected(self, ids: Sequence[Any]) -> list[Any]:
+        """The records a "Delete selected" names, with their units, in id order."""
+        numbers = selected_ids(ids)
+        return list(self.model.select(self.model, m.Unit).join(m.Unit).where(self.model.id.in_(numbers))
+                    .order_by(self.model.id))
+
+    # --- deleting ---------------------------------------------------------------------------
+
+    def require_deletion(self, actor: Actor) -> None:
+        """Refuse unless this server allows deleting them and the actor may."""
+        if not self.deletable:
+            raise Forbidden(f"{self.plural} cannot be deleted")
+        if not actor.settings[self.deletion_setting]:
+            raise Forbidden(f"{self.name} deletion is switched off on this server ({self.deletion_setting} is no)")
+        actor.require("delete", self.name)
+
+    def deletion_allowed(self, actor: Actor) -> bool:
+        try:
+            self.require_deletion(actor)
+        except Forbidden:
+            return False
+        return True
+
+    def delete_selected(self, actor: Actor, ids: Sequence[Any]) -> int:
+        """The "Delete selected" action, in one transaction: every record gets its own log entry,
+        as the manual says (so it is for a few at a time; the bulk deletion is for many)."""
+        self.require_deletion(actor)
+        deleted = 0
         with m.write_transaction():
-            locked_at = time.monotonic()  # the write lock is ours from here
-            boundary = (m.Sample.select(m.Sample.timestamp).where(cond).order_by(m.Sample.timestamp)
-                        .offset(m.BATCH_SIZE - 1).limit(1).scalar())
-            if boundary is None:
-                deleted += m.Sample.delete().where(cond).execute()
-                break
-            deleted += m.Sample.delete().where(cond & (m.Sample.timestamp <= boundary)).execute()
-        m.between_batches(locked_at)
-    return deleted, latest
+            for record in self.selected(ids):
+                record.delete_instance()
+                log_action(actor, "delete", self.name, record.id, self.describe(record), "Deleted (selected).")
+                deleted += 1
+        return deleted
+
+    def delete_batches(self, unit: m.Unit, older_than: Optional[dt.datetime] = None) -> tuple[int, Any]:
+        """Delete a unit's records (older than a time, or all) in key-range batches of BATCH_SIZE;
+        returns how many went and the latest of them (None when none).
+
+        Each batch is its own short transaction: find the key of the batch's last row along the
+        ``(unit, key)`` index, then delete that range. No long lock, no huge list of ids; on SQLite
+        :func:`txm.db.between_batches` lets the TTP server take the lock in between.
+        """
+        condition = self.model.unit == unit
+        if older_than is not None:
+            condition &= self.time < older_than
+        latest = self.model.select().where(condition).order_by(self.key.desc()).first()
+        if latest is not None:
+            latest.unit = unit  # so describing it needs no query once it is gone
+        deleted = 0
+        while True:
+            with m.write_transaction():
+                locked_at = time.monotonic()  # the write lock is ours from here
+                boundary = (self.model.select(self.key).where(condition).order_by(self.key)
+                            .offset(m.BATCH_SIZE - 1).limit(1).scalar())
+                if boundary is None:
+                    deleted += self.model.delete().where(condition).execute()
+                    break
+                deleted += self.model.delete().where(condition & (self.key <= boundary)).execute()
+            m.between_batches(locked_at)
+        return deleted, latest
+
+    def delete_bulk(self, actor: Actor, unit: Optional[m.Unit] = None,
+                    older_than: Optional[dt.datetime] = None) -> BulkResult:
+        """ "Delete ALL ..." (``older_than`` None) or "Delete old ..." of a unit or of every unit.
+
+        Deletes in batches and writes ONE log entry naming how many went and the latest deleted.
+        """
+        self.require_deletion(actor)
+        total, latest = 0, None
+        key = self.key.name
+        for each in [unit] if unit is not None else list(m.Unit.select().order_by(m.Unit.code)):
+            count, newest = self.delete_batches(each, older_than)
+            total += count
+            if newest is not None and (latest is None or getattr(newest, key) > getattr(latest, key)):
+                latest = newest
+        scope = f"of unit {unit.code}" if unit is not None else "of every unit"
+        which = self.cut_words.format(format_timestamp(older_than)) if older_than is not None else "(all)"
+        latest_text = self.describe(latest) if latest is not None else ""
+        message = f"Bulk deletion: {total} {self.verbose}(s) {scope} {which}."
+        if latest is not None:
+            message += f" The latest deleted: {latest_text} (id {latest.id})."
+        log_action(actor, "delete", self.name, latest.id if latest is not None else "",
+                   latest_text or f"{self.plural} {scope}", message)
+        return BulkResult(total, latest_text, message)
 
 
-def delete_batches_alarms(unit: m.Unit, older_than: Optional[dt.datetime]) -> tuple[int, Optional[m.Alarm]]:
-    cond = m.Alarm.unit == unit
-    if older_than is not None:
-        cond &= m.Alarm.received < older_than
-    latest = m.Alarm.select().where(cond).order_by(m.Alarm.id.desc()).first()
-    deleted = 0
-    while True:
-        with m.write_transaction():
-            locked_at = time.monotonic()  # the write lock is ours from here
-            boundary = (m.Alarm.select(m.Alarm.id).where(cond).order_by(m.Alarm.id)
-                        .offset(m.BATCH_SIZE - 1).limit(1).scalar())
-            if boundary is None:
-                deleted += m.Alarm.delete().where(cond).execute()
-                break
-            deleted += m.Alarm.delete().where(cond & (m.Alarm.id <= boundary)).execute()
-        m.between_batches(locked_at)
-    return deleted, latest
+def sample_name(sample: m.Sample) -> str:
+    return f"{sample.unit.code} sample at {format_timestamp(sample.timestamp)}"
 
 
-def _units(unit: Optional[m.Unit]) -> list[m.Unit]:
-    return [unit] if unit is not None else list(m.Unit.select().order_by(m.Unit.code))
+def alarm_name(alarm: m.Alarm) -> str:
+    return f"{alarm.unit.code} alarm level {alarm.level} received {format_timestamp(alarm.received)}"
 
 
-def delete_samples_bulk(actor: Actor, unit: Optional[m.Unit] = None,
-                        older_than: Optional[dt.datetime] = None) -> BulkResult:
-    """ "Delete ALL Samples" (``older_than`` None) or "Delete old Samples..." of a unit or of every unit.
+SAMPLES = RecordAdmin(
+    "sample", "sample", "samples", "Data the units uploaded, per unit: viewed and deleted, never changed.",
+    m.Sample, key=m.Sample.timestamp, time=m.Sample.timestamp, describe=sample_name,
+    list_template="admin/samples.html", detail_name="sample",
+    narrowed_by={"unit": lambda unit: m.Sample.unit == unit}, per_unit=True,
+    deletion_setting="ALLOW_SAMPLE_DELETION")
 
-    Deletes in batches and writes ONE log entry naming the latest deleted sample.
-    """
-    require_deletion(actor, "sample")
-    total, latest, latest_unit = 0, None, None
-    for u in _units(unit):
-        count, newest = delete_batches_samples(u, older_than)
-        total += count
-        if newest is not None and (latest is None or newest.timestamp > latest.timestamp):
-            latest, latest_unit = newest, u
-    scope = f"of unit {unit.code}" if unit is not None else "of every unit"
-    which = f"older than {format_timestamp(older_than)}" if older_than is not None else "(all)"
-    latest_text = sample_repr(latest, latest_unit) if latest is not None else ""
-    message = f"Bulk deletion: {total} sample(s) {scope} {which}."
-    if latest is not None:
-        message += f" The latest deleted: {latest_text} (id {latest.id})."
-    log_action(actor, "delete", "sample", latest.id if latest is not None else "",
-               latest_text or f"samples {scope}", message)
-    return BulkResult(total, latest_text, message)
+ALARMS = RecordAdmin(
+    "alarm", "alarm", "alarms",
+    "Alarms the units raised, and what became of their emails: viewed and deleted, never changed.",
+    m.Alarm, key=m.Alarm.id, time=m.Alarm.received, describe=alarm_name,
+    list_template="admin/alarms.html", detail_name="alarm",
+    narrowed_by={"unit": lambda unit: m.Alarm.unit == unit},
+    deletion_setting="ALLOW_ALARM_DELETION", cut_words="received before {} UTC")
 
-
-def delete_alarms_bulk(actor: Actor, unit: Optional[m.Unit] = None,
-                       older_than: Optional[dt.datetime] = None) -> BulkResult:
-    """ "Delete All Alarms" / "Delete Old Alarms..." (by time received, UTC); ONE log entry."""
-    require_deletion(actor, "alarm")
-    total, latest = 0, None
-    for u in _units(unit):
-        count, newest = delete_batches_alarms(u, older_than)
-        total += count
-        if newest is not None and (latest is None or newest.id > latest.id):
-            latest = newest
-    scope = f"of unit {unit.code}" if unit is not None else "of every unit"
-    which = f"received before {format_timestamp(older_than)} UTC" if older_than is not None else "(all)"
-    latest_text = alarm_repr(latest) if latest is not None else ""
-    message = f"Bulk deletion: {total} alarm(s) {scope} {which}."
-    if latest is not None:
-        message += f" The latest deleted: {latest_text} (id {latest.id})."
-    log_action(actor, "delete", "alarm", latest.id if latest is not None else "",
-               latest_text or f"alarms {scope}", message)
-    return BulkResult(total, latest_text, message)
-
-
-# --- the action log: browsed, never edited ---------------------------------------------------
-
-
-def log_page(model: str = "", action: str = "", username: str = "", search: str = "",
-             start: Optional[dt.datetime] = None, end: Optional[dt.datetime] = None,
-             before: str = "", after: str = "", size: int = PAGE_SIZE, object_id: str = "") -> Page:
-    """Log entries, newest first, filtered; keyset paging on the id."""
-    cond = pw.SQL("1 = 1")
-    if model:
-        cond &= m.LogEntry.model == model
-    if object_id:
-        cond &= m.LogEntry.object_id == object_id
-    if action:
-        cond &= m.LogEntry.action == action
-    if username:
-        cond &= m.LogEntry.username == username
-    if search:
-        cond &= (m.LogEntry.object_repr.contains(search) | m.LogEntry.change_message.contains(search))
-    if start is not None:
-        cond &= m.LogEntry.action_time >= start
-    if end is not None:
-        cond &= m.LogEntry.action_time < end
-    base = m.LogEntry.select().where(cond)
-    return _keyset_page(base, m.LogEntry.id, _id_cursor("a log entry number"), before, after, size)
+LOG = RecordAdmin(
+    "logentry", "log entry", "action log", "Every add, change and delete made in this panel: who, when, what.",
+    m.LogEntry, key=m.LogEntry.id, time=m.LogEntry.action_time, describe=lambda entry: f"Log entry {entry.id}",
+    list_template="admin/log.html", detail_name="entry",
+    narrowed_by={"model": lambda model: m.LogEntry.model == model,
+                 "object": lambda object_id: m.LogEntry.object_id == object_id,
+                 "action": lambda action: m.LogEntry.action == action,
+                 "user": lambda username: m.LogEntry.username == username,
+                 "q": lambda text: m.LogEntry.object_repr.contains(text) | m.LogEntry.change_message.contains(text)})
