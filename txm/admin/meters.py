@@ -334,8 +334,11 @@ def preview_alarm_message(unit: m.Unit, level: int, subject: str, body: str,
 
 
 def send_test_alarm_email(actor: Actor, message: m.AlarmMessage, recipients: Sequence[str],
-                          data: Sequence[str] | None = None) -> None:
-    """Send the saved message with sample data to ``recipients``; raise TxmError with the SMTP reason."""
+                          data: Sequence[str] | None = None) -> list[str]:
+    """Send the saved message with sample data to ``recipients``; return the addresses it went to.
+
+    Raises TxmError with the reason (a wrong address, the SMTP server's refusal).
+    """
     actor.require("change", "alarmmessage")
     addresses = [r.strip() for r in recipients if r.strip()]
     if not addresses:
@@ -344,7 +347,8 @@ def send_test_alarm_email(actor: Actor, message: m.AlarmMessage, recipients: Seq
         if not re.fullmatch(r"[^@\s,;<>]+@[^@\s,;<>]+", address):
             raise InvalidValue(f"{address!r} is not an email address")
     alarms.send_test_email(actor.settings, message.unit, message.level,
-                          list(data if data is not None else SAMPLE_ALARM_DATA), addresses)
+                           list(data if data is not None else SAMPLE_ALARM_DATA), addresses)
+    return addresses
 
 
 def mailing_list_addresses(unit: m.Unit) -> list[str]:
