@@ -2,14 +2,13 @@
 
 * :class:`Actor` is the staff user acting, with their permissions and the server's settings;
   :class:`Forbidden` is what a refused action raises (the routes answer it with 403).
-* :func:`log_action` writes one :class:`txm.db.LogEntry`; :func:`describe_changes` words what a
-  change did, never writing out a secret value.
+* :func:`log_action` writes one :class:`txm.db.LogEntry`, the one way the panel writes the log.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from txm import db as m
 from txm.config import Settings
@@ -22,7 +21,6 @@ MAX_MESSAGE = 4000
 
 class Forbidden(TxmError):
     """The acting user may not do this (HTTP 403)."""
-
 
 
 # --- who acts ------------------------------------------------------------------------------
@@ -58,7 +56,6 @@ class Actor:
             raise Forbidden(f"you may not {action} {model} records")
 
 
-
 # --- the action log ------------------------------------------------------------------------
 
 
@@ -69,27 +66,3 @@ def log_action(actor: Actor, action: str, model: str, obj_id: Any, obj_repr: str
     return m.LogEntry.create(user=actor.user.id, username=actor.user.username, action=action, model=model,
                              object_id=str(obj_id if obj_id is not None else "")[:64],
                              object_repr=str(obj_repr)[:200], change_message=message)
-
-
-def describe_changes(before: Mapping[str, str], after: Mapping[str, str], labels: Mapping[str, str],
-                     secret: Iterable[str] = ()) -> str:
-    """``Changed name from 'A' to 'B'; changed key.`` -- secret values are never written out."""
-    secret = set(secret)
-    parts = []
-    for name, new in after.items():
-        old = before.get(name, "")
-        if old == new:
-            continue
-        label = labels.get(name, name)
-        if name in secret:
-            parts.append(f"changed {label}")
-        else:
-            parts.append(f"changed {label} from {_quote(old)} to {_quote(new)}")
-    if not parts:
-        return "No fields changed."
-    text = "; ".join(parts)
-    return text[0].upper() + text[1:] + "."
-
-
-def _quote(value: str) -> str:
-    return "(empty)" if value == "" else repr(value)

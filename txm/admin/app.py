@@ -29,11 +29,10 @@ import bottle
 
 from txm import db as m
 from txm.admin.actor import Actor, Forbidden
-from txm.admin.base import ModelAdmin, delete, new_form, submit
-from txm.admin.forms import Form, FormInput, read_input
-from txm.admin.meters import (SAMPLE_ALARM_DATA, mailing_list_addresses, preview_alarm_message,
-                              send_test_alarm_email)
-from txm.admin.people import password_fields, permission_grid, set_password
+from txm.admin.base import ModelAdmin
+from txm.admin.forms import Form, FormInput, read_form, sentence
+from txm.admin.meters import preview_alarm_message, sample_data, send_test_alarm_email
+from txm.admin.people import password_fields, permission_grid
 from txm.admin.records import ALARMS, LOG, SAMPLES, Page, RecordAdmin, parse_when, selected_ids, with_article
 from txm.admin.registry import FORM_MODELS, registry, visible_sections
 from txm.config import Settings
@@ -61,9 +60,9 @@ def library_errors(route: Callable) -> Callable:
         try:
             return route(*args, **kwargs)
         except Forbidden as exc:
-            bottle.abort(403, _sentence(str(exc)))
+            bottle.abort(403, sentence(str(exc)))
         except NotFound as exc:
-            bottle.abort(404, _sentence(str(exc)))
+            bottle.abort(404, sentence(str(exc)))
 
     return wrapper
 
@@ -142,7 +141,7 @@ class Panel:
         try:
             return parse_when(self.query_value("from"), "From"), parse_when(self.query_value("to"), "To"), ""
         except InvalidValue as exc:
-            return None, None, _sentence(str(exc))
+            return None, None, sentence(str(exc))
 
 
 # --- the index -------------------------------------------------------------------------------------
@@ -178,7 +177,7 @@ def add_record_pages(panel: Panel, records: RecordAdmin) -> None:
             try:
                 page = records.page(start, end, panel.query_value("before"), panel.query_value("after"), **narrowing)
             except InvalidValue as exc:
-                problem = _sentence(str(exc))
+                problem = sentence(str(exc))
         units = None
         if records.rows_of_many_units:  # the list offers a choice of unit
             units = list(m.Unit.select(m.Unit.id, m.Unit.code, m.Unit.name).order_by(m.Unit.code).limit(1000))
@@ -221,7 +220,7 @@ def add_record_pages(panel: Panel, records: RecordAdmin) -> None:
         try:
             numbers = selected_ids(forms.getall("ids"))
         except InvalidValue as exc:
-            panel.core.flash(_sentence(str(exc)), "error")
+            panel.core.flash(sentence(str(exc)), "error")
             bottle.redirect(back, 303)
         if forms.get("confirm") == "yes":
             count = records.delete_selected(who, numbers)
@@ -266,7 +265,7 @@ def _bulk_deletion(panel: Panel, records: RecordAdmin, old: bool) -> str:
                 if before is None:
                     error = "Give the date: everything older than it is deleted."
             except InvalidValue as exc:
-                error = _sentence(str(exc))
+                error = sentence(str(exc))
         if not error:
             result = records.delete_bulk(who, unit, before)
             panel.core.flash(result.message, "success")
@@ -299,7 +298,7 @@ def add_password_page(panel: Panel) -> None:
         user = panel.registry["user"].get(obj_id)
         form = Form(password_fields())
         if bottle.request.method == "POST":
-            form = set_password(who, user, panel.form_input())
+            form = panel.registry["user"].set_password(who, user, panel.form_input())
             if form.saved is not None:
                 panel.flash_warnings(form.warnings)
                 if user.id == who.user.id:
@@ -326,10 +325,8 @@ def add_alarm_message_actions(panel: Panel) -> None:
         obj = messages.get(raw.get("_id")) if raw.get("_id") else None
         if obj is None:
             who.require("add", "alarmmessage")
-        fields = messages.fields(who, obj, raw)
-        data, shown, errors = read_input(fields, raw, messages.initial(obj))
-        form = Form(fields, shown, errors)
-        sample = _data_list(raw.get("sample_data"))
+        form, data = read_form(messages.fields(who, obj, raw), raw, messages.initial(obj))
+        sample = sample_data(raw.get("sample_data"))
         preview, problem = None, ""
         unit = m.Unit.get_or_none(m.Unit.id == int(data["unit"])) if data.get("unit") else None
         if unit is None or data.get("level") is None:
@@ -340,7 +337,7 @@ def add_alarm_message_actions(panel: Panel) -> None:
                                                       data.get("body") or "", sample)
                 preview = {"subject": subject, "body": body}
             except TxmError as exc:
-                problem = _sentence(str(exc))
+                problem = sentence(str(exc))
         return _form_page(panel, messages, who, obj, form, preview=preview, preview_problem=problem,
                           sample_data=", ".join(sample))
 
@@ -349,12 +346,12 @@ def add_alarm_message_actions(panel: Panel) -> None:
         who = panel.need("change", "alarmmessage")
         message = messages.get(obj_id)
         forms = bottle.request.forms
-        data = _data_list(forms.getunicode("data"))
+        data = sample_data(forms.getunicode("data"))
         recipients = (forms.getunicode("recipients") or "").replace(";", ",").split(",")
         try:
             sent_to = send_test_alarm_email(who, message, recipients, data)
         except TxmError as exc:
-            panel.core.flash(f"The test email was not sent: {_sentence(str(exc))}", "error")
+            panel.core.flash(f"The test email was not sent: {sentence(str(exc))}", "error")
         else:
             panel.core.flash(f"A test email was sent to {', '.join(sent_to)}.", "success")
         panel.go(f"/alarmmessage/{message.id}/")
@@ -387,11 +384,11 @@ def add_form_pages(panel: Panel) -> None:
         admin = form_admin(model)
         who = panel.need("add", model)
         if bottle.request.method == "POST":
-            form = submit(admin, who, panel.form_input())
+            form = admin.submit(who, panel.form_input())
             if form.saved is not None:
                 _after_save(panel, admin, form, added=True)
         else:
-            form = new_form(admin, who)
+            form = admin.new_form(who)
             for f in form.fields:  # links may fill in fields: /mailinglist/add?unit=3
                 if f.kind not in ("multi", "password") and panel.query_value(f.name):
                     form.values[f.name] = panel.query_value(f.name)
@@ -405,7 +402,7 @@ def add_form_pages(panel: Panel) -> None:
         form = None
         if bottle.request.method == "POST":
             who = panel.need("change", model)
-            form = submit(admin, who, panel.form_input(), obj)
+            form = admin.submit(who, panel.form_input(), obj)
             if form.saved is not None:
                 _after_save(panel, admin, form, added=False)
         return _form_page(panel, admin, who, obj, form)
@@ -425,9 +422,9 @@ def add_form_pages(panel: Panel) -> None:
             else:
                 name = admin.repr(obj)
                 try:
-                    delete(admin, who, obj)
+                    admin.delete(who, obj)
                 except InvalidValue as exc:
-                    problems = [_sentence(str(exc))]
+                    problems = [sentence(str(exc))]
                 else:
                     panel.core.flash(f"The {admin.verbose} {name!r} was deleted.", "success")
                     if own:
@@ -446,17 +443,13 @@ def _form_page(panel: Panel, admin: ModelAdmin, who: Actor, obj: Any, form: Form
                             title=f"Add {admin.verbose}", **extra)
     readonly = not who.may("change", admin.name)
     if form is None:
-        form = new_form(admin, who, obj)
+        form = admin.new_form(who, obj)
     if readonly:
         for f in form.fields:
             f.readonly = True
-    if admin.name == "unit":
-        extra["mailing_list"] = m.MailingList.get_or_none(m.MailingList.unit == obj)
-    if admin.name == "alarmmessage":
-        extra.setdefault("sample_data", ", ".join(SAMPLE_ALARM_DATA))
-        extra.setdefault("recipients", ", ".join(mailing_list_addresses(obj.unit)))
     return panel.render("admin/form.html", who=who, admin=admin, form=form, obj=obj, readonly=readonly,
-                        title=f"{'View' if readonly else 'Change'} {admin.verbose}: {admin.repr(obj)}", **extra)
+                        title=f"{'View' if readonly else 'Change'} {admin.verbose}: {admin.repr(obj)}",
+                        **{**admin.page_context(obj), **extra})
 
 
 def _after_save(panel: Panel, admin: ModelAdmin, form: Form, added: bool) -> NoReturn:
@@ -471,19 +464,3 @@ def _after_save(panel: Panel, admin: ModelAdmin, form: Form, added: bool) -> NoR
         panel.go(f"/{admin.name}/add")
     panel.go(f"/{admin.name}/")
 
-
-# --- small helpers ---------------------------------------------------------------------------------
-
-
-def _sentence(text: str) -> str:
-    text = text.strip()
-    if not text:
-        return text
-    text = text[0].upper() + text[1:]
-    return text if text.endswith((".", "!", "?")) else text + "."
-
-
-def _data_list(text: str | None) -> list[str]:
-    if text is None or not text.strip():
-        return list(SAMPLE_ALARM_DATA)
-    return [part.strip() for part in text.split(",")]

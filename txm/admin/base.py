@@ -1,21 +1,22 @@
 """The shared machinery of the models edited through forms: :class:`ModelAdmin`.
 
 A ModelAdmin lists its model (search, pages), builds its add and change forms, checks and saves
-what was typed (:func:`submit`) and deletes (:func:`delete`), writing one log entry for each
-change. Subclasses for users and groups live in :mod:`txm.admin.people`, for units, mailing
-lists, alarm messages and views in :mod:`txm.admin.meters`.
+what was typed (:meth:`ModelAdmin.submit`) and deletes (:meth:`ModelAdmin.delete`), writing one
+log entry for each change (:func:`describe_changes` words it). Subclasses for users and groups
+live in :mod:`txm.admin.people`, for units, mailing lists, alarm messages and views in
+:mod:`txm.admin.meters`. :func:`by_id` is the one "record by the id in the URL, or not found".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import peewee as pw
 
 from txm import db as m
-from txm.admin.actor import Actor, Forbidden, describe_changes, log_action
-from txm.admin.forms import Field, Form, FormInput, read_input
+from txm.admin.actor import Actor, Forbidden, log_action
+from txm.admin.forms import Field, Form, FormInput, read_form, sentence
 from txm.errors import InvalidValue, NotFound
 
 #: Rows on one page of a list.
@@ -41,7 +42,13 @@ class Column:
 
 
 class ModelAdmin:
-    """How the panel manages one model. Subclasses fill in the form and its checks."""
+    """How the panel manages one model edited through forms: its list, its add and change forms
+    (checked, saved and logged by :meth:`submit`) and its deletion (:meth:`delete`).
+
+    Subclasses name the model and fill in the hooks: :meth:`fields`, :meth:`initial`,
+    :meth:`clean`, :meth:`save`, and where needed what the log shows of a change and what a
+    deletion must check first.
+    """
 
     name = ""  # the model's name in permission codenames and URLs
     verbose = ""
@@ -75,7 +82,14 @@ class ModelAdmin:
         rows = list(self.query(search).limit(PAGE_SIZE + 1).offset((page - 1) * PAGE_SIZE))
         return rows[:PAGE_SIZE], len(rows) > PAGE_SIZE
 
-    # --- forms ------------------------------------------------------------------------------
+    def repr(self, obj: Any) -> str:
+        return str(obj)
+
+    def page_context(self, obj: Any) -> dict[str, Any]:
+        """What an object's change page shows besides the form (its unit's mailing list ...)."""
+        return {}
+
+    # --- forms: the hooks -------------------------------------------------------------------
 
     def fields(self, actor: Actor, obj: Any, raw: FormInput | None = None) -> list[Field]:
         raise NotImplementedError
@@ -90,10 +104,9 @@ class ModelAdmin:
     def save(self, actor: Actor, obj: Any, data: dict[str, Any]) -> Any:
         raise NotImplementedError
 
-    def snapshot(self, obj: Any) -> dict[str, str]:
-        """Field values as text, to tell in the log what changed."""
-        values = self.initial(obj)
-        return {k: as_text(v) for k, v in values.items()}
+    def logged_values(self, obj: Any) -> dict[str, Any]:
+        """The values the log compares to tell what a change did (names rather than ids)."""
+        return self.initial(obj)
 
     def labels(self, actor: Actor, obj: Any) -> dict[str, str]:
         return {f.name: f.label for f in self.fields(actor, obj)}
@@ -101,8 +114,66 @@ class ModelAdmin:
     def secret_fields(self) -> tuple[str, ...]:
         return ()
 
-    def repr(self, obj: Any) -> str:
-        return str(obj)
+    # --- forms: helpers for the hooks -------------------------------------------------------
+
+    def clashes(self, obj: Any, condition: Any) -> bool:
+        """Does a row other than ``obj`` already match (a unique name or code taken)?"""
+        return self.model.select().where(condition & (self.model.id != (obj.id if obj else 0))).exists()
+
+    def store(self, obj: Any, values: dict[str, Any]) -> Any:
+        """Create the object from ``values`` (``obj`` None), or change it to them."""
+        if obj is None:
+            return self.model.create(**values)
+        for key, value in values.items():
+            setattr(obj, key, value)
+        obj.save()
+        return obj
+
+    # --- forms: the work --------------------------------------------------------------------
+
+    def new_form(self, actor: Actor, obj: Any = None) -> Form:
+        """An empty add form, or a change form filled from the object."""
+        fields = self.fields(actor, obj)
+        values = self.initial(obj)
+        return Form(fields, {f.name: values.get(f.name, "" if f.kind != "multi" else []) for f in fields})
+
+    def submit(self, actor: Actor, raw: FormInput, obj: Any = None) -> Form:
+        """Validate what was typed and, when it is all right, save it and log what changed.
+
+        Returns the form: with ``errors`` (nothing saved; ``values`` hold what was typed) or with
+        ``saved`` set to the object. Permission to add or change is checked here too.
+        """
+        if not self.editable:
+            raise Forbidden(f"{self.plural} cannot be added or changed")
+        actor.require("add" if obj is None else "change", self.name)
+        form, data = read_form(self.fields(actor, obj, raw), raw, self.initial(obj))
+        self.clean(actor, form, data, obj, raw)
+        if form.errors:
+            return form
+        before = self.snapshot(obj) if obj is not None else {}
+        try:
+            with m.write_transaction():
+                saved = self.save(actor, obj, data)
+                if obj is None:
+                    message = "Added."
+                    action = "add"
+                else:
+                    message = describe_changes(before, self.snapshot(saved), self.labels(actor, saved),
+                                               self.secret_fields())
+                    action = "change"
+                log_action(actor, action, self.name, saved.id, self.repr(saved), message)
+        except pw.IntegrityError:
+            # Two people saved the same code/name at once: the database's unique index decided.
+            form.errors["__all__"] = ("Not saved: another record already uses one of these unique values "
+                                      "(perhaps saved a moment ago). Check and try again.")
+            return form
+        form.saved = saved
+        form.message = message
+        return form
+
+    def snapshot(self, obj: Any) -> dict[str, str]:
+        """The logged values as text, to tell in the log what changed."""
+        return {key: as_text(value) for key, value in self.logged_values(obj).items()}
 
     # --- deleting ---------------------------------------------------------------------------
 
@@ -118,15 +189,31 @@ class ModelAdmin:
         """Work done before the deletion's transaction (batches of data); returns a log message or ""."""
         return ""
 
-    def delete(self, actor: Actor, obj: Any) -> None:
-        """Delete the object (inside a transaction with its log entry)."""
-        obj.delete_instance(recursive=True)
-
-    def permission_name(self) -> str:
-        return self.name
+    def delete(self, actor: Actor, obj: Any) -> str:
+        """Delete one object after the confirmation page, with what depends on it; log it.
+        Returns the log message."""
+        if not self.deletable:
+            raise Forbidden(f"{self.plural} cannot be deleted")
+        actor.require("delete", self.name)
+        problems = self.delete_problems(actor, obj)
+        if problems:
+            raise InvalidValue(" ".join(problems))
+        obj_id, obj_repr = obj.id, self.repr(obj)
+        message = self.prepare_delete(actor, obj)
+        own = isinstance(obj, m.User) and obj.id == actor.user.id
+        with m.write_transaction():
+            problems = self.delete_problems(actor, obj)  # again, now inside the transaction
+            if problems:
+                raise InvalidValue(" ".join(problems))
+            obj.delete_instance(recursive=True)
+            if own:  # the log keeps the name; the row it would point to is gone
+                actor = Actor(m.User(id=None, username=actor.user.username), actor.settings, actor.perms)
+            log_action(actor, "delete", self.name, obj_id, obj_repr, message or "Deleted.")
+        return message or "Deleted."
 
 
 def as_text(value: Any) -> str:
+    """A form value as the log writes it: ``yes``/``no``, lists joined by commas."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, (list, tuple)):
@@ -134,81 +221,47 @@ def as_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def new_form(admin: ModelAdmin, actor: Actor, obj: Any = None) -> Form:
-    """An empty add form, or a change form filled from the object."""
-    fields = admin.fields(actor, obj)
-    values = admin.initial(obj)
-    return Form(fields, {f.name: values.get(f.name, "" if f.kind != "multi" else []) for f in fields})
+def describe_changes(before: Mapping[str, str], after: Mapping[str, str], labels: Mapping[str, str],
+                     secret: Iterable[str] = ()) -> str:
+    """``Changed name from 'A' to 'B'; changed key.`` -- secret values are never written out."""
+    secret = set(secret)
+    parts = []
+    for name, new in after.items():
+        old = before.get(name, "")
+        if old == new:
+            continue
+        label = labels.get(name, name)
+        if name in secret:
+            parts.append(f"changed {label}")
+        else:
+            parts.append(f"changed {label} from {_quote(old)} to {_quote(new)}")
+    return sentence("; ".join(parts)) if parts else "No fields changed."
 
 
-def submit(admin: ModelAdmin, actor: Actor, raw: FormInput, obj: Any = None) -> Form:
-    """Validate what was typed and, when it is all right, save it and log what changed.
-
-    Returns the form: with ``errors`` (nothing saved; ``values`` hold what was typed) or with
-    ``saved`` set to the object. Permission to add or change is checked here too.
-    """
-    if not admin.editable:
-        raise Forbidden(f"{admin.plural} cannot be added or changed")
-    actor.require("add" if obj is None else "change", admin.permission_name())
-    fields = admin.fields(actor, obj, raw)
-    current = admin.initial(obj)
-    data, shown, errors = read_input(fields, raw, current)
-    form = Form(fields, shown, dict(errors))
-    admin.clean(actor, form, data, obj, raw)
-    if form.errors:
-        return form
-    before = admin.snapshot(obj) if obj is not None else {}
-    try:
-        with m.write_transaction():
-            saved = admin.save(actor, obj, data)
-            if obj is None:
-                message = "Added."
-                action = "add"
-            else:
-                message = describe_changes(before, admin.snapshot(saved), admin.labels(actor, saved),
-                                           admin.secret_fields())
-                action = "change"
-            log_action(actor, action, admin.name, saved.id, admin.repr(saved), message)
-    except pw.IntegrityError:
-        # Two people saved the same code/name at once: the database's unique index decided.
-        form.errors["__all__"] = ("Not saved: another record already uses one of these unique values "
-                                  "(perhaps saved a moment ago). Check and try again.")
-        return form
-    form.saved = saved
-    form.message = message
-    return form
-
-
-def delete(admin: ModelAdmin, actor: Actor, obj: Any) -> str:
-    """Delete one object after the confirmation page; log it. Returns the log message."""
-    if not admin.deletable:
-        raise Forbidden(f"{admin.plural} cannot be deleted")
-    actor.require("delete", admin.permission_name())
-    problems = admin.delete_problems(actor, obj)
-    if problems:
-        raise InvalidValue(" ".join(problems))
-    obj_id, obj_repr = obj.id, admin.repr(obj)
-    message = admin.prepare_delete(actor, obj)
-    own = isinstance(obj, m.User) and obj.id == actor.user.id
-    with m.write_transaction():
-        problems = admin.delete_problems(actor, obj)  # again, now inside the transaction
-        if problems:
-            raise InvalidValue(" ".join(problems))
-        admin.delete(actor, obj)
-        if own:  # the log keeps the name; the row it would point to is gone
-            actor = Actor(m.User(id=None, username=actor.user.username), actor.settings, actor.perms)
-        log_action(actor, "delete", admin.name, obj_id, obj_repr, message or "Deleted.")
-    return message or "Deleted."
-
+def _quote(value: str) -> str:
+    return "(empty)" if value == "" else repr(value)
 
 
 def unit_choices() -> list[tuple[str, str]]:
+    """Every unit, as the choices of a select or multi field."""
     return [(str(u.id), str(u)) for u in m.Unit.select().order_by(m.Unit.code)]
-
 
 
 def as_ids(values: Iterable[str]) -> list[int]:
     return [int(v) for v in values]
+
+
+def linked(link_model: type[m.BaseModel], owner_field: str, owner: Any, other_field: str) -> list[str]:
+    """The owner's link rows (user-group, group-unit, user-permission ...) as form values, in order."""
+    other_col = getattr(link_model, other_field)
+    query = link_model.select(other_col).where(getattr(link_model, owner_field) == owner).order_by(other_col)
+    return [str(other) for (other,) in query.tuples()]
+
+
+def names_of(ids: Iterable[str], name: pw.Field) -> list[str]:
+    """Linked rows' ids as the log names them (unit codes, user names), sorted; a gone row keeps its id."""
+    names = {str(row.id): getattr(row, name.name) for row in name.model.select()}
+    return sorted(names.get(i, i) for i in ids)
 
 
 def set_links(link_model, owner_field: str, owner, other_field: str, wanted: Iterable[Any]) -> None:

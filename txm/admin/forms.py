@@ -1,8 +1,9 @@
 """Forms of the admin panel: field specs, what the browser sent, and the generic checks on it.
 
-A form is a list of :class:`Field` specs; :func:`read_input` reads a :class:`FormInput` field by
+A form is a list of :class:`Field` specs; :func:`read_form` reads a :class:`FormInput` field by
 field into typed values, what to show again, and an error per wrong field. The checks of one
-model (unique names, channel lists ...) live with its admin.
+model (unique names, channel lists ...) live with its admin. :func:`sentence` turns the library's
+messages into the sentences the pages show.
 """
 
 from __future__ import annotations
@@ -86,11 +87,13 @@ class Form:
         return out
 
 
-def read_input(fields: Sequence[Field], raw: FormInput, current: Mapping[str, Any]) -> tuple[dict, dict, dict]:
-    """Typed values, what to redisplay, and errors, field by field.
+def read_form(fields: list[Field], raw: FormInput,
+              current: Mapping[str, Any] | None = None) -> tuple[Form, dict[str, Any]]:
+    """The form as it was sent (the values to show again, an error per wrong field) and the typed values.
 
-    A read-only field keeps its current value whatever was sent.
+    A read-only field keeps its ``current`` value whatever was sent. Passwords are never shown again.
     """
+    current = current or {}
     cleaned: dict[str, Any] = {}
     shown: dict[str, Any] = {}
     errors: dict[str, str] = {}
@@ -141,7 +144,7 @@ def read_input(fields: Sequence[Field], raw: FormInput, current: Mapping[str, An
             cleaned[f.name] = text
         else:
             cleaned[f.name] = text
-    return cleaned, shown, errors
+    return Form(fields, shown, errors), cleaned
 
 
 def _range_text(f: Field) -> str:
@@ -159,3 +162,12 @@ def _typed(f: Field, value: Any) -> Any:
         except (TypeError, ValueError):
             return None
     return value
+
+
+def sentence(text: str) -> str:
+    """A library message (``the unit has 3 channels``) as a sentence for a page: capital, full stop."""
+    text = text.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."

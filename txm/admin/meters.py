@@ -1,4 +1,5 @@
-"""What the meters need set up: units, their mailing lists and alarm messages, multiple-meter views."""
+"""What the meters need set up, as the admin panel edits it: units (with their channel lists),
+their mailing lists and alarm messages (with a preview and a test email), multiple-meter views."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any, Sequence
 from txm import alarms, manage
 from txm import db as m
 from txm.admin.actor import Actor
-from txm.admin.base import Column, ModelAdmin, as_ids, as_text, set_links, unit_choices
-from txm.admin.forms import Field
+from txm.admin.base import Column, ModelAdmin, as_ids, linked, names_of, set_links, unit_choices
+from txm.admin.forms import Field, sentence
 from txm.admin.records import ALARMS, SAMPLES
 from txm.errors import InvalidValue
 
@@ -38,6 +39,9 @@ def parse_channel_list(text: str, channels: int, what: str) -> list[int]:
 
 def channel_list_text(numbers: Sequence[int]) -> str:
     return ", ".join(str(n) for n in numbers)
+
+
+# --- units ---------------------------------------------------------------------------------------
 
 
 class UnitAdmin(ModelAdmin):
@@ -114,8 +118,7 @@ class UnitAdmin(ModelAdmin):
             except InvalidValue:
                 form.add_error("code", "Use letters and digits only (1 to 64), no spaces or signs.")
             else:
-                clash = m.Unit.select().where((m.Unit.code == code) & (m.Unit.id != (obj.id if obj else 0)))
-                if clash.exists():
+                if self.clashes(obj, m.Unit.code == code):
                     form.add_error("code", f"Another unit already has the code {code!r}.")
         if data.get("key"):
             try:
@@ -128,7 +131,7 @@ class UnitAdmin(ModelAdmin):
         try:
             data["labels"] = manage.parse_labels(data.get("labels") or "", channels)
         except InvalidValue as exc:
-            form.add_error("labels", str(exc)[0].upper() + str(exc)[1:] + ".")
+            form.add_error("labels", sentence(str(exc)))
         axes_count = data.get("graph_axes") or 1
         axes = []
         for i in range(1, MAX_AXES + 1):
@@ -137,7 +140,7 @@ class UnitAdmin(ModelAdmin):
             try:
                 numbers = parse_channel_list(text, channels, f"axis {i}")
             except InvalidValue as exc:
-                form.add_error(f"axis{i}_channels", str(exc)[0].upper() + str(exc)[1:] + ".")
+                form.add_error(f"axis{i}_channels", sentence(str(exc)))
                 continue
             if i <= axes_count:
                 if not numbers and axes_count > 1:
@@ -151,17 +154,15 @@ class UnitAdmin(ModelAdmin):
         try:
             data["report_fields"] = parse_channel_list(data.get("report_fields") or "", channels, "exported fields")
         except InvalidValue as exc:
-            form.add_error("report_fields", str(exc)[0].upper() + str(exc)[1:] + ".")
+            form.add_error("report_fields", sentence(str(exc)))
 
     def save(self, actor, obj, data):
         values = {k: data[k] for k in ("code", "key", "name", "channels", "labels", "show_labels", "graph_width",
                                        "graph_height", "graph_axes", "has_reports", "report_fields")}
-        if obj is None:
-            return m.Unit.create(**values)
-        for k, v in values.items():
-            setattr(obj, k, v)
-        obj.save()
-        return obj
+        return self.store(obj, values)
+
+    def page_context(self, obj):
+        return {"mailing_list": m.MailingList.get_or_none(m.MailingList.unit == obj)}
 
     def delete_problems(self, actor, obj):
         return [f"The unit has {records.plural}, and deleting {records.plural} is switched off on this server "
@@ -183,6 +184,8 @@ class UnitAdmin(ModelAdmin):
         return f"Deleted with {samples} sample(s) and {raised} alarm(s)."
 
 
+# --- mailing lists and alarm messages --------------------------------------------------------
+
 
 def user_choices(with_email: bool = False) -> list[tuple[str, str]]:
     out = []
@@ -192,10 +195,6 @@ def user_choices(with_email: bool = False) -> list[tuple[str, str]]:
             label += f" <{u.email}>" if u.email else " (no email address: gets no email)"
         out.append((str(u.id), label))
     return out
-
-
-
-# --- mailing lists and alarm messages --------------------------------------------------------
 
 
 class MailingListAdmin(ModelAdmin):
@@ -232,29 +231,21 @@ class MailingListAdmin(ModelAdmin):
         if obj is None:
             return {"members": []}
         return {"unit": str(obj.unit_id), "name": obj.name,
-                "members": [str(r.user_id) for r in m.MailingListMember.select()
-                            .where(m.MailingListMember.mailing_list == obj).order_by(m.MailingListMember.user)]}
+                "members": linked(m.MailingListMember, "mailing_list", obj, "user")}
 
-    def snapshot(self, obj):
+    def logged_values(self, obj):
         values = self.initial(obj)
-        users = {str(u.id): u.username for u in m.User.select()}
-        values["members"] = sorted(users.get(u, u) for u in values["members"])
+        values["members"] = names_of(values["members"], m.User.username)
         values["unit"] = obj.unit.code
-        return {k: as_text(v) for k, v in values.items()}
+        return values
 
     def clean(self, actor, form, data, obj, raw):
         unit = data.get("unit")
-        if unit and m.MailingList.select().where((m.MailingList.unit == int(unit))
-                                                 & (m.MailingList.id != (obj.id if obj else 0))).exists():
+        if unit and self.clashes(obj, m.MailingList.unit == int(unit)):
             form.add_error("unit", "This unit already has a mailing list: change that one.")
 
     def save(self, actor, obj, data):
-        if obj is None:
-            obj = m.MailingList.create(unit=int(data["unit"]), name=data["name"])
-        else:
-            obj.unit = int(data["unit"])
-            obj.name = data["name"]
-            obj.save()
+        obj = self.store(obj, {"unit": int(data["unit"]), "name": data["name"]})
         set_links(m.MailingListMember, "mailing_list", obj, "user", as_ids(data["members"]))
         return m.MailingList.get_by_id(obj.id)
 
@@ -295,16 +286,19 @@ class AlarmMessageAdmin(ModelAdmin):
             return {}
         return {"unit": str(obj.unit_id), "level": str(obj.level), "subject": obj.subject, "body": obj.body}
 
-    def snapshot(self, obj):
+    def page_context(self, obj):
+        return {"sample_data": ", ".join(SAMPLE_ALARM_DATA),
+                "recipients": ", ".join(mailing_list_addresses(obj.unit))}
+
+    def logged_values(self, obj):
         values = self.initial(obj)
         values["unit"] = obj.unit.code
-        return {k: as_text(v) for k, v in values.items()}
+        return values
 
     def clean(self, actor, form, data, obj, raw):
         unit, level = data.get("unit"), data.get("level")
-        if unit and level is not None and m.AlarmMessage.select().where(
-                (m.AlarmMessage.unit == int(unit)) & (m.AlarmMessage.level == level)
-                & (m.AlarmMessage.id != (obj.id if obj else 0))).exists():
+        if unit and level is not None and self.clashes(
+                obj, (m.AlarmMessage.unit == int(unit)) & (m.AlarmMessage.level == level)):
             form.add_error("level", "This unit already has a message for this level.")
         for name in ("subject", "body"):
             if data.get(name):
@@ -315,13 +309,7 @@ class AlarmMessageAdmin(ModelAdmin):
 
     def save(self, actor, obj, data):
         values = {"unit": int(data["unit"]), "level": data["level"], "subject": data["subject"], "body": data["body"]}
-        if obj is None:
-            obj = m.AlarmMessage.create(**values)
-        else:
-            for k, v in values.items():
-                setattr(obj, k, v)
-            obj.save()
-        return m.AlarmMessage.get_by_id(obj.id)
+        return m.AlarmMessage.get_by_id(self.store(obj, values).id)
 
 
 SAMPLE_ALARM_DATA = ["2026-01-01 12:00:00", "42.5", "17"]
@@ -331,6 +319,13 @@ def preview_alarm_message(unit: m.Unit, level: int, subject: str, body: str,
                           data: Sequence[str] | None = None) -> tuple[str, str]:
     """A subject and body template (as typed, saved or not) rendered with sample data."""
     return alarms.render_message(subject, body, unit, level, list(data if data is not None else SAMPLE_ALARM_DATA))
+
+
+def sample_data(text: str | None) -> list[str]:
+    """The sample data typed for a preview or test email (comma-separated); none typed: the default."""
+    if text is None or not text.strip():
+        return list(SAMPLE_ALARM_DATA)
+    return [part.strip() for part in text.split(",")]
 
 
 def send_test_alarm_email(actor: Actor, message: m.AlarmMessage, recipients: Sequence[str],
@@ -414,7 +409,7 @@ class ViewAdmin(ModelAdmin):
         return list(m.ViewEntry.select(m.ViewEntry, m.Unit).join(m.Unit).where(m.ViewEntry.view == obj)
                     .order_by(m.ViewEntry.position, m.ViewEntry.id))
 
-    def snapshot(self, obj):
+    def logged_values(self, obj):
         values = {"name": obj.name, "refresh_seconds": str(obj.refresh_seconds)}
         values["units"] = "; ".join(f"{e.unit.code}: {channel_list_text(e.channels) or 'all channels'}"
                                     for e in self.entries(obj))
@@ -440,18 +435,13 @@ class ViewAdmin(ModelAdmin):
             try:
                 numbers = parse_channel_list(text, unit.channels, f"unit {unit.code}")
             except InvalidValue as exc:
-                form.add_error(f"entry{i}_channels", str(exc)[0].upper() + str(exc)[1:] + ".")
+                form.add_error(f"entry{i}_channels", sentence(str(exc)))
                 continue
             entries.append((unit.id, numbers))
         data["entries"] = entries
 
     def save(self, actor, obj, data):
-        if obj is None:
-            obj = m.View.create(name=data["name"], refresh_seconds=data["refresh_seconds"])
-        else:
-            obj.name = data["name"]
-            obj.refresh_seconds = data["refresh_seconds"]
-            obj.save()
+        obj = self.store(obj, {"name": data["name"], "refresh_seconds": data["refresh_seconds"]})
         m.ViewEntry.delete().where(m.ViewEntry.view == obj).execute()
         if data["entries"]:
             m.ViewEntry.insert_many([{"view": obj, "unit": unit, "channels": channels, "position": pos}

@@ -8,23 +8,20 @@ from typing import Optional, Sequence
 from txm import db as m
 from txm import manage
 from txm.admin.actor import Actor, log_action
-from txm.admin.base import Column, ModelAdmin, as_ids, as_text, set_links, unit_choices
-from txm.admin.forms import Field, Form, FormInput, read_input
+from txm.admin.base import Column, ModelAdmin, as_ids, linked, names_of, set_links, unit_choices
+from txm.admin.forms import Field, Form, FormInput, read_form
 from txm.passwords import make_password, weakness
 from txm.permissions import ACTIONS, ALL_PERMISSIONS, PERMISSION_MODELS
 from txm.ttp.parser import format_timestamp
+
+# --- permissions ---------------------------------------------------------------------------------
+
 
 def permission_label(codename: str) -> str:
     action, _, model = codename.partition("_")
     verbose = {"mailinglist": "mailing list", "alarmmessage": "alarm message", "view": "multiple-meter view",
                "logentry": "log entry"}.get(model, model)
     return f"Can {action} {verbose}"
-
-
-
-def group_choices() -> list[tuple[str, str]]:
-    return [(str(g.id), g.name) for g in m.Group.select().order_by(m.Group.name)]
-
 
 
 def permission_grid(choices: Sequence[tuple[str, str]]) -> list[tuple[str, list[Optional[str]]]]:
@@ -50,9 +47,22 @@ def grantable_permissions(actor: Actor) -> list[tuple[str, str]]:
             if p not in IDLE_PERMISSIONS and (actor.is_superuser or p in actor.perms)]
 
 
+def kept_permissions(actor: Actor, chosen: list[str], held: list[str]) -> list[str]:
+    """What a user or group holds after the actor's change: the chosen permissions, and those held
+    that the actor may not grant (they are not offered to them, so they stay as they were)."""
+    grantable = {codename for codename, _ in grantable_permissions(actor)}
+    return [p for p in chosen if p in grantable] + [p for p in held if p not in grantable]
+
+
+# --- users ---------------------------------------------------------------------------------------
+
 
 def active_superuser_count() -> int:
     return manage.active_superusers().count()
+
+
+def group_choices() -> list[tuple[str, str]]:
+    return [(str(g.id), g.name) for g in m.Group.select().order_by(m.Group.name)]
 
 
 class UserAdmin(ModelAdmin):
@@ -63,7 +73,8 @@ class UserAdmin(ModelAdmin):
     description = "People who log in: staff and superuser status, groups, permissions, units they see."
     columns = [Column("User name", lambda u: u.username), Column("Email", lambda u: u.email),
                Column("Active", lambda u: u.is_active), Column("Staff", lambda u: u.is_staff),
-               Column("Superuser", lambda u: u.is_superuser), Column("Last login", lambda u: format_timestamp(u.last_login)[:16] if u.last_login else "never")]
+               Column("Superuser", lambda u: u.is_superuser),
+               Column("Last login", lambda u: format_timestamp(u.last_login)[:16] if u.last_login else "never")]
     search_fields = ("username", "email", "first_name", "last_name")
     ordering = (m.User.username,)
 
@@ -114,26 +125,20 @@ class UserAdmin(ModelAdmin):
             "username": obj.username, "email": obj.email, "first_name": obj.first_name,
             "last_name": obj.last_name, "is_active": obj.is_active, "is_staff": obj.is_staff,
             "is_superuser": obj.is_superuser,
-            "groups": [str(row.group_id) for row in m.UserGroup.select().where(m.UserGroup.user == obj)
-                       .order_by(m.UserGroup.group)],
-            "permissions": sorted(row.codename for row in
-                                  m.UserPermission.select().where(m.UserPermission.user == obj)),
-            "units": [str(row.unit_id) for row in m.UserUnit.select().where(m.UserUnit.user == obj)
-                      .order_by(m.UserUnit.unit)],
+            "groups": linked(m.UserGroup, "user", obj, "group"),
+            "permissions": sorted(linked(m.UserPermission, "user", obj, "codename")),
+            "units": linked(m.UserUnit, "user", obj, "unit"),
         }
 
-    def snapshot(self, obj):
+    def logged_values(self, obj):
         values = self.initial(obj)
-        groups = {str(g.id): g.name for g in m.Group.select()}
-        units = {str(u.id): u.code for u in m.Unit.select()}
-        values["groups"] = sorted(groups.get(g, g) for g in values["groups"])
-        values["units"] = sorted(units.get(u, u) for u in values["units"])
-        return {k: as_text(v) for k, v in values.items()}
+        values["groups"] = names_of(values["groups"], m.Group.name)
+        values["units"] = names_of(values["units"], m.Unit.code)
+        return values
 
     def clean(self, actor, form, data, obj, raw):
         username = data.get("username") or ""
-        if username and (m.User.select().where((m.User.username == username) & (m.User.id != (obj.id if obj else 0)))
-                         .exists()):
+        if username and self.clashes(obj, m.User.username == username):
             form.add_error("username", f"A user named {username!r} already exists.")
         email = data.get("email") or ""
         if email and not re.fullmatch(r"[^@\s]+@[^@\s]+", email):
@@ -142,17 +147,11 @@ class UserAdmin(ModelAdmin):
             if data.get("password1") and data.get("password1") != data.get("password2"):
                 form.add_error("password2", "The two passwords differ.")
             elif data.get("password1"):
-                warning = weakness(data["password1"])
-                if warning:
-                    form.warnings.append(f"The password is weak: {warning}.")
+                _warn_if_weak(form, data["password1"])
         if data.get("is_superuser"):
             data["is_staff"] = True
         if obj is not None:
-            # Permissions the actor may not grant stay as they were (they are not shown to them).
-            grantable = {c[0] for c in grantable_permissions(actor)}
-            kept = [p for p in form.values.get("permissions", []) if p in grantable]
-            hidden = [p for p in self.initial(obj)["permissions"] if p not in grantable]
-            data["permissions"] = kept + hidden
+            data["permissions"] = kept_permissions(actor, data["permissions"], self.initial(obj)["permissions"])
             last = obj.is_superuser and obj.is_active and active_superuser_count() <= 1
             if last and not data.get("is_superuser"):
                 form.add_error("is_superuser", "This is the last active superuser: make another superuser first.")
@@ -174,11 +173,8 @@ class UserAdmin(ModelAdmin):
         values = {k: data[k] for k in ("username", "email", "first_name", "last_name", "is_active", "is_staff",
                                        "is_superuser")}
         if obj is None:
-            obj = m.User.create(password=make_password(data["password1"]), **values)
-        else:
-            for k, v in values.items():
-                setattr(obj, k, v)
-            obj.save()
+            values["password"] = make_password(data["password1"])
+        obj = self.store(obj, values)
         set_links(m.UserGroup, "user", obj, "group", as_ids(data["groups"]))
         set_links(m.UserPermission, "user", obj, "codename", data["permissions"])
         set_links(m.UserUnit, "user", obj, "unit", as_ids(data["units"]))
@@ -199,6 +195,26 @@ class UserAdmin(ModelAdmin):
                         "from every group and mailing list.")
         return warnings
 
+    def set_password(self, actor: Actor, user: m.User, raw: FormInput) -> Form:
+        """The "change password form": set another user's (or one's own) password; logged, never shown."""
+        actor.require("change", "user")
+        form, data = read_form(password_fields(), raw)
+        if user.is_superuser and not actor.is_superuser:
+            form.add_error("__all__", "Only a superuser may change a superuser's password.")
+        if not form.errors and data["password1"] != data["password2"]:
+            form.add_error("password2", "The two passwords differ.")
+        if form.errors:
+            return form
+        _warn_if_weak(form, data["password1"])
+        with m.write_transaction():
+            user.password = make_password(data["password1"])
+            user.save()
+            # Sessions of the user end, except the one of an actor changing their own password.
+            log_action(actor, "change", "user", user.id, user.username, "Changed password.")
+        form.saved = user
+        form.message = "Changed password."
+        return form
+
 
 def password_fields() -> list[Field]:
     return [Field("password1", "New password", "password", required=True,
@@ -206,29 +222,14 @@ def password_fields() -> list[Field]:
             Field("password2", "New password again", "password", required=True)]
 
 
-def set_password(actor: Actor, user: m.User, raw: FormInput) -> Form:
-    """The "change password form": set another user's (or one's own) password; logged, never shown."""
-    actor.require("change", "user")
-    fields = password_fields()
-    data, shown, errors = read_input(fields, raw, {})
-    form = Form(fields, shown, dict(errors))
-    if user.is_superuser and not actor.is_superuser:
-        form.add_error("__all__", "Only a superuser may change a superuser's password.")
-    if not form.errors and data["password1"] != data["password2"]:
-        form.add_error("password2", "The two passwords differ.")
-    if form.errors:
-        return form
-    warning = weakness(data["password1"])
+def _warn_if_weak(form: Form, password: str) -> None:
+    """A weak password is saved all the same, with a warning."""
+    warning = weakness(password)
     if warning:
         form.warnings.append(f"The password is weak: {warning}.")
-    with m.write_transaction():
-        user.password = make_password(data["password1"])
-        user.save()
-        # Sessions of the user end, except the one of an actor changing their own password.
-        log_action(actor, "change", "user", user.id, user.username, "Changed password.")
-    form.saved = user
-    form.message = "Changed password."
-    return form
+
+
+# --- groups --------------------------------------------------------------------------------------
 
 
 class GroupAdmin(ModelAdmin):
@@ -255,32 +256,23 @@ class GroupAdmin(ModelAdmin):
         if obj is None:
             return {"permissions": [], "units": []}
         return {"name": obj.name,
-                "permissions": sorted(r.codename for r in m.GroupPermission.select()
-                                      .where(m.GroupPermission.group == obj)),
-                "units": [str(r.unit_id) for r in m.GroupUnit.select().where(m.GroupUnit.group == obj)
-                          .order_by(m.GroupUnit.unit)]}
+                "permissions": sorted(linked(m.GroupPermission, "group", obj, "codename")),
+                "units": linked(m.GroupUnit, "group", obj, "unit")}
 
-    def snapshot(self, obj):
+    def logged_values(self, obj):
         values = self.initial(obj)
-        units = {str(u.id): u.code for u in m.Unit.select()}
-        values["units"] = sorted(units.get(u, u) for u in values["units"])
-        return {k: as_text(v) for k, v in values.items()}
+        values["units"] = names_of(values["units"], m.Unit.code)
+        return values
 
     def clean(self, actor, form, data, obj, raw):
         name = data.get("name") or ""
-        if name and m.Group.select().where((m.Group.name == name) & (m.Group.id != (obj.id if obj else 0))).exists():
+        if name and self.clashes(obj, m.Group.name == name):
             form.add_error("name", f"A group named {name!r} already exists.")
         if obj is not None:
-            grantable = {c[0] for c in grantable_permissions(actor)}
-            hidden = [p for p in self.initial(obj)["permissions"] if p not in grantable]
-            data["permissions"] = list(data["permissions"]) + hidden
+            data["permissions"] = kept_permissions(actor, data["permissions"], self.initial(obj)["permissions"])
 
     def save(self, actor, obj, data):
-        if obj is None:
-            obj = m.Group.create(name=data["name"])
-        else:
-            obj.name = data["name"]
-            obj.save()
+        obj = self.store(obj, {"name": data["name"]})
         set_links(m.GroupPermission, "group", obj, "codename", data["permissions"])
         set_links(m.GroupUnit, "group", obj, "unit", as_ids(data["units"]))
         return obj
