@@ -9,6 +9,8 @@ live in :mod:`txm.admin.people`, for units, mailing lists, alarm messages and vi
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
@@ -37,6 +39,8 @@ def by_id(model: type[m.BaseModel], obj_id: Any, what: str, gone: str = "") -> A
 
 @dataclass
 class Column:
+    """One column of a model's list page: its heading, and how a row's value is found."""
+
     title: str
     value: Callable[[Any], Any]
 
@@ -58,8 +62,12 @@ class ModelAdmin:
     editable = True  # has add and change forms
     deletable = True
     columns: list[Column] = []
-    search_fields: tuple[str, ...] = ()
+    #: Read with its unit (a list naming each row's unit, searched by unit code too).
+    with_unit = False
+    search_fields: tuple[pw.Field, ...] = ()
     ordering: tuple = ()
+    #: Linked ids the log names instead, by form field: ``{"units": m.Unit.code}`` logs unit codes.
+    logged_names: Mapping[str, pw.Field] = {}
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -67,13 +75,9 @@ class ModelAdmin:
         return by_id(self.model, obj_id, self.verbose)
 
     def query(self, search: str = "") -> pw.ModelSelect:
-        q = self.model.select()
+        q = self.model.select(self.model, m.Unit).join(m.Unit) if self.with_unit else self.model.select()
         if search and self.search_fields:
-            cond = None
-            for name in self.search_fields:
-                c = getattr(self.model, name).contains(search)
-                cond = c if cond is None else cond | c
-            q = q.where(cond)
+            q = q.where(functools.reduce(operator.or_, (f.contains(search) for f in self.search_fields)))
         return q.order_by(*self.ordering) if self.ordering else q
 
     def page(self, search: str = "", page: int = 1) -> tuple[list, bool]:
@@ -106,13 +110,13 @@ class ModelAdmin:
 
     def logged_values(self, obj: Any) -> dict[str, Any]:
         """The values the log compares to tell what a change did (names rather than ids)."""
-        return self.initial(obj)
+        values = self.initial(obj)
+        for key, name in self.logged_names.items():
+            values[key] = names_of(values[key], name)
+        return values
 
     def labels(self, actor: Actor, obj: Any) -> dict[str, str]:
         return {f.name: f.label for f in self.fields(actor, obj)}
-
-    def secret_fields(self) -> tuple[str, ...]:
-        return ()
 
     # --- forms: helpers for the hooks -------------------------------------------------------
 
@@ -159,7 +163,7 @@ class ModelAdmin:
                     action = "add"
                 else:
                     message = describe_changes(before, self.snapshot(saved), self.labels(actor, saved),
-                                               self.secret_fields())
+                                               secret={f.name for f in form.fields if f.secret})
                     action = "change"
                 log_action(actor, action, self.name, saved.id, self.repr(saved), message)
         except pw.IntegrityError:

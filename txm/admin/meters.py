@@ -9,7 +9,7 @@ from typing import Any, Sequence
 from txm import alarms, manage
 from txm import db as m
 from txm.admin.actor import Actor
-from txm.admin.base import Column, ModelAdmin, as_ids, linked, names_of, set_links, unit_choices
+from txm.admin.base import Column, ModelAdmin, as_ids, linked, set_links, unit_choices
 from txm.admin.forms import Field, sentence
 from txm.admin.records import ALARMS, SAMPLES
 from txm.errors import InvalidValue
@@ -52,7 +52,7 @@ class UnitAdmin(ModelAdmin):
     description = "Tiger meters: code and key for TTP, data fields and labels, graph and report options."
     columns = [Column("Code", lambda u: u.code), Column("Name", lambda u: u.name),
                Column("Data fields", lambda u: u.channels), Column("Reports", lambda u: u.has_reports)]
-    search_fields = ("code", "name")
+    search_fields = (m.Unit.code, m.Unit.name)
     ordering = (m.Unit.code,)
 
     def fields(self, actor, obj, raw=None):
@@ -106,9 +106,6 @@ class UnitAdmin(ModelAdmin):
             values[f"axis{i}_label"] = axis.get("label", "")
             values[f"axis{i}_channels"] = channel_list_text(axis.get("channels", []))
         return values
-
-    def secret_fields(self):
-        return ("key",)
 
     def clean(self, actor, form, data, obj, raw):
         code = data.get("code") or ""
@@ -206,14 +203,10 @@ class MailingListAdmin(ModelAdmin):
     columns = [Column("Unit", lambda ml: str(ml.unit)), Column("Name", lambda ml: ml.name),
                Column("Members", lambda ml: m.MailingListMember.select()
                       .where(m.MailingListMember.mailing_list == ml).count())]
-    search_fields = ("name",)
-    ordering = (m.MailingList.id,)
-
-    def query(self, search=""):
-        q = m.MailingList.select(m.MailingList, m.Unit).join(m.Unit)
-        if search:
-            q = q.where(m.MailingList.name.contains(search) | m.Unit.code.contains(search))
-        return q.order_by(m.Unit.code)
+    with_unit = True
+    search_fields = (m.MailingList.name, m.Unit.code)
+    ordering = (m.Unit.code,)
+    logged_names = {"members": m.User.username}
 
     def repr(self, obj):
         return f"mailing list of {obj.unit.code}" + (f" ({obj.name})" if obj.name else "")
@@ -234,10 +227,7 @@ class MailingListAdmin(ModelAdmin):
                 "members": linked(m.MailingListMember, "mailing_list", obj, "user")}
 
     def logged_values(self, obj):
-        values = self.initial(obj)
-        values["members"] = names_of(values["members"], m.User.username)
-        values["unit"] = obj.unit.code
-        return values
+        return {**super().logged_values(obj), "unit": obj.unit.code}
 
     def clean(self, actor, form, data, obj, raw):
         unit = data.get("unit")
@@ -250,6 +240,10 @@ class MailingListAdmin(ModelAdmin):
         return m.MailingList.get_by_id(obj.id)
 
 
+#: The data an alarm message is previewed and test-sent with when none is typed: a time and two values.
+SAMPLE_ALARM_DATA = ["2026-01-01 12:00:00", "42.5", "17"]
+
+
 class AlarmMessageAdmin(ModelAdmin):
     name = "alarmmessage"
     verbose = "alarm message"
@@ -258,13 +252,9 @@ class AlarmMessageAdmin(ModelAdmin):
     description = "Subject and text of a unit's alarm emails, per alarm level (Django-style templates)."
     columns = [Column("Unit", lambda a: str(a.unit)), Column("Level", lambda a: a.level),
                Column("Subject", lambda a: a.subject)]
-    search_fields = ("subject",)
-
-    def query(self, search=""):
-        q = m.AlarmMessage.select(m.AlarmMessage, m.Unit).join(m.Unit)
-        if search:
-            q = q.where(m.AlarmMessage.subject.contains(search) | m.Unit.code.contains(search))
-        return q.order_by(m.Unit.code, m.AlarmMessage.level)
+    with_unit = True
+    search_fields = (m.AlarmMessage.subject, m.Unit.code)
+    ordering = (m.Unit.code, m.AlarmMessage.level)
 
     def repr(self, obj):
         return f"{obj.unit.code} level {obj.level}"
@@ -291,9 +281,7 @@ class AlarmMessageAdmin(ModelAdmin):
                 "recipients": ", ".join(mailing_list_addresses(obj.unit))}
 
     def logged_values(self, obj):
-        values = self.initial(obj)
-        values["unit"] = obj.unit.code
-        return values
+        return {**super().logged_values(obj), "unit": obj.unit.code}
 
     def clean(self, actor, form, data, obj, raw):
         unit, level = data.get("unit"), data.get("level")
@@ -310,9 +298,6 @@ class AlarmMessageAdmin(ModelAdmin):
     def save(self, actor, obj, data):
         values = {"unit": int(data["unit"]), "level": data["level"], "subject": data["subject"], "body": data["body"]}
         return m.AlarmMessage.get_by_id(self.store(obj, values).id)
-
-
-SAMPLE_ALARM_DATA = ["2026-01-01 12:00:00", "42.5", "17"]
 
 
 def preview_alarm_message(unit: m.Unit, level: int, subject: str, body: str,
@@ -369,7 +354,7 @@ class ViewAdmin(ModelAdmin):
     description = "Multiple-meter displays: a name, a refresh rate, and the units and channels to show."
     columns = [Column("Name", lambda v: v.name), Column("Refresh (seconds)", lambda v: v.refresh_seconds),
                Column("Units", lambda v: m.ViewEntry.select().where(m.ViewEntry.view == v).count())]
-    search_fields = ("name",)
+    search_fields = (m.View.name,)
     ordering = (m.View.name,)
 
     def _rows(self, obj, raw):

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 from txm import db as m
 from txm import manage
 from txm.admin.actor import Actor, log_action
-from txm.admin.base import Column, ModelAdmin, as_ids, linked, names_of, set_links, unit_choices
+from txm.admin.base import Column, ModelAdmin, as_ids, linked, set_links, unit_choices
 from txm.admin.forms import Field, Form, FormInput, read_form
 from txm.passwords import make_password, weakness
 from txm.permissions import ACTIONS, ALL_PERMISSIONS, PERMISSION_MODELS
@@ -75,8 +75,9 @@ class UserAdmin(ModelAdmin):
                Column("Active", lambda u: u.is_active), Column("Staff", lambda u: u.is_staff),
                Column("Superuser", lambda u: u.is_superuser),
                Column("Last login", lambda u: format_timestamp(u.last_login)[:16] if u.last_login else "never")]
-    search_fields = ("username", "email", "first_name", "last_name")
+    search_fields = (m.User.username, m.User.email, m.User.first_name, m.User.last_name)
     ordering = (m.User.username,)
+    logged_names = {"groups": m.Group.name, "units": m.Unit.code}
 
     def fields(self, actor, obj, raw=None):
         limited = not actor.is_superuser
@@ -129,12 +130,6 @@ class UserAdmin(ModelAdmin):
             "permissions": sorted(linked(m.UserPermission, "user", obj, "codename")),
             "units": linked(m.UserUnit, "user", obj, "unit"),
         }
-
-    def logged_values(self, obj):
-        values = self.initial(obj)
-        values["groups"] = names_of(values["groups"], m.Group.name)
-        values["units"] = names_of(values["units"], m.Unit.code)
-        return values
 
     def clean(self, actor, form, data, obj, raw):
         username = data.get("username") or ""
@@ -240,8 +235,9 @@ class GroupAdmin(ModelAdmin):
     description = "Groups of users sharing permissions and units."
     columns = [Column("Name", lambda g: g.name),
                Column("Members", lambda g: m.UserGroup.select().where(m.UserGroup.group == g).count())]
-    search_fields = ("name",)
+    search_fields = (m.Group.name,)
     ordering = (m.Group.name,)
+    logged_names = {"units": m.Unit.code}
 
     def fields(self, actor, obj, raw=None):
         return [
@@ -258,11 +254,6 @@ class GroupAdmin(ModelAdmin):
         return {"name": obj.name,
                 "permissions": sorted(linked(m.GroupPermission, "group", obj, "codename")),
                 "units": linked(m.GroupUnit, "group", obj, "unit")}
-
-    def logged_values(self, obj):
-        values = self.initial(obj)
-        values["units"] = names_of(values["units"], m.Unit.code)
-        return values
 
     def clean(self, actor, form, data, obj, raw):
         name = data.get("name") or ""
