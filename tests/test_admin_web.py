@@ -468,6 +468,20 @@ def test_change_password_form(boss):
     assert latest_log().change_message == "Changed password."
 
 
+def test_a_password_change_logs_the_user_out_everywhere_else(settings, boss):
+    ann = add_user("ann", is_staff=True, is_superuser=True)
+    anns_browser = client(settings)
+    login(anns_browser, "ann")
+    bosses_other_browser = client(settings)
+    login(bosses_other_browser, "boss")
+    post(boss, f"/user/{ann.id}/password", {"password1": "Long-enough-1", "password2": "Long-enough-1"}, status=303)
+    assert "/login" in anns_browser.get(A + "/", status=303).location
+    me = m.User.get(m.User.username == "boss")
+    post(boss, f"/user/{me.id}/password", {"password1": "Long-enough-2", "password2": "Long-enough-2"}, status=303)
+    assert boss.get(A + "/").status_int == 200  # the page the change was made on stays logged in
+    assert "/login" in bosses_other_browser.get(A + "/", status=303).location
+
+
 def test_last_superuser_and_own_account(web):
     m.User.update(is_superuser=False).where(m.User.id == 1).execute()
     me = add_user("boss", is_staff=True, is_superuser=True)

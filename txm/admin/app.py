@@ -100,6 +100,7 @@ class Panel:
         return who
 
     def render(self, template: str, **context: Any) -> str:
+        """A page of the panel; its templates also see ``admin_url``, ``who``, ``registry`` and ``here``."""
         who = context.pop("who", None) or self.actor()
         query = bottle.request.query_string
         here = bottle.request.fullpath + ("?" + query if query else "")
@@ -166,7 +167,7 @@ def add_record_pages(panel: Panel, records: RecordAdmin) -> None:
     @app.get(f"/{name}/")
     def record_list():
         who = panel.need("view", name)
-        unit = panel.unit_from_query() if "unit" in records.narrowed_by else None
+        unit = panel.unit_from_query() if records.of_a_unit else None
         if records.per_unit and unit is None:
             return _unit_picker(panel, who, records)
         narrowing = {key: unit if key == "unit" else panel.query_value(key) for key in records.narrowed_by}
@@ -183,7 +184,7 @@ def add_record_pages(panel: Panel, records: RecordAdmin) -> None:
             units = list(m.Unit.select(m.Unit.id, m.Unit.code, m.Unit.name).order_by(m.Unit.code).limit(1000))
         return panel.render(records.list_template, who=who, unit=unit, units=units, page=page,
                             problem=problem, filters=filters, can_delete=records.deletion_allowed(who),
-                            models=[(key, admin.plural) for key, admin in panel.registry.items()],
+                            models=[(key, admin.plural) for key, admin in panel.registry.items()],  # the log's "What"
                             title=records.plural.capitalize() + (f" of {unit.code}" if unit else ""))
 
     @app.get(f"/{name}/<obj_id>/")
@@ -191,7 +192,7 @@ def add_record_pages(panel: Panel, records: RecordAdmin) -> None:
         who = panel.need("view", name)
         record = records.get(obj_id)
         # A sample or alarm is about its unit; a log entry about the object it names.
-        about = {"unit": record.unit} if "unit" in records.narrowed_by else {"object_url": _object_url(panel, record)}
+        about = {"unit": record.unit} if records.of_a_unit else {"object_url": _object_url(panel, record)}
         return panel.render(f"admin/{name}.html", who=who, can_delete=records.deletion_allowed(who),
                             title=records.describe(record), **{records.detail_name: record}, **about)
 
@@ -295,16 +296,15 @@ def add_password_page(panel: Panel) -> None:
     @panel.app.route("/user/<obj_id>/password", method=["GET", "POST"])
     def user_password(obj_id):
         who = panel.need("change", "user")
-        user = panel.registry["user"].get(obj_id)
+        users = panel.registry["user"]
+        user = users.get(obj_id)
         form = Form(password_fields())
         if bottle.request.method == "POST":
-            form = panel.registry["user"].set_password(who, user, panel.form_input())
+            form = users.set_password(who, user, panel.form_input())
             if form.saved is not None:
                 panel.flash_warnings(form.warnings)
-                if user.id == who.user.id:
-                    panel.core.end_other_sessions(user)
-                else:
-                    m.WebSession.delete().where(m.WebSession.user == user.id).execute()
+                # The user is logged out everywhere; an actor changing their own password stays in here.
+                panel.core.end_other_sessions(user)
                 panel.core.flash(f"The password of {user.username} was changed.", "success")
                 panel.go(f"/user/{user.id}/")
         return panel.render("admin/password.html", who=who, form=form, obj=user,

@@ -204,7 +204,6 @@ class UserAdmin(ModelAdmin):
         with m.write_transaction():
             user.password = make_password(data["password1"])
             user.save()
-            # Sessions of the user end, except the one of an actor changing their own password.
             log_action(actor, "change", "user", user.id, user.username, "Changed password.")
         form.saved = user
         form.message = "Changed password."

@@ -105,9 +105,14 @@ class RecordAdmin:
         return bool(self.deletion_setting)
 
     @property
+    def of_a_unit(self) -> bool:
+        """Records a unit wrote (samples, alarms), filtered by unit; not the log."""
+        return "unit" in self.narrowed_by
+
+    @property
     def rows_of_many_units(self) -> bool:
         """A list that may mix units names each row's unit, so it is read with its unit."""
-        return "unit" in self.narrowed_by and not self.per_unit
+        return self.of_a_unit and not self.per_unit
 
     # --- reading ----------------------------------------------------------------------------
 
