@@ -1,4 +1,10 @@
-"""Users, groups and the permissions they hold, as the admin panel edits them."""
+"""Users, groups and the permissions they hold, as the admin panel edits them.
+
+Permissions are offered as a grid of kinds of record and actions; a staff user who is not a
+superuser hands out only what they hold (:func:`grantable_permissions`), and what they may not
+grant stays as it was (:func:`kept_permissions`). The last active superuser cannot be demoted or
+deleted, and taking away one's own access needs a tick.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from txm.admin.forms import Field, Form, FormInput, read_form
 from txm.passwords import make_password, weakness
 from txm.permissions import ACTIONS, ALL_PERMISSIONS, PERMISSION_MODELS
 from txm.ttp.parser import format_timestamp
+
 
 # --- permissions ---------------------------------------------------------------------------------
 
