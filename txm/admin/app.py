@@ -363,16 +363,16 @@ def add_alarm_message_actions(panel: Panel) -> None:
 def add_form_pages(panel: Panel) -> None:
     app = panel.app
 
-    def form_admin(name: str) -> ModelAdmin:
-        admin = panel.registry.get(name)
-        if admin is None or name not in FORM_MODELS:
+    def admin_for(model: str, action: str) -> tuple[ModelAdmin, Actor]:
+        """The model's admin (else the 404 page), and the actor if they may do ``action`` (else 403)."""
+        admin = panel.registry.get(model)
+        if admin is None or model not in FORM_MODELS:
             bottle.abort(404, "There is no such page in the administration panel.")
-        return admin
+        return admin, panel.need(action, model)
 
     @app.get("/<model>/")
     def object_list(model):
-        admin = form_admin(model)
-        who = panel.need("view", model)
+        admin, who = admin_for(model, "view")
         search = panel.query_value("q")
         page = panel.page_number()
         rows, more = admin.page(search, page)
@@ -381,8 +381,7 @@ def add_form_pages(panel: Panel) -> None:
 
     @app.route("/<model>/add", method=["GET", "POST"])
     def object_add(model):
-        admin = form_admin(model)
-        who = panel.need("add", model)
+        admin, who = admin_for(model, "add")
         if bottle.request.method == "POST":
             form = admin.submit(who, panel.form_input())
             if form.saved is not None:
@@ -396,8 +395,7 @@ def add_form_pages(panel: Panel) -> None:
 
     @app.route("/<model>/<obj_id>/", method=["GET", "POST"])
     def object_change(model, obj_id):
-        admin = form_admin(model)
-        who = panel.need("view", model)
+        admin, who = admin_for(model, "view")
         obj = admin.get(obj_id)
         form = None
         if bottle.request.method == "POST":
@@ -409,8 +407,7 @@ def add_form_pages(panel: Panel) -> None:
 
     @app.route("/<model>/<obj_id>/delete", method=["GET", "POST"])
     def object_delete(model, obj_id):
-        admin = form_admin(model)
-        who = panel.need("delete", model)
+        admin, who = admin_for(model, "delete")
         obj = admin.get(obj_id)
         problems = admin.delete_problems(who, obj)
         warnings = admin.delete_warnings(who, obj)

@@ -45,9 +45,7 @@ def channel_list_text(numbers: Sequence[int]) -> str:
 
 
 class UnitAdmin(ModelAdmin):
-    name = "unit"
-    verbose = "unit"
-    plural = "units"
+    name, verbose, plural = "unit", "unit", "units"
     model = m.Unit
     description = "Tiger meters: code and key for TTP, data fields and labels, graph and report options."
     columns = [Column("Code", lambda u: u.code), Column("Name", lambda u: u.name),
@@ -195,9 +193,7 @@ def user_choices(with_email: bool = False) -> list[tuple[str, str]]:
 
 
 class MailingListAdmin(ModelAdmin):
-    name = "mailinglist"
-    verbose = "mailing list"
-    plural = "mailing lists"
+    name, verbose, plural = "mailinglist", "mailing list", "mailing lists"
     model = m.MailingList
     description = "One per unit: the users who receive the unit's alarm emails."
     columns = [Column("Unit", lambda ml: str(ml.unit)), Column("Name", lambda ml: ml.name),
@@ -245,9 +241,7 @@ SAMPLE_ALARM_DATA = ["2026-01-01 12:00:00", "42.5", "17"]
 
 
 class AlarmMessageAdmin(ModelAdmin):
-    name = "alarmmessage"
-    verbose = "alarm message"
-    plural = "alarm messages"
+    name, verbose, plural = "alarmmessage", "alarm message", "alarm messages"
     model = m.AlarmMessage
     description = "Subject and text of a unit's alarm emails, per alarm level (Django-style templates)."
     columns = [Column("Unit", lambda a: str(a.unit)), Column("Level", lambda a: a.level),
@@ -347,9 +341,7 @@ MAX_VIEW_ROWS = 200
 
 
 class ViewAdmin(ModelAdmin):
-    name = "view"
-    verbose = "multiple-meter view"
-    plural = "multiple-meter views"
+    name, verbose, plural = "view", "multiple-meter view", "multiple-meter views"
     model = m.View
     description = "Multiple-meter displays: a name, a refresh rate, and the units and channels to show."
     columns = [Column("Name", lambda v: v.name), Column("Refresh (seconds)", lambda v: v.refresh_seconds),

@@ -73,9 +73,7 @@ def group_choices() -> list[tuple[str, str]]:
 
 
 class UserAdmin(ModelAdmin):
-    name = "user"
-    verbose = "user"
-    plural = "users"
+    name, verbose, plural = "user", "user", "users"
     model = m.User
     description = "People who log in: staff and superuser status, groups, permissions, units they see."
     columns = [Column("User name", lambda u: u.username), Column("Email", lambda u: u.email),
@@ -234,9 +232,7 @@ def _warn_if_weak(form: Form, password: str) -> None:
 
 
 class GroupAdmin(ModelAdmin):
-    name = "group"
-    verbose = "group"
-    plural = "groups"
+    name, verbose, plural = "group", "group", "groups"
     model = m.Group
     description = "Groups of users sharing permissions and units."
     columns = [Column("Name", lambda g: g.name),
