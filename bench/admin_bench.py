@@ -6,7 +6,7 @@ Makes a fresh SQLite database with unit M1 holding N samples and unit M2, starts
 timing each reply. It measures the replies
 
 1. for a few seconds with nothing else going on (the baseline),
-2. while the admin panel's bulk deletion (:func:`txm.adminpanel.delete_samples_bulk`, batches of
+2. while the admin panel's bulk deletion (:meth:`txm.admin.records.SAMPLES.delete_bulk`, batches of
    ``txm.db.BATCH_SIZE``) removes M1's N samples in another process, as the web process would,
 3. with ``--compare``: while one single ``DELETE`` statement removes the same N samples again
    (what batching avoids).
@@ -38,8 +38,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from txm import adminpanel, config, manage  # noqa: E402
+from txm import config, manage  # noqa: E402
 from txm import db as m  # noqa: E402
+from txm.admin.actor import Actor  # noqa: E402
+from txm.admin.records import SAMPLES  # noqa: E402
 from txm.client import TTPClient  # noqa: E402
 from txm.serve import ServerThread  # noqa: E402
 
@@ -59,9 +61,9 @@ def delete_batched(config_path: str, result: "multiprocessing.Queue") -> None:
     """In a child process, as the web process would: the panel's bulk deletion of unit M1."""
     settings = config.read_settings(config_path)
     m.open_database(settings)
-    actor = adminpanel.Actor.of(m.User.get_by_id(1), settings)
+    actor = Actor.of(m.User.get_by_id(1), settings)
     started = time.perf_counter()
-    outcome = adminpanel.delete_samples_bulk(actor, m.Unit.get(m.Unit.code == "M1"))
+    outcome = SAMPLES.delete_bulk(actor, m.Unit.get(m.Unit.code == "M1"))
     result.put((outcome.deleted, time.perf_counter() - started))
 
 

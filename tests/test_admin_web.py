@@ -9,9 +9,9 @@ import pytest
 
 from tests.test_adminpanel import add_samples
 from tests.webutil import add_user, client, csrf_token, login
-from txm import adminpanel as ap
 from txm import db as m
 from txm.passwords import check_password
+from txm.permissions import permissions_of
 
 A = "/admin"
 
@@ -192,7 +192,7 @@ def admin_routes(app, ids: dict[str, int]) -> dict[str, list[tuple[str, str]]]:
     A generic rule (``/admin/<model>/<obj_id>/``) stands for each model edited through forms;
     ``<obj_id>`` becomes the id of an existing record of that model.
     """
-    from txm.admin import FORM_MODELS
+    from txm.admin.registry import FORM_MODELS
 
     walked: dict[str, list[tuple[str, str]]] = {model: [] for model in ids}
     rules = [(route.method, route.rule) for route in app.routes if route.rule.startswith(A + "/")]
@@ -294,7 +294,7 @@ def test_a_staff_user_cannot_grant_more_than_they_hold(web):
                             "is_superuser": "on", "permissions": ["view_user"]}, status=303)
     new = m.User.get(m.User.username == "new")
     assert not new.is_superuser
-    assert ap.permissions_of(new) == {"view_user"}
+    assert permissions_of(new) == {"view_user"}
 
 
 # --- samples and alarms -----------------------------------------------------------------------------------
@@ -466,6 +466,20 @@ def test_change_password_form(boss):
     assert "weak" in follow.text and "was changed" in follow.text
     assert check_password("abc", m.User.get_by_id(user.id).password)
     assert latest_log().change_message == "Changed password."
+
+
+def test_a_password_change_logs_the_user_out_everywhere_else(settings, boss):
+    ann = add_user("ann", is_staff=True, is_superuser=True)
+    anns_browser = client(settings)
+    login(anns_browser, "ann")
+    bosses_other_browser = client(settings)
+    login(bosses_other_browser, "boss")
+    post(boss, f"/user/{ann.id}/password", {"password1": "Long-enough-1", "password2": "Long-enough-1"}, status=303)
+    assert "/login" in anns_browser.get(A + "/", status=303).location
+    me = m.User.get(m.User.username == "boss")
+    post(boss, f"/user/{me.id}/password", {"password1": "Long-enough-2", "password2": "Long-enough-2"}, status=303)
+    assert boss.get(A + "/").status_int == 200  # the page the change was made on stays logged in
+    assert "/login" in bosses_other_browser.get(A + "/", status=303).location
 
 
 def test_last_superuser_and_own_account(web):

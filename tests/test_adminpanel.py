@@ -6,20 +6,24 @@ import datetime as dt
 
 import pytest
 
-from txm import adminpanel as ap
 from txm import db as m
 from txm import manage
+from txm.admin.actor import Actor, Forbidden
+from txm.admin.forms import FormInput
+from txm.admin.meters import preview_alarm_message
+from txm.admin.records import SAMPLES
+from txm.admin.registry import registry
 from txm.passwords import check_password
 from txm.ttp.store import SampleStore, UnitRecord
 
 
 @pytest.fixture
 def admin(database, settings):
-    return ap.Actor.of(m.User.get_by_id(1), settings)
+    return Actor.of(m.User.get_by_id(1), settings)
 
 
 def form(**values):
-    return ap.FormInput({k: ("on" if v is True else v) for k, v in values.items() if v is not False})
+    return FormInput({k: ("on" if v is True else v) for k, v in values.items() if v is not False})
 
 
 def unit_input(**over):
@@ -41,8 +45,8 @@ def add_samples(unit: m.Unit, count: int, start: dt.datetime = dt.datetime(2026,
 
 
 def test_unit_add_change_and_log(admin):
-    units = ap.registry()["unit"]
-    result = ap.submit(units, admin, unit_input())
+    units = registry()["unit"]
+    result = units.submit(admin, unit_input())
     assert result.errors == {}
     unit = result.saved
     assert (unit.code, unit.channels, unit.labels, unit.graph_axes) == ("M1", 3, ["Flow", "Temp"], [])
@@ -50,9 +54,9 @@ def test_unit_add_change_and_log(admin):
     assert (entry.action, entry.model, entry.object_id, entry.username) == ("add", "unit", str(unit.id),
                                                                            "Administrator")
 
-    result = ap.submit(units, admin, unit_input(name="Big mill", key="secret2", graph_axes="2",
-                                                axis1_label="Flow", axis1_channels="1",
-                                                axis2_label="Temp", axis2_channels="2-3"), unit)
+    result = units.submit(admin, unit_input(name="Big mill", key="secret2", graph_axes="2",
+                                            axis1_label="Flow", axis1_channels="1",
+                                            axis2_label="Temp", axis2_channels="2-3"), unit)
     assert result.errors == {}
     unit = m.Unit.get_by_id(unit.id)
     assert unit.graph_axes == [{"label": "Flow", "channels": [1]}, {"label": "Temp", "channels": [2, 3]}]
@@ -64,17 +68,17 @@ def test_unit_add_change_and_log(admin):
 
 
 def test_unit_validation_keeps_input(admin):
-    units = ap.registry()["unit"]
-    ap.submit(units, admin, unit_input())
-    result = ap.submit(units, admin, unit_input(code="M1", channels="40", name="typed <b>"))
+    units = registry()["unit"]
+    units.submit(admin, unit_input())
+    result = units.submit(admin, unit_input(code="M1", channels="40", name="typed <b>"))
     assert result.saved is None
     assert "already has the code" in result.errors["code"]
     assert "1 to 32" in result.errors["channels"]
     assert result.values["name"] == "typed <b>" and result.values["channels"] == "40"
-    result = ap.submit(units, admin, unit_input(code="M 2", key="a b", labels="a=b",
-                                                graph_axes="2", axis1_channels="1", axis2_channels="9"))
+    result = units.submit(admin, unit_input(code="M 2", key="a b", labels="a=b",
+                                            graph_axes="2", axis1_channels="1", axis2_channels="9"))
     assert set(result.errors) >= {"code", "key", "labels", "axis2_channels"}
-    result = ap.submit(units, admin, unit_input(code="M2", graph_width="10", report_fields="1, 4"))
+    result = units.submit(admin, unit_input(code="M2", graph_width="10", report_fields="1, 4"))
     assert "100 to 4000" in result.errors["graph_width"]
     assert m.Unit.select().count() == 1
 
@@ -82,97 +86,97 @@ def test_unit_validation_keeps_input(admin):
 def test_permissions_decide(admin, settings):
     clerk = manage.add_user("clerk", "pw", staff=True)
     m.UserPermission.create(user=clerk, codename="view_unit")
-    actor = ap.Actor.of(clerk, settings)
+    actor = Actor.of(clerk, settings)
     assert actor.may("view", "unit") and not actor.may("add", "unit")
-    with pytest.raises(ap.Forbidden):
-        ap.submit(ap.registry()["unit"], actor, unit_input())
+    with pytest.raises(Forbidden):
+        registry()["unit"].submit(actor, unit_input())
     m.UserPermission.create(user=clerk, codename="change_group")
-    actor = ap.Actor.of(clerk, settings)
+    actor = Actor.of(clerk, settings)
     assert actor.may("view", "group")  # who may change may view
     # A staff user hands out only the permissions they hold themselves.
-    offered = {f.name: f for f in ap.registry()["group"].fields(actor, None)}["permissions"].choices
+    offered = {f.name: f for f in registry()["group"].fields(actor, None)}["permissions"].choices
     assert {c[0] for c in offered} == {"view_unit", "change_group"}
 
 
 def test_last_superuser_and_self_demotion(admin, settings):
-    users = ap.registry()["user"]
+    users = registry()["user"]
     me = admin.user
-    values = ap.new_form(users, admin, me).values
+    values = users.new_form(admin, me).values
     values["is_superuser"] = ""
-    result = ap.submit(users, admin, form(**values), me)
+    result = users.submit(admin, form(**values), me)
     assert "last active superuser" in result.errors["is_superuser"]
     assert "Tick this box" in result.errors["confirm_self"]
     with pytest.raises(Exception, match="last active superuser"):
-        ap.delete(users, admin, me)
+        users.delete(admin, me)
 
     manage.add_user("boss2", "pw", superuser=True)
-    result = ap.submit(users, admin, form(username="Administrator", is_active="on", is_staff="on"), me)
+    result = users.submit(admin, form(username="Administrator", is_active="on", is_staff="on"), me)
     assert list(result.errors) == ["confirm_self"]
-    result = ap.submit(users, admin, form(username="Administrator", is_active="on", is_staff="on",
-                                          confirm_self="on"), me)
+    result = users.submit(admin, form(username="Administrator", is_active="on", is_staff="on",
+                                      confirm_self="on"), me)
     assert result.errors == {} and not m.User.get_by_id(1).is_superuser
 
 
 def test_user_add_password_and_weak_warning(admin):
-    users = ap.registry()["user"]
-    result = ap.submit(users, admin, form(username="ann", password1="x", password2="y"))
+    users = registry()["user"]
+    result = users.submit(admin, form(username="ann", password1="x", password2="y"))
     assert result.errors == {"password2": "The two passwords differ."}
     assert "password1" not in result.values or result.values["password1"] == ""  # passwords are not echoed
-    result = ap.submit(users, admin, form(username="ann", password1="x", password2="x", email="ann@example.com",
-                                          is_active="on", units=[]))
+    result = users.submit(admin, form(username="ann", password1="x", password2="x", email="ann@example.com",
+                                      is_active="on", units=[]))
     assert result.errors == {} and "weak" in result.warnings[0]
     ann = result.saved
     assert check_password("x", ann.password)
-    result = ap.set_password(admin, ann, form(password1="", password2=""))
+    result = users.set_password(admin, ann, form(password1="", password2=""))
     assert "required" in result.errors["password1"]
-    result = ap.set_password(admin, ann, form(password1="Long-enough-9", password2="Long-enough-9"))
+    result = users.set_password(admin, ann, form(password1="Long-enough-9", password2="Long-enough-9"))
     assert result.errors == {} and result.warnings == []
     assert check_password("Long-enough-9", m.User.get_by_id(ann.id).password)
     assert m.LogEntry.select().where(m.LogEntry.change_message == "Changed password.").count() == 1
 
 
 def test_view_entries(admin):
-    unit = ap.submit(ap.registry()["unit"], admin, unit_input()).saved
-    views = ap.registry()["view"]
-    result = ap.submit(views, admin, form(name="Plant", refresh_seconds="5", rows="3", entry1_unit=str(unit.id),
-                                          entry1_channels="1,3", entry2_channels="2"))
+    unit = registry()["unit"].submit(admin, unit_input()).saved
+    views = registry()["view"]
+    result = views.submit(admin, form(name="Plant", refresh_seconds="5", rows="3", entry1_unit=str(unit.id),
+                                      entry1_channels="1,3", entry2_channels="2"))
     assert "Choose the unit" in result.errors["entry2_unit"]
     assert result.values["entry1_channels"] == "1,3"
-    result = ap.submit(views, admin, form(name="Plant", refresh_seconds="5", rows="3", entry1_unit=str(unit.id),
-                                          entry1_channels="1,3"))
+    result = views.submit(admin, form(name="Plant", refresh_seconds="5", rows="3", entry1_unit=str(unit.id),
+                                      entry1_channels="1,3"))
     assert result.errors == {}
     entry = m.ViewEntry.get()
     assert (entry.unit_id, entry.channels) == (unit.id, [1, 3])
 
 
 def test_alarm_message_template_refused(admin):
-    unit = ap.submit(ap.registry()["unit"], admin, unit_input()).saved
-    messages = ap.registry()["alarmmessage"]
-    result = ap.submit(messages, admin, form(unit=str(unit.id), level="2", subject="Alarm {{ level",
-                                             body="ok"))
+    unit = registry()["unit"].submit(admin, unit_input()).saved
+    messages = registry()["alarmmessage"]
+    result = messages.submit(admin, form(unit=str(unit.id), level="2", subject="Alarm {{ level",
+                                         body="ok"))
     assert "line 1" in result.errors["subject"]
     assert result.values["subject"] == "Alarm {{ level"
-    result = ap.submit(messages, admin, form(unit=str(unit.id), level="2", subject="{{ unit.name }} alarm {{ level }}",
-                                             body="{% if data.0 %}At {{ data.0 }}{% endif %}"))
+    result = messages.submit(admin, form(unit=str(unit.id), level="2", subject="{{ unit.name }} alarm {{ level }}",
+                                         body="{% if data.0 %}At {{ data.0 }}{% endif %}"))
     assert result.errors == {}
-    subject, body = ap.preview_alarm_message(unit, 2, result.saved.subject, result.saved.body)
+    subject, body = preview_alarm_message(unit, 2, result.saved.subject, result.saved.body)
     assert subject == "Mill alarm 2" and body.startswith("At 2026-01-01 12:00:00")
 
 
 def test_bulk_delete_samples_batches_one_entry(admin):
-    unit = ap.submit(ap.registry()["unit"], admin, unit_input()).saved
-    other = ap.submit(ap.registry()["unit"], admin, unit_input(code="M2")).saved
+    unit = registry()["unit"].submit(admin, unit_input()).saved
+    other = registry()["unit"].submit(admin, unit_input(code="M2")).saved
     add_samples(unit, 12_345)
     add_samples(other, 10)
     before = m.LogEntry.select().count()
-    result = ap.delete_samples_bulk(admin, unit, dt.datetime(2026, 1, 1) + dt.timedelta(seconds=6000))
+    result = SAMPLES.delete_bulk(admin, unit, dt.datetime(2026, 1, 1) + dt.timedelta(seconds=6000))
     assert result.deleted == 6000
     assert m.Sample.select().where(m.Sample.unit == unit).count() == 6345
     assert m.LogEntry.select().count() == before + 1
     entry = m.LogEntry.select().order_by(m.LogEntry.id.desc()).first()
     assert "6000 sample(s) of unit M1 older than 2026-01-01 01:40:00" in entry.change_message
     assert entry.object_repr == "M1 sample at 2026-01-01 01:39:59"
-    result = ap.delete_samples_bulk(admin, unit)
+    result = SAMPLES.delete_bulk(admin, unit)
     assert result.deleted == 6345 and m.Sample.select().count() == 10
 
 
@@ -184,13 +188,13 @@ def test_a_bulk_deletion_lets_another_writer_in_between_batches(admin, settings)
     pause after each batch decides, is a timing: bench/admin_bench.py measures it.)"""
     import threading
 
-    unit = ap.submit(ap.registry()["unit"], admin, unit_input()).saved
+    unit = registry()["unit"].submit(admin, unit_input()).saved
     add_samples(unit, 20 * m.BATCH_SIZE)
     done = threading.Event()
 
     def delete() -> None:
         try:
-            ap.delete_samples_bulk(admin, unit)
+            SAMPLES.delete_bulk(admin, unit)
         finally:
             m.database.close()
             done.set()
@@ -212,51 +216,51 @@ def test_a_bulk_deletion_lets_another_writer_in_between_batches(admin, settings)
 
 
 def test_deletion_switched_off(admin, settings):
-    unit = ap.submit(ap.registry()["unit"], admin, unit_input()).saved
+    unit = registry()["unit"].submit(admin, unit_input()).saved
     add_samples(unit, 3)
-    off = ap.Actor.of(admin.user, settings.replace(ALLOW_SAMPLE_DELETION=False))
-    with pytest.raises(ap.Forbidden, match="ALLOW_SAMPLE_DELETION"):
-        ap.delete_samples_bulk(off, unit)
-    with pytest.raises(ap.Forbidden):
-        ap.delete_samples_selected(off, [m.Sample.select().first().id])
+    off = Actor.of(admin.user, settings.replace(ALLOW_SAMPLE_DELETION=False))
+    with pytest.raises(Forbidden, match="ALLOW_SAMPLE_DELETION"):
+        SAMPLES.delete_bulk(off, unit)
+    with pytest.raises(Forbidden):
+        SAMPLES.delete_selected(off, [m.Sample.select().first().id])
     assert m.Sample.select().count() == 3
 
 
 def test_delete_selected_logs_each(admin):
-    unit = ap.submit(ap.registry()["unit"], admin, unit_input()).saved
+    unit = registry()["unit"].submit(admin, unit_input()).saved
     add_samples(unit, 5)
     ids = [s.id for s in m.Sample.select().limit(3)]
-    assert ap.delete_samples_selected(admin, ids) == 3
+    assert SAMPLES.delete_selected(admin, ids) == 3
     assert m.LogEntry.select().where((m.LogEntry.model == "sample") & (m.LogEntry.action == "delete")).count() == 3
 
 
 def test_sample_keyset_pages(admin):
-    unit = ap.submit(ap.registry()["unit"], admin, unit_input()).saved
+    unit = registry()["unit"].submit(admin, unit_input()).saved
     add_samples(unit, 120)
-    first = ap.sample_page(unit, size=50)
+    first = SAMPLES.page(unit=unit, size=50)
     assert first.newer is None and first.older is not None
     assert first.rows[0].timestamp == dt.datetime(2026, 1, 1, 0, 1, 59)
-    second = ap.sample_page(unit, before=first.older, size=50)
-    third = ap.sample_page(unit, before=second.older, size=50)
+    second = SAMPLES.page(unit=unit, before=first.older, size=50)
+    third = SAMPLES.page(unit=unit, before=second.older, size=50)
     assert len(third.rows) == 20 and third.older is None
     seen = [s.id for s in first.rows + second.rows + third.rows]
     assert len(set(seen)) == 120
-    back = ap.sample_page(unit, after=third.newer, size=50)
+    back = SAMPLES.page(unit=unit, after=third.newer, size=50)
     assert [s.id for s in back.rows] == [s.id for s in second.rows]
-    ranged = ap.sample_page(unit, start=dt.datetime(2026, 1, 1, 0, 0, 10), end=dt.datetime(2026, 1, 1, 0, 0, 20))
+    ranged = SAMPLES.page(unit=unit, start=dt.datetime(2026, 1, 1, 0, 0, 10), end=dt.datetime(2026, 1, 1, 0, 0, 20))
     assert len(ranged.rows) == 10
 
 
 def test_unit_change_takes_effect_for_ttp(admin):
     """The TTP server's unit lookup sees a key changed through the panel at its next pass."""
-    unit = ap.submit(ap.registry()["unit"], admin, unit_input()).saved
+    unit = registry()["unit"].submit(admin, unit_input()).saved
     store_db = manage.m.make_database(admin.settings)  # the TTP server's own connection
     store_db.connect()
     store = SampleStore(store_db)
     try:
         with store_db.atomic():
             assert store.units_for_pass(["M1"])["M1"].key == "k1"
-        ap.submit(ap.registry()["unit"], admin, unit_input(key="k2"), unit)
+        registry()["unit"].submit(admin, unit_input(key="k2"), unit)
         with store_db.atomic():
             assert store.units_for_pass(["M1"])["M1"].key == "k2"
     finally:
@@ -270,9 +274,9 @@ def test_panel_writes_wait_for_a_busy_ttp_server(admin, settings):
     from txm.client import TTPClient
     from txm.serve import ServerThread
 
-    units = ap.registry()["unit"]
-    victim = ap.submit(units, admin, unit_input()).saved
-    ap.submit(units, admin, unit_input(code="M2", key="k2"))
+    units = registry()["unit"]
+    victim = units.submit(admin, unit_input()).saved
+    units.submit(admin, unit_input(code="M2", key="k2"))
     add_samples(victim, 3000)
     m.database.close()
     stop = threading.Event()
@@ -293,9 +297,9 @@ def test_panel_writes_wait_for_a_busy_ttp_server(admin, settings):
             m.database.connect(reuse_if_open=True)
             for i in range(40):
                 ids = [s.id for s in m.Sample.select(m.Sample.id).where(m.Sample.unit == victim).limit(5)]
-                assert ap.delete_samples_selected(admin, ids) == 5
-                assert ap.submit(units, admin, unit_input(name=f"Mill {i}"), victim).errors == {}
-            ap.delete_samples_bulk(admin, victim)
+                assert SAMPLES.delete_selected(admin, ids) == 5
+                assert units.submit(admin, unit_input(name=f"Mill {i}"), victim).errors == {}
+            SAMPLES.delete_bulk(admin, victim)
         finally:
             stop.set()
             meter.join(30)

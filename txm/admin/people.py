@@ -1,0 +1,271 @@
+"""Users, groups and the permissions they hold, as the admin panel edits them.
+
+Permissions are offered as a grid of kinds of record and actions; a staff user who is not a
+superuser hands out only what they hold (:func:`grantable_permissions`), and what they may not
+grant stays as it was (:func:`kept_permissions`). The last active superuser cannot be demoted or
+deleted, and taking away one's own access needs a tick.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional, Sequence
+
+from txm import db as m
+from txm import manage
+from txm.admin.actor import Actor, log_action
+from txm.admin.base import Column, ModelAdmin, as_ids, linked, set_links, unit_choices
+from txm.admin.forms import Field, Form, FormInput, read_form
+from txm.passwords import make_password, weakness
+from txm.permissions import ACTIONS, ALL_PERMISSIONS, PERMISSION_MODELS
+from txm.ttp.parser import format_timestamp
+
+
+# --- permissions ---------------------------------------------------------------------------------
+
+
+def permission_label(codename: str) -> str:
+    action, _, model = codename.partition("_")
+    verbose = {"mailinglist": "mailing list", "alarmmessage": "alarm message", "view": "multiple-meter view",
+               "logentry": "log entry"}.get(model, model)
+    return f"Can {action} {verbose}"
+
+
+def permission_grid(choices: Sequence[tuple[str, str]]) -> list[tuple[str, list[Optional[str]]]]:
+    """Permission choices as rows of a table: (kind of record, [codename or None per action])."""
+    offered = {c[0] for c in choices}
+    rows = []
+    for model in PERMISSION_MODELS:
+        cells = [f"{action}_{model}" if f"{action}_{model}" in offered else None for action in ACTIONS]
+        if any(cells):
+            rows.append((permission_label(f"view_{model}")[len("Can view "):], cells))
+    return rows
+
+
+#: Permissions that mean nothing in the panel: samples and alarms are never added or changed there,
+#: and the log is only read. They are not offered (a user who holds one keeps it).
+IDLE_PERMISSIONS = frozenset({"add_sample", "change_sample", "add_alarm", "change_alarm", "add_logentry",
+                              "change_logentry", "delete_logentry"})
+
+
+def grantable_permissions(actor: Actor) -> list[tuple[str, str]]:
+    """Permissions the actor may hand out: a superuser all, anyone else only their own."""
+    return [(p, permission_label(p)) for p in ALL_PERMISSIONS
+            if p not in IDLE_PERMISSIONS and (actor.is_superuser or p in actor.perms)]
+
+
+def kept_permissions(actor: Actor, chosen: list[str], held: list[str]) -> list[str]:
+    """What a user or group holds after the actor's change: the chosen permissions, and those held
+    that the actor may not grant (they are not offered to them, so they stay as they were)."""
+    grantable = {codename for codename, _ in grantable_permissions(actor)}
+    return [p for p in chosen if p in grantable] + [p for p in held if p not in grantable]
+
+
+# --- users ---------------------------------------------------------------------------------------
+
+
+def active_superuser_count() -> int:
+    return manage.active_superusers().count()
+
+
+def group_choices() -> list[tuple[str, str]]:
+    return [(str(g.id), g.name) for g in m.Group.select().order_by(m.Group.name)]
+
+
+class UserAdmin(ModelAdmin):
+    name, verbose, plural = "user", "user", "users"
+    model = m.User
+    description = "People who log in: staff and superuser status, groups, permissions, units they see."
+    columns = [Column("User name", lambda u: u.username), Column("Email", lambda u: u.email),
+               Column("Active", lambda u: u.is_active), Column("Staff", lambda u: u.is_staff),
+               Column("Superuser", lambda u: u.is_superuser),
+               Column("Last login", lambda u: format_timestamp(u.last_login)[:16] if u.last_login else "never")]
+    search_fields = (m.User.username, m.User.email, m.User.first_name, m.User.last_name)
+    ordering = (m.User.username,)
+    logged_names = {"groups": m.Group.name, "units": m.Unit.code}
+
+    def fields(self, actor, obj, raw=None):
+        limited = not actor.is_superuser
+        fields = [
+            Field("username", "User name", required=True, max_length=150, group="Account"),
+        ]
+        if obj is None:
+            fields += [
+                Field("password1", "Password", "password", required=True, group="Account",
+                      help="At least one character; a longer mix of letters, digits and signs is safer."),
+                Field("password2", "Password again", "password", required=True, group="Account"),
+            ]
+        fields += [
+            Field("email", "Email address", max_length=254, group="Personal",
+                  help="Alarm emails of the unit mailing lists this user is on go here."),
+            Field("first_name", "First name", max_length=150, group="Personal"),
+            Field("last_name", "Last name", max_length=150, group="Personal"),
+            Field("is_active", "Active", "bool", group="Status",
+                  help="Unticked: the user cannot log in (use this instead of deleting)."),
+            Field("is_staff", "Staff status (is_staff)", "bool", group="Status",
+                  help="May enter this administration panel."),
+            Field("is_superuser", "Superuser status (is_superuser)", "bool", group="Status", readonly=limited,
+                  help="Has every permission without assigning them."
+                       + (" Only a superuser may change this." if limited else "")),
+        ]
+        if obj is not None and obj.id == actor.user.id:
+            fields.append(Field("confirm_self", "Yes, change my own account even if I lose access", "bool",
+                                group="Status",
+                                help="Needed when you take away your own superuser, staff or active status."))
+        fields += [
+            Field("groups", "Groups", "multi", choices=group_choices(), group="Permissions", readonly=limited,
+                  help="The user has the permissions and units of these groups too."),
+            Field("permissions", "User permissions", "multi", choices=grantable_permissions(actor),
+                  group="Permissions", help="What this user may do in the administration panel (needs staff status)."),
+            Field("units", "Units", "multi", choices=unit_choices(), group="Permissions",
+                  help="Units this user sees on the home page (a superuser and users who may view units "
+                       "see all of them)."),
+        ]
+        return fields
+
+    def initial(self, obj):
+        if obj is None:
+            return {"is_active": True, "is_staff": False, "is_superuser": False, "groups": [], "permissions": [],
+                    "units": []}
+        return {
+            "username": obj.username, "email": obj.email, "first_name": obj.first_name,
+            "last_name": obj.last_name, "is_active": obj.is_active, "is_staff": obj.is_staff,
+            "is_superuser": obj.is_superuser,
+            "groups": linked(m.UserGroup, "user", obj, "group"),
+            "permissions": sorted(linked(m.UserPermission, "user", obj, "codename")),
+            "units": linked(m.UserUnit, "user", obj, "unit"),
+        }
+
+    def clean(self, actor, form, data, obj, raw):
+        username = data.get("username") or ""
+        if username and self.clashes(obj, m.User.username == username):
+            form.add_error("username", f"A user named {username!r} already exists.")
+        email = data.get("email") or ""
+        if email and not re.fullmatch(r"[^@\s]+@[^@\s]+", email):
+            form.add_error("email", "Enter an email address such as name@example.com.")
+        if obj is None:
+            if data.get("password1") and data.get("password1") != data.get("password2"):
+                form.add_error("password2", "The two passwords differ.")
+            elif data.get("password1"):
+                _warn_if_weak(form, data["password1"])
+        if data.get("is_superuser"):
+            data["is_staff"] = True
+        if obj is not None:
+            data["permissions"] = kept_permissions(actor, data["permissions"], self.initial(obj)["permissions"])
+            last = obj.is_superuser and obj.is_active and active_superuser_count() <= 1
+            if last and not data.get("is_superuser"):
+                form.add_error("is_superuser", "This is the last active superuser: make another superuser first.")
+            if last and not data.get("is_active"):
+                form.add_error("is_active", "This is the last active superuser: it must stay active.")
+            if last and not data.get("is_staff"):
+                form.add_error("is_staff", "This is the last active superuser: it keeps staff status.")
+            if obj.id == actor.user.id:
+                losing = [label for key, label in (("is_superuser", "superuser"), ("is_staff", "staff"),
+                                                   ("is_active", "active"))
+                          if getattr(obj, key) and not data.get(key)]
+                if losing and not data.get("confirm_self"):
+                    form.add_error("confirm_self", f"You are taking away your own {' and '.join(losing)} status: "
+                                                   f"you may lose access to this panel. Tick this box to confirm.")
+            if not actor.is_superuser and obj.is_superuser:
+                form.add_error("__all__", "Only a superuser may change a superuser's account.")
+
+    def save(self, actor, obj, data):
+        values = {k: data[k] for k in ("username", "email", "first_name", "last_name", "is_active", "is_staff",
+                                       "is_superuser")}
+        if obj is None:
+            values["password"] = make_password(data["password1"])
+        obj = self.store(obj, values)
+        set_links(m.UserGroup, "user", obj, "group", as_ids(data["groups"]))
+        set_links(m.UserPermission, "user", obj, "codename", data["permissions"])
+        set_links(m.UserUnit, "user", obj, "unit", as_ids(data["units"]))
+        return obj
+
+    def delete_problems(self, actor, obj):
+        if obj.is_superuser and obj.is_active and active_superuser_count() <= 1:
+            return ["This is the last active superuser and cannot be deleted: make another superuser first."]
+        if obj.is_superuser and not actor.is_superuser:
+            return ["Only a superuser may delete a superuser."]
+        return []
+
+    def delete_warnings(self, actor, obj):
+        warnings = []
+        if obj.id == actor.user.id:
+            warnings.append("This is YOUR OWN account: you will be logged out and cannot log in again.")
+        warnings.append("Unticking 'Active' on the user's page keeps their history; deleting removes them "
+                        "from every group and mailing list.")
+        return warnings
+
+    def set_password(self, actor: Actor, user: m.User, raw: FormInput) -> Form:
+        """The "change password form": set another user's (or one's own) password; logged, never shown."""
+        actor.require("change", "user")
+        form, data = read_form(password_fields(), raw)
+        if user.is_superuser and not actor.is_superuser:
+            form.add_error("__all__", "Only a superuser may change a superuser's password.")
+        if not form.errors and data["password1"] != data["password2"]:
+            form.add_error("password2", "The two passwords differ.")
+        if form.errors:
+            return form
+        _warn_if_weak(form, data["password1"])
+        with m.write_transaction():
+            user.password = make_password(data["password1"])
+            user.save()
+            log_action(actor, "change", "user", user.id, user.username, "Changed password.")
+        form.saved = user
+        form.message = "Changed password."
+        return form
+
+
+def password_fields() -> list[Field]:
+    return [Field("password1", "New password", "password", required=True,
+                  help="At least one character; a longer mix of letters, digits and signs is safer."),
+            Field("password2", "New password again", "password", required=True)]
+
+
+def _warn_if_weak(form: Form, password: str) -> None:
+    """A weak password is saved all the same, with a warning."""
+    warning = weakness(password)
+    if warning:
+        form.warnings.append(f"The password is weak: {warning}.")
+
+
+# --- groups --------------------------------------------------------------------------------------
+
+
+class GroupAdmin(ModelAdmin):
+    name, verbose, plural = "group", "group", "groups"
+    model = m.Group
+    description = "Groups of users sharing permissions and units."
+    columns = [Column("Name", lambda g: g.name),
+               Column("Members", lambda g: m.UserGroup.select().where(m.UserGroup.group == g).count())]
+    search_fields = (m.Group.name,)
+    ordering = (m.Group.name,)
+    logged_names = {"units": m.Unit.code}
+
+    def fields(self, actor, obj, raw=None):
+        return [
+            Field("name", "Name", required=True, max_length=150),
+            Field("permissions", "Permissions", "multi", choices=grantable_permissions(actor),
+                  help="What the group's members may do in the administration panel."),
+            Field("units", "Units", "multi", choices=unit_choices(),
+                  help="Units the group's members see on the home page."),
+        ]
+
+    def initial(self, obj):
+        if obj is None:
+            return {"permissions": [], "units": []}
+        return {"name": obj.name,
+                "permissions": sorted(linked(m.GroupPermission, "group", obj, "codename")),
+                "units": linked(m.GroupUnit, "group", obj, "unit")}
+
+    def clean(self, actor, form, data, obj, raw):
+        name = data.get("name") or ""
+        if name and self.clashes(obj, m.Group.name == name):
+            form.add_error("name", f"A group named {name!r} already exists.")
+        if obj is not None:
+            data["permissions"] = kept_permissions(actor, data["permissions"], self.initial(obj)["permissions"])
+
+    def save(self, actor, obj, data):
+        obj = self.store(obj, {"name": data["name"]})
+        set_links(m.GroupPermission, "group", obj, "codename", data["permissions"])
+        set_links(m.GroupUnit, "group", obj, "unit", as_ids(data["units"]))
+        return obj
