@@ -21,7 +21,7 @@ from txm.errors import ConfigError
 from txm.loggernet import records
 from txm.loggernet.client import PullClient, parse_unit_map
 from txm.loggernet.server import CURSOR_NAME, ExportServer
-from txm.ttp.loop import make_listener
+from txm.net import listen
 
 LONG_AGO = dt.datetime(2026, 1, 1)  # "received": settled at once, also on database servers
 WAIT = 20.0
@@ -241,7 +241,7 @@ class LineServer:
     """A hand-driven Data Export server: accept, send records, read acknowledgements."""
 
     def __init__(self, port: int = 0):
-        self.listener = make_listener("127.0.0.1", port)
+        self.listener = listen("127.0.0.1", port, "test Data Export")
         self.listener.setblocking(True)
         self.listener.settimeout(WAIT)
         self.port = self.listener.getsockname()[1]

@@ -54,7 +54,7 @@ from txm.errors import ConfigError, DatabaseError, TxmError
 from txm.systemd import Notifier
 from txm.ttp.apps import app_verbs
 from txm.ttp.handler import Handler, builtin_verbs
-from txm.ttp.loop import Loop, make_listener, start_listening
+from txm.ttp.loop import Loop
 
 log = logging.getLogger("txm.serve")
 
@@ -208,11 +208,7 @@ class Server:
                 raise ConfigError(f"TTP App {name!r} would replace the built-in verb {name!r}; rename the app")
             verbs[name] = verb
             self.ttp_apps.append(name)
-        try:
-            listener = make_listener(settings.BIND_ADDRESS, settings.DS_PORT, listen=False)
-        except OSError as exc:
-            raise TxmError(f"cannot listen for TTP on {settings.BIND_ADDRESS}:{settings.DS_PORT}: "
-                           f"{exc.strerror or exc}") from None
+        listener = net.listen(settings.BIND_ADDRESS, settings.DS_PORT, "TTP", start=False)
         # Not connected: the database is created or opened only once everything else is in place.
         self.database = models.make_database(settings)
         self.loop = Loop(settings, Handler(settings, self.database, verbs), listener,
@@ -238,7 +234,7 @@ class Server:
             service.start()
             self.services.append(service)
         self._check_stop()
-        start_listening(listener)
+        net.start_listening(listener)
         self._started = True
         self.ready.set()
 

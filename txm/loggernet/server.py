@@ -36,12 +36,12 @@ from typing import Any
 import peewee as pw
 
 from txm import db as models
+from txm import net
 from txm.config import Settings
 from txm.errors import ConfigError, TxmError
 from txm.db import close_quietly, write_transaction
 from txm.export import settled_last_id
 from txm.loggernet import records
-from txm.ttp.loop import make_listener
 
 log = logging.getLogger("txm.dataexport")
 
@@ -102,11 +102,7 @@ class ExportServer:
         self.resend_seconds = settings.EXPORT_RESEND_SECONDS
         self.unit_codes = list(settings.EXPORT_UNITS)
         if listener is None:
-            try:
-                listener = make_listener(settings.BIND_ADDRESS, settings.EXPORT_PORT, backlog=8)
-            except OSError as exc:
-                raise TxmError(f"cannot listen for Data Export clients on {settings.BIND_ADDRESS}:"
-                               f"{settings.EXPORT_PORT}: {exc.strerror or exc}") from None
+            listener = net.listen(settings.BIND_ADDRESS, settings.EXPORT_PORT, "Data Export clients", backlog=8)
         self.listener = listener
         self.port = listener.getsockname()[1]
         self.session: Session | None = None

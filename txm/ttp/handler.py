@@ -24,7 +24,8 @@ A verb is a function ``verb(call: Call) -> str`` returning the reply line withou
   PostgreSQL; should that statement fail on PostgreSQL, the pass is rolled back and answered
   again one request per transaction);
 * ``call.received`` -- the pass's time (naive UTC), ``call.settings``, ``call.log``;
-* ``call.after_commit(fn)`` -- run ``fn()`` once the pass is committed (e.g. wake a worker).
+* ``call.after_commit(fn)`` -- run ``fn()`` once the pass is committed;
+  ``call.announce(event)`` -- run what others registered for ``event`` then (see below).
 
 A verb may also answer several requests at once: ``verb.ttp_batch(calls) -> list`` receives
 consecutive calls of the verb for *different* units and returns, per call, the reply text or
@@ -35,10 +36,15 @@ into one multi-row INSERT.
 
 Where verbs come from
 ---------------------
-* Built-in verbs: a module listed in :data:`BUILTIN_VERB_MODULES` defines
-  ``TTP_VERBS = {"al": alarm_verb}``. ``up`` and ``dl`` live here.
+* Built-in verbs: the table :data:`txm.ttp.verbs.BUILTIN_VERBS` (``up``, ``dl``, ``al``).
 * TTP Apps (:mod:`txm.ttp.apps`): a module named after its verb, defining ``handle(call)``,
   switched on in ``[ttpapps]``.
+
+Telling others about a commit
+-----------------------------
+``call.announce(event)`` asks for the callbacks registered with :meth:`Handler.on_commit` for
+``event`` to run once the pass is committed: the alarm verb announces ``"alarm"``, and
+``txm serve`` registers the email worker's wake-up for it.
 
 An exception other than ProtocolError is logged with its traceback and answered with
 ``500 Internal error``; the server keeps serving.
@@ -67,20 +73,8 @@ log = logging.getLogger("txm.ttp")
 
 Verb = Callable[["Call"], str]
 
-#: Modules that contribute built-in verbs through a ``TTP_VERBS`` mapping. A module that is not
-#: part of this installation is left out (it names the alarms verb's home).
-BUILTIN_VERB_MODULES: tuple[str, ...] = ("txm.ttp.handler", "txm.alarms")
-
 #: Seconds an uncommitted upload may wait when COMMIT_INTERVAL is more than 1.
 MAX_COMMIT_DELAY = 1.0
-#: SQLite: WAL pages after which the loop's commit copies them into the database file (SQLite's
-#: default is 1,000). A pass of uploads from many meters dirties an index page per meter; a
-#: longer WAL lets a checkpoint copy each such page once for many passes instead of once for few.
-SQLITE_CHECKPOINT_PAGES = 20_000
-#: SQLite: seconds between the checkpointer thread's copies of the WAL into the database file,
-#: while the loop commits. It does the copying beside the loop (SQLite works without Python's
-#: lock), so the loop's own checkpoint every SQLITE_CHECKPOINT_PAGES finds little left to copy.
-SQLITE_CHECKPOINT_SECONDS = 0.1
 #: Most requests handed to a verb's batch function at once.
 BATCH_LIMIT = 500
 #: Attempts at one request, in a transaction of its own, after its pass met a lock conflict.
@@ -167,165 +161,12 @@ class Call:
         """Run ``fn()`` after the pass's transaction is committed (not at all if it fails)."""
         self.handler._after_commit.append(fn)
 
-
-# --- the built-in verbs ------------------------------------------------------------------------
-
-
-def upload(call: Call) -> str:
-    """``TTP /up/<code>/<ts;v1;...><ts;...>... <key>``: store samples; 406 lists duplicates."""
-    unit = call.unit()
-    return _store_upload(call, unit, parse_upload(call.request.argument, unit.channels))
-
-
-def _store_upload(call: Call, unit: UnitRecord, batch: Upload) -> str:
-    timestamps = batch.timestamps
-    duplicates: list[int] = []
-    if len(timestamps) == 1 or len(set(timestamps)) == len(timestamps):  # the usual case
-        positions: Iterable[int] = range(1, len(timestamps) + 1)
-        inserted = call.store.insert_columns(unit, timestamps, batch.values, call.received, batch.texts)
-    else:  # the same timestamp twice in one request: the second is a duplicate
-        seen: set[dt.datetime] = set()
-        fresh: list[int] = []
-        for position, timestamp in enumerate(timestamps, start=1):
-            if timestamp in seen:
-                duplicates.append(position)
-            else:
-                seen.add(timestamp)
-                fresh.append(position)
-        texts = batch.texts
-        positions = fresh
-        inserted = call.store.insert_columns(
-            unit, [timestamps[p - 1] for p in fresh], [batch.values[p - 1] for p in fresh], call.received,
-            None if texts is None else [texts[p - 1] for p in fresh])
-    call.wrote = True
-    if not all(inserted):
-        duplicates.extend(position for position, went_in in zip(positions, inserted) if not went_in)
-    if duplicates:
-        raise duplicate_error(unit, batch, sorted(duplicates))
-    return OK
-
-
-def duplicate_error(unit: UnitRecord, batch: Upload, positions: list[int]) -> ProtocolError:
-    """The manual's ``406 Duplicate sample``, each duplicate's 1-based position and timestamp as
-    sent appended: ``406 Duplicate sample 2<2009-1-16 15:30:45>``."""
-    sent = batch.sent
-    return ProtocolError(406, f"{len(positions)} duplicate sample(s) for unit {unit.code!r}",
-                         "".join(f"{p}<{sent[p - 1]}>" for p in positions))
-
-
-def upload_batch(calls: list[Call]) -> list[str | ProtocolError]:
-    """:func:`upload` for consecutive uploads of different units: the one-sample uploads among
-    them (what most meters send) go into the database in one multi-row INSERT."""
-    outcomes: list[str | ProtocolError] = [OK] * len(calls)
-    singles: list[tuple[int, UnitRecord, Upload]] = []
-    samples = []
-    for index, call in enumerate(calls):
-        try:
-            unit = call.unit()
-            batch = parse_upload(call.request.argument, unit.channels)
-            if len(batch.timestamps) == 1:
-                singles.append((index, unit, batch))
-                samples.append((unit, batch.timestamps[0], batch.texts[0] if batch.texts else None, batch.values[0]))
-            else:
-                outcomes[index] = _store_upload(call, unit, batch)
-        except ProtocolError as exc:
-            outcomes[index] = exc
-    if samples:
-        inserted = calls[0].store.insert_one_each(samples, calls[0].received)
-        for (index, unit, batch), went_in in zip(singles, inserted):
-            calls[index].wrote = True
-            if not went_in:
-                outcomes[index] = duplicate_error(unit, batch, [1])
-    return outcomes
-
-
-upload.ttp_single_statement = True  # type: ignore[attr-defined]
-upload.ttp_batch = upload_batch  # type: ignore[attr-defined]
-
-
-def download(call: Call) -> str:
-    """``TTP /dl/<code>/last <key>``: the unit's sample with the newest timestamp."""
-    unit = call.unit()
-    if call.request.argument.strip().lower() != "last":
-        raise ProtocolError(400, "download argument is not 'last'")
-    sample = call.store.newest(unit)
-    if sample is None:
-        raise ProtocolError(404, f"unit {unit.code!r} has no sample")
-    values = [format_value(v) for v in sample.values]
-    if unit.show_labels:
-        values = [f"{label}={value}" for label, value in zip(unit.channel_labels(), values)]
-    return f"OK <{sample.id} {format_timestamp(sample.timestamp)} {' '.join(values)}>"
-
-
-download.ttp_single_statement = True  # type: ignore[attr-defined]
-
-TTP_VERBS: dict[str, Verb] = {"up": upload, "dl": download}
-
-
-def builtin_verbs(modules: Iterable[str] = BUILTIN_VERB_MODULES) -> dict[str, Verb]:
-    """The verb table of every built-in verb module present."""
-    verbs: dict[str, Verb] = {}
-    for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        verbs.update(getattr(module, "TTP_VERBS", {}))
-    return verbs
+    def announce(self, event: str) -> None:
+        """Run the callbacks registered for ``event`` (:meth:`Handler.on_commit`) after the commit."""
+        self.handler._after_commit.extend(self.handler._listeners.get(event, ()))
 
 
 # --- the handler -------------------------------------------------------------------------------
-
-
-class Checkpointer:
-    """SQLite: copies the write-ahead log into the database file from a thread of its own with
-    its own connection (a passive checkpoint: it never waits for or blocks the loop), at most
-    every :data:`SQLITE_CHECKPOINT_SECONDS` and only after the loop committed something.
-
-    Alone it could never let SQLite start the log afresh (the loop keeps adding to it), so the
-    loop's connection still checkpoints every :data:`SQLITE_CHECKPOINT_PAGES` pages; by then
-    little is left to copy, and the log restarts.
-    """
-
-    def __init__(self, path: str):
-        self.path = path
-        self.runs = 0
-        self._committed = threading.Event()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="txm-checkpoint", daemon=True)
-        self._thread.start()
-
-    def committed(self) -> None:
-        self._committed.set()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._committed.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        import sqlite3
-
-        try:
-            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            log.warning("the WAL checkpointer could not open the database: %s", exc)
-            return
-        try:
-            while not self._stopping.is_set():
-                self._committed.wait()
-                if self._stopping.wait(SQLITE_CHECKPOINT_SECONDS):
-                    break
-                self._committed.clear()
-                try:
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.runs += 1
-                except sqlite3.Error as exc:  # the loop's own checkpoints go on regardless
-                    log.debug("WAL checkpoint failed: %s", exc)
-        finally:
-            connection.close()
 
 
 class Handler:
@@ -354,8 +195,14 @@ class Handler:
         self._pending_writes = 0
         self._units: dict[str, UnitRecord] = {}
         self._after_commit: list[Callable[[], Any]] = []
+        self._listeners: dict[str, list[Callable[[], Any]]] = {}
         self._uncommitted: list[tuple[Request, dt.datetime]] = []  # answered, not yet committed
         self.requests_handled = 0
+
+    def on_commit(self, event: str, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` after every commit of a pass in which a verb announced ``event``
+        (``call.announce(event)``), e.g. wake the email worker when an alarm was stored."""
+        self._listeners.setdefault(event, []).append(callback)
 
     # --- connection and transaction ----------------------------------------------------------
 

@@ -37,28 +37,6 @@ _BAD_REQUEST = error_reply(400)
 _FULL = (error_reply(500) + "\r").encode()
 
 
-def make_listener(address: str, port: int, backlog: int = 4096, listen: bool = True) -> socket.socket:
-    """A bound, listening, non-blocking TCP socket (bound only with ``listen`` false: call
-    :func:`start_listening` once ready to serve). Raises OSError."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address, port))
-        if listen:
-            start_listening(sock, backlog)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def start_listening(sock: socket.socket, backlog: int = 4096) -> None:
-    """Open a bound socket for connections (the kernel caps ``backlog`` at somaxconn)."""
-    sock.listen(min(backlog, socket.SOMAXCONN) if socket.SOMAXCONN > 128 else backlog)
-
-
 class Connection:
     """One meter connection: its socket, framer, unsent output and timing."""
 

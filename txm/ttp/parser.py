@@ -397,3 +397,39 @@ def format_timestamp(timestamp: dt.datetime) -> str:
         f"{timestamp.year:04d}-{timestamp.month:02d}-{timestamp.day:02d} "
         f"{timestamp.hour:02d}:{timestamp.minute:02d}:{timestamp.second:02d}")
     return f"{text}.{timestamp.microsecond:06d}" if timestamp.microsecond else text
+
+
+# --- alarms ----------------------------------------------------------------------------------------
+
+#: Most data items an alarm may carry after its level.
+MAX_ALARM_DATA = 64
+#: Longest data item, in characters.
+MAX_ALARM_DATA_CHARS = 200
+#: Alarm levels are stored in a 32-bit integer column.
+LEVEL_RANGE = (-(2 ** 31), 2 ** 31 - 1)
+
+_ALARM_RE = re.compile(r"<([^<>]*)>\Z")
+_LEVEL_RE = re.compile(r"[ \t]*([+-]?\d{1,10})[ \t]*\Z")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def parse_alarm(argument: str) -> tuple[int, list[str]]:
+    """``<LEVEL;DATA;DATA...>`` as (level, data); :class:`ProtocolError` 400 when malformed."""
+    match = _ALARM_RE.match(argument)
+    if match is None:
+        raise bad("alarm is not <level;data;...>")
+    level_text, *data = match.group(1).split(";")
+    level_match = _LEVEL_RE.match(level_text)
+    if level_match is None:
+        raise bad("alarm level is not a whole number")
+    level = int(level_match.group(1))
+    if not LEVEL_RANGE[0] <= level <= LEVEL_RANGE[1]:
+        raise bad("alarm level is out of range")
+    if len(data) > MAX_ALARM_DATA:
+        raise bad(f"alarm has {len(data)} data items, at most {MAX_ALARM_DATA} are accepted")
+    for item in data:
+        if len(item) > MAX_ALARM_DATA_CHARS:
+            raise bad(f"alarm data item is longer than {MAX_ALARM_DATA_CHARS} characters")
+        if _CONTROL_RE.search(item):
+            raise bad("alarm data holds a control character")
+    return level, data

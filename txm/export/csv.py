@@ -46,10 +46,10 @@ import peewee as pw
 
 from txm import db as models
 from txm.errors import InvalidValue, NotFound, TxmError
+from txm.db.dialect import Dialect
+from txm.export.ranges import parse_datetime, parse_range
 from txm.ttp.parser import format_timestamp
 
-#: How exported timestamps are written, for help texts and the web page.
-TIMESTAMP_FORMAT = "YYYY-MM-DD HH:MM:SS[.ffffff]"
 #: Rows read per query.
 PAGE_SIZE = 10_000
 #: Seconds a sample must have been stored before an incremental export takes it, on database
@@ -58,75 +58,6 @@ PAGE_SIZE = 10_000
 SETTLE_SECONDS = 2.0
 #: The first column's name.
 TIMESTAMP_COLUMN = "timestamp"
-
-_DATE_RE = re.compile(
-    r"^(?P<date>\d{4}-\d{1,2}-\d{1,2})"
-    r"(?:[ T](?P<h>\d{1,2}):(?P<m>\d{2})(?::(?P<s>\d{2})(?:\.(?P<f>\d{1,6}))?)?)?$")
-
-
-# --- dates -------------------------------------------------------------------------------------
-
-
-def parse_datetime(text: str, *, end: bool = False, what: str = "date") -> dt.datetime:
-    """A start (``end`` false) or end bound from a person's text, as a naive datetime.
-
-    Accepted: ``YYYY-MM-DD``, ``YYYY-MM-DD HH:MM``, ``YYYY-MM-DD HH:MM:SS[.ffffff]`` (a ``T``
-    may stand for the space, as HTML date inputs send), ``today`` and ``yesterday``.
-    Times are the meters' clock time, like the samples' timestamps.
-
-    A start is the first instant of what it names. An end is returned as an *exclusive* bound
-    just past what it names, so ``--to 2026-01-31`` takes the whole of that day and
-    ``--to "2026-01-31 12:30"`` the whole of that minute.
-    """
-    raw = (text or "").strip()
-    low = raw.lower()
-    if low in ("today", "yesterday"):
-        day = dt.date.today() - dt.timedelta(days=1 if low == "yesterday" else 0)
-        start = dt.datetime(day.year, day.month, day.day)
-        return start + dt.timedelta(days=1) if end else start
-    match = _DATE_RE.match(raw)
-    if not match:
-        raise InvalidValue(f"{what} {text!r} is not a date: write YYYY-MM-DD, 'YYYY-MM-DD HH:MM' or "
-                           f"'YYYY-MM-DD HH:MM:SS', or today or yesterday")
-    try:
-        year, month, day = (int(part) for part in match["date"].split("-"))
-        hour = int(match["h"] or 0)
-        minute = int(match["m"] or 0)
-        second = int(match["s"] or 0)
-        micro = int((match["f"] or "0").ljust(6, "0"))
-        value = dt.datetime(year, month, day, hour, minute, second, micro)
-    except ValueError as exc:
-        raise InvalidValue(f"{what} {text!r} is not a real date or time: {exc}") from None
-    if not end:
-        return value
-    if match["h"] is None:
-        step = dt.timedelta(days=1)
-    elif match["s"] is None:
-        step = dt.timedelta(minutes=1)
-    elif match["f"] is None:
-        step = dt.timedelta(seconds=1)
-    else:
-        step = dt.timedelta(microseconds=10 ** (6 - len(match["f"])))
-    try:
-        return value + step
-    except OverflowError:
-        return dt.datetime.max
-
-
-def parse_range(start: str | dt.datetime | None, end: str | dt.datetime | None
-                ) -> tuple[dt.datetime | None, dt.datetime | None]:
-    """``(start, end)`` with start inclusive and end exclusive, from text or datetimes.
-
-    A datetime given as ``end`` is taken as an exclusive bound as it is. A start after the
-    end is an :class:`InvalidValue`.
-    """
-    lo = start if isinstance(start, dt.datetime) or start is None else parse_datetime(start, what="start date")
-    hi = end if isinstance(end, dt.datetime) or end is None else parse_datetime(end, end=True, what="end date")
-    if lo is not None and hi is not None and lo >= hi:
-        raise InvalidValue(f"the start ({format_timestamp(lo)}) is not before the end "
-                           f"({format_timestamp(hi)}); nothing lies between them")
-    return lo, hi
-
 
 # --- fields --------------------------------------------------------------------------------------
 
@@ -194,15 +125,6 @@ def header(unit: models.Unit, fields: Sequence[int]) -> list[str]:
 # --- the query -----------------------------------------------------------------------------------
 
 
-def _dialect(db: pw.Database) -> tuple[str, str, str]:
-    """(kind, parameter marker, identifier quote) of a database."""
-    if isinstance(db, pw.SqliteDatabase):
-        return "sqlite", "?", '"'
-    if isinstance(db, pw.PostgresqlDatabase):
-        return "postgresql", "%s", '"'
-    return "mysql", "%s", "`"
-
-
 def _sqlite_stamp(value: Any) -> str:
     """A timestamp read from SQLite as the CSV writes it; the stored text usually is already."""
     if isinstance(value, str) and len(value) in (19, 26) and value[10] == " ":
@@ -216,10 +138,6 @@ def _stamp(value: Any) -> str:
     return _sqlite_stamp(value)
 
 
-def _py_stamp(value: Any) -> dt.datetime:
-    return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
-
-
 def settled_last_id(db: pw.Database, after_id: int = 0) -> int:
     """The highest sample id an incremental export may take now (``after_id`` if none is new).
 
@@ -227,7 +145,7 @@ def settled_last_id(db: pw.Database, after_id: int = 0) -> int:
     and later are left for the next run, because a transaction still open may yet commit a
     smaller id than one already visible. On SQLite every visible id is settled.
     """
-    kind, p, q = _dialect(db)
+    kind, p, q = Dialect.of(db)
     cursor = db.cursor()
     if kind != "sqlite":
         cutoff = models.utcnow() - dt.timedelta(seconds=SETTLE_SECONDS)
@@ -263,7 +181,7 @@ class UnitExport:
         self.count = 0
         #: The id of the last sample read, for incremental exports (in id order).
         self.last_id = after_id or 0
-        self._kind, self._p, self._q = _dialect(db)
+        self._kind, self._p, self._q = Dialect.of(db)
 
     def header(self) -> list[str]:
         return header(self.unit, self.fields)
@@ -330,7 +248,7 @@ class UnitExport:
         skip = 1 if self.after_id is not None else 0
         for page in self.raw_pages():
             for row in page:
-                yield (_py_stamp(row[skip]), *row[skip + 1:])
+                yield (Dialect.to_datetime(row[skip]), *row[skip + 1:])
 
     def csv_pages(self, with_header: bool = True) -> Iterator[str]:
         """The CSV text in pieces of about :data:`PAGE_SIZE` rows (header first, when asked)."""

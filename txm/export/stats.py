@@ -18,17 +18,9 @@ import peewee as pw
 
 from txm import db as m
 from txm.errors import InvalidValue
-from txm.export import _dialect, _py_stamp, parse_range
+from txm.db.dialect import Dialect
+from txm.export.ranges import DateRange, parse_range
 
-#: Date range presets: name -> (label, length); counted back from the unit's newest sample.
-PRESETS: dict[str, tuple[str, dt.timedelta | None]] = {
-    "hour": ("Last hour", dt.timedelta(hours=1)),
-    "day": ("Last day", dt.timedelta(days=1)),
-    "week": ("Last week", dt.timedelta(days=7)),
-    "month": ("Last month", dt.timedelta(days=30)),
-    "all": ("All", None),
-}
-DEFAULT_PRESET = "day"
 #: On SQLite, lines reduced to at most this many buckets are read with one range query per bucket
 #: (no sorting; see :func:`_sqlite_bucket_rows`); more buckets (MAX_PLOT_POINTS above twice this)
 #: cost more in queries than the GROUP BY's sort, and take the GROUP BY.
@@ -39,63 +31,6 @@ _EPOCH = dt.datetime(1970, 1, 1)
 POINTS_PER_PIXEL = 4
 
 
-# --- date ranges ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DateRange:
-    """Samples with ``start <= timestamp < end``; None leaves that side open."""
-
-    start: dt.datetime | None
-    end: dt.datetime | None
-    preset: str | None  # the preset chosen, or None for dates given
-    label: str
-
-
-def newest_timestamp(unit: m.Unit) -> dt.datetime | None:
-    row = (m.Sample.select(m.Sample.timestamp).where(m.Sample.unit == unit.id)
-           .order_by(m.Sample.timestamp.desc()).limit(1).tuples().first())
-    return _py_stamp(row[0]) if row else None
-
-
-def resolve_range(unit: m.Unit, preset: str | None = None, start: str | None = None,
-                  end: str | None = None) -> DateRange:
-    """The range a person asked for: dates (``from``/``to``, see :func:`txm.export.parse_datetime`)
-    when either is given, else a preset (default: the last day).
-
-    Presets count back from the unit's newest sample, not from the server's clock: meters keep
-    their own clock (often local time), and "the last day" of a meter that stopped a week ago
-    should still show its last day of data. Bad dates or an unknown preset raise
-    :class:`InvalidValue` with a message for the page.
-    """
-    start = (start or "").strip() or None
-    end = (end or "").strip() or None
-    if start or end:
-        lo, hi = parse_range(start, end)
-        label = f"{_show(lo) if lo else 'the first sample'} to {_show_end(hi) if hi else 'the newest sample'}"
-        return DateRange(lo, hi, None, label)
-    preset = (preset or DEFAULT_PRESET).strip().lower()
-    if preset not in PRESETS:
-        raise InvalidValue(f"unknown range {preset!r}: choose one of {', '.join(PRESETS)}")
-    label, length = PRESETS[preset]
-    if length is None:
-        return DateRange(None, None, preset, "all samples")
-    newest = newest_timestamp(unit)
-    if newest is None:
-        return DateRange(None, None, preset, label.lower())
-    hi = newest + dt.timedelta(microseconds=1)
-    return DateRange(hi - length, hi, preset, f"{label.lower()} of data, to {_show(newest)}")
-
-
-def _show(value: dt.datetime) -> str:
-    text = value.strftime("%Y-%m-%d %H:%M:%S")
-    return text + (f".{value.microsecond:06d}" if value.microsecond else "")
-
-
-def _show_end(value: dt.datetime) -> str:
-    return "before " + _show(value)
-
-
 # --- SQL helpers ----------------------------------------------------------------------------------
 
 
@@ -104,7 +39,7 @@ class _Sql:
 
     def __init__(self, db: pw.Database | None = None):
         self.db = db or m.database.obj
-        self.kind, self.p, self.q = _dialect(self.db)
+        self.kind, self.p, self.q = Dialect.of(self.db)
 
     def col(self, name: str) -> str:
         return f"{self.q}{name}{self.q}"
@@ -225,8 +160,8 @@ def _overview(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, 
     if not first_row:
         stats = RangeStats(0, None, None, [ChannelStats(n, labels[n - 1]) for n in channels])
         return stats, Series(lines, 0, False, limit or 0)
-    first = _py_stamp(first_row[0][0])
-    last = _py_stamp(sql.fetchall(f"SELECT {ts} FROM {table} WHERE {where} ORDER BY {ts} DESC LIMIT 1", params)[0][0])
+    first = Dialect.to_datetime(first_row[0][0])
+    last = Dialect.to_datetime(sql.fetchall(f"SELECT {ts} FROM {table} WHERE {where} ORDER BY {ts} DESC LIMIT 1", params)[0][0])
     shift = [float(v) if v is not None else 0.0 for v in first_row[0][1:]]
 
     parts = [f"MIN({ts})", f"MAX({ts})", "COUNT(*)"]
@@ -275,20 +210,20 @@ def _overview(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, 
                 for attr, order in (("first", "ASC"), ("last", "DESC")):
                     found = sql.fetchall(f"SELECT {ts} FROM {table} WHERE {where} AND {c} IS NOT NULL "
                                          f"ORDER BY {ts} {order} LIMIT 1", params)
-                    setattr(channel, attr, _py_stamp(found[0][0]))
+                    setattr(channel, attr, Dialect.to_datetime(found[0][0]))
         stats.channels.append(channel)
 
     if not limit:
         return stats, Series(lines, total, False, 0)
     if total <= limit:
         for row in sql.fetchall(f"SELECT {ts}, {values} FROM {table} WHERE {where} ORDER BY {ts}", params):
-            when = _py_stamp(row[0])
+            when = Dialect.to_datetime(row[0])
             for n, value in zip(channels, row[1:]):
                 if value is not None:
                     lines[n].append((when, float(value)))
         return stats, Series(lines, total, False, limit)
     for row in rows:
-        t_first, t_last = _py_stamp(row[0]), _py_stamp(row[1])
+        t_first, t_last = Dialect.to_datetime(row[0]), Dialect.to_datetime(row[1])
         for i, n in enumerate(channels):
             low, high = row[4 + 5 * i], row[5 + 5 * i]
             if low is None:
@@ -369,7 +304,7 @@ def last_sample(unit: m.Unit) -> LastSample | None:
            .order_by(m.Sample.timestamp.desc()).limit(1).tuples().first())
     if row is None:
         return None
-    return LastSample(_py_stamp(row[0]), _py_stamp(row[1]), [None if v is None else float(v) for v in row[2:]])
+    return LastSample(Dialect.to_datetime(row[0]), Dialect.to_datetime(row[1]), [None if v is None else float(v) for v in row[2:]])
 
 
 def last_samples(units: Sequence[m.Unit]) -> dict[int, LastSample | None]:
@@ -398,7 +333,7 @@ def samples_page(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | Non
     columns = ", ".join(sql.col(f"ch{n}") for n in channels)
     rows = sql.fetchall(f"SELECT {ts}, {columns} FROM {sql.col('sample')} WHERE {where} ORDER BY {ts} "
                         f"LIMIT {int(limit)}", params)
-    return [(_py_stamp(row[0]), *(None if v is None else float(v) for v in row[1:])) for row in rows]
+    return [(Dialect.to_datetime(row[0]), *(None if v is None else float(v) for v in row[1:])) for row in rows]
 
 
 def check_channels(unit: m.Unit, channels: Sequence[int]) -> list[int]:

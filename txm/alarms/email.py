@@ -1,15 +1,15 @@
-"""Alarms: the ``al`` TTP verb, the alarm email templates, sending them, and mailing lists.
+"""Alarm emails: rendering an alarm's email, sending it over SMTP, and the worker that sends
+the emails of stored alarms (claimed in the database, retried, shared by several nodes).
 
-The templates and their sandbox live in :mod:`txm.alarm_templates`; the names the admin panel
-uses are available here too: :func:`check_template`, :func:`render_message`,
-:func:`render_alarm_email`, :func:`send_test_email`. docs/alarms.md describes it all.
+The ``al`` verb that stores alarms is in :mod:`txm.ttp.verbs`; the templates and their sandbox
+in :mod:`txm.alarms.templates`; mailing lists in :mod:`txm.alarms.mailing_lists`.
+docs/alarms.md describes it all.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 import smtplib
 import socket
 import ssl
@@ -22,12 +22,9 @@ from typing import Any, Iterable, Sequence
 import peewee as pw
 
 from txm import db as m
-# The template API is offered here as well (the admin panel imports it from txm.alarms).
-from txm.alarm_templates import (DEFAULT_BODY, DEFAULT_SUBJECT, MAX_BODY_CHARS,  # noqa: F401
-                                 MAX_SUBJECT_CHARS, UnitView, check_template, render_message)
+from txm.alarms.templates import DEFAULT_BODY, DEFAULT_SUBJECT, UnitView, render_message
 from txm.config import Settings
-from txm.errors import ConfigError, InvalidValue, NotFound, TxmError
-from txm.ttp.parser import bad
+from txm.errors import ConfigError, InvalidValue, TxmError
 
 log = logging.getLogger("txm.alarms")
 
@@ -169,79 +166,12 @@ def send_test_email(settings: Settings, unit: Any, level: int, data: list[str], 
                          + "; ".join(f"{addr}: {why}" for addr, why in refused.items()), True)
 
 
-# --- the TTP verb --------------------------------------------------------------------------------
+# --- what became of an alarm's email -------------------------------------------------------------
 
-#: Most data items an alarm may carry after its level.
-MAX_ALARM_DATA = 64
-#: Longest data item, in characters.
-MAX_ALARM_DATA_CHARS = 200
-#: Alarm levels are stored in a 32-bit integer column.
-LEVEL_RANGE = (-(2 ** 31), 2 ** 31 - 1)
-
-_ALARM_RE = re.compile(r"<([^<>]*)>\Z")
-_LEVEL_RE = re.compile(r"[ \t]*([+-]?\d{1,10})[ \t]*\Z")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: What became of an alarm's email (``alarm.email_status``), see docs/alarms.md.
 EMAIL_STATUSES = ("pending", "sent", "failed", "suppressed", "none")
 #: Email statuses that count as an email for ALARM_EMAIL_MIN_INTERVAL.
-_EMAILED = ("pending", "sent", "failed")
-
-
-def parse_alarm(argument: str) -> tuple[int, list[str]]:
-    """``<LEVEL;DATA;DATA...>`` as (level, data); :class:`ProtocolError` 400 when malformed."""
-    match = _ALARM_RE.match(argument)
-    if match is None:
-        raise bad("alarm is not <level;data;...>")
-    level_text, *data = match.group(1).split(";")
-    level_match = _LEVEL_RE.match(level_text)
-    if level_match is None:
-        raise bad("alarm level is not a whole number")
-    level = int(level_match.group(1))
-    if not LEVEL_RANGE[0] <= level <= LEVEL_RANGE[1]:
-        raise bad("alarm level is out of range")
-    if len(data) > MAX_ALARM_DATA:
-        raise bad(f"alarm has {len(data)} data items, at most {MAX_ALARM_DATA} are accepted")
-    for item in data:
-        if len(item) > MAX_ALARM_DATA_CHARS:
-            raise bad(f"alarm data item is longer than {MAX_ALARM_DATA_CHARS} characters")
-        if _CONTROL_RE.search(item):
-            raise bad("alarm data holds a control character")
-    return level, data
-
-
-def alarm_verb(call) -> str:
-    """``TTP /al/<code>/<LEVEL;DATA;DATA...> <key>``: store an alarm; its email goes out later.
-
-    ``OK`` once the alarm is committed with the pass. With ALARM_EMAIL_MIN_INTERVAL set, an alarm
-    that follows an emailed one of the same unit and level too soon is stored as ``suppressed``.
-    """
-    unit = call.unit()
-    level, data = parse_alarm(call.request.argument)
-    status = "pending"
-    interval = call.settings.ALARM_EMAIL_MIN_INTERVAL
-    if interval > 0:
-        since = call.received - dt.timedelta(seconds=interval)
-        recent = (m.Alarm.select(m.Alarm.id)
-                  .where((m.Alarm.unit == unit.id) & (m.Alarm.level == level) & (m.Alarm.received > since)
-                         & m.Alarm.email_status.in_(_EMAILED))
-                  .limit(1))
-        if recent.exists(call.db):
-            status = "suppressed"
-    m.Alarm.insert(unit=unit.id, level=level, data=data, received=call.received, email_status=status,
-                   email_next_attempt=call.received if status == "pending" else None).execute(call.db)
-    call.wrote = True
-    if status == "pending":
-        wake = getattr(call.handler, "alarm_email_wakeup", None)
-        if wake is not None:
-            call.after_commit(wake)
-    else:
-        # DEBUG: a flapping meter must not flood the log either.
-        call.log.debug("alarm of unit %s level %d stored; email suppressed (ALARM_EMAIL_MIN_INTERVAL)",
-                       unit.code, level)
-    return "OK"
-
-
-TTP_VERBS = {"al": alarm_verb}
+EMAILED = ("pending", "sent", "failed")
 
 
 # --- the email worker ----------------------------------------------------------------------------
@@ -300,7 +230,7 @@ class EmailWorker:
     """Sends the emails of pending alarms, claiming each in the database first.
 
     Use :meth:`run_once` to send what is due now (tests, scripts) or :meth:`run` in a thread
-    (:class:`EmailService`). Works on the models' database from its own thread's connection.
+    (a service of ``txm serve``). Works on the models' database from its own thread's connection.
     """
 
     def __init__(self, settings: Settings, database):
@@ -308,19 +238,19 @@ class EmailWorker:
         self.settings = settings
         self.db = database
         self._wake = threading.Event()
-        self._stopping = threading.Event()
+        self._stopping = threading.Event()  # run()'s stop event once it runs
+        self.description = (f"Alarm emails through {settings.EMAIL_HOST}:{settings.EMAIL_PORT}"
+                            + (" (STARTTLS)" if settings.EMAIL_USE_TLS else " (TLS)" if settings.EMAIL_USE_SSL else ""))
 
     def wake(self) -> None:
-        """Look for due emails now (the verb calls this once an alarm is committed)."""
+        """Look for due emails now (``txm serve`` calls this once an alarm is committed)."""
         self._wake.set()
 
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-
-    def run(self) -> None:
-        """Send due emails until :meth:`stop`; survive database and SMTP failures."""
-        while not self._stopping.is_set():
+    def run(self, stop: threading.Event) -> None:
+        """Send due emails until ``stop`` is set (then :meth:`wake` to end the wait at once);
+        survive database and SMTP failures."""
+        self._stopping = stop
+        while not stop.is_set():
             self._wake.clear()
             try:
                 self.db.connect(reuse_if_open=True)
@@ -329,7 +259,8 @@ class EmailWorker:
                 log.exception("the alarm email worker failed; trying again in %g s", POLL_SECONDS)
                 wait = POLL_SECONDS
                 self._close()
-            self._wake.wait(wait)
+            if not stop.is_set():
+                self._wake.wait(wait)
         self._close()
 
     def _close(self) -> None:
@@ -453,98 +384,3 @@ class EmailWorker:
         self._finish(alarm_id, claim, email_status="sent", email_error=note, email_attempts=attempts,
                      email_sent=m.utcnow())
         return "sent"
-
-
-class EmailService:
-    """The email worker as a service of ``txm serve``: a thread beside the TTP loop."""
-
-    name = "email"
-
-    def __init__(self, settings: Settings, database):
-        self.worker = EmailWorker(settings, database)
-        self.description = (f"Alarm emails through {settings.EMAIL_HOST}:{settings.EMAIL_PORT}"
-                            + (" (STARTTLS)" if settings.EMAIL_USE_TLS else " (TLS)" if settings.EMAIL_USE_SSL else ""))
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.worker.run, name="txm-email", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.worker.stop()
-        if self._thread is not None:
-            # An SMTP exchange under way is left to finish on its own (the thread is a daemon);
-            # its claim runs out and another start sends the email if it did not go out.
-            self._thread.join(5)
-
-
-def make_services(settings: Settings, server) -> list[EmailService]:
-    """``txm serve``'s email worker; the TTP handler wakes it when an alarm is committed."""
-    service = EmailService(settings, server.loop.handler.db)
-    server.loop.handler.alarm_email_wakeup = service.worker.wake
-    return [service]
-
-
-# --- mailing lists -------------------------------------------------------------------------------
-
-
-@dataclass
-class MailingListChange:
-    unit: m.Unit
-    changed: list[str]  # user names added or removed
-    unchanged: list[str]  # already on the list (add), or not on it (remove)
-
-
-def _users(usernames: Iterable[str]) -> list[m.User]:
-    names = list(dict.fromkeys(n.strip() for n in usernames if n and n.strip()))
-    if not names:
-        raise InvalidValue("name at least one user")
-    found = {u.username: u for u in m.User.select().where(m.User.username.in_(names))}
-    missing = [n for n in names if n not in found]
-    if missing:
-        raise NotFound(f"there is no user named {', '.join(repr(n) for n in missing)}; see txm user list")
-    return [found[n] for n in names]
-
-
-def mailing_list_add(code: str, usernames: Iterable[str]) -> MailingListChange:
-    """Put users on the unit's mailing list (created when the unit has none). Nothing changes
-    when a unit or user is unknown."""
-    from txm.manage import get_unit
-
-    unit = get_unit(code)
-    users = _users(usernames)
-    with m.write_transaction():
-        mailing_list, _ = m.MailingList.get_or_create(unit=unit, defaults={"name": unit.code})
-        present = {row[0] for row in m.MailingListMember.select(m.MailingListMember.user)
-                   .where(m.MailingListMember.mailing_list == mailing_list).tuples()}
-        added = [u for u in users if u.id not in present]
-        for user in added:
-            m.MailingListMember.create(mailing_list=mailing_list, user=user)
-    return MailingListChange(unit, [u.username for u in added], [u.username for u in users if u.id in present])
-
-
-def mailing_list_remove(code: str, usernames: Iterable[str]) -> MailingListChange:
-    """Take users off the unit's mailing list. Nothing changes when a unit or user is unknown."""
-    from txm.manage import get_unit
-
-    unit = get_unit(code)
-    users = _users(usernames)
-    mailing_list = m.MailingList.get_or_none(m.MailingList.unit == unit)
-    removed: list[str] = []
-    if mailing_list is not None:
-        with m.write_transaction():
-            for user in users:
-                if m.MailingListMember.delete().where((m.MailingListMember.mailing_list == mailing_list)
-                                                      & (m.MailingListMember.user == user)).execute():
-                    removed.append(user.username)
-    return MailingListChange(unit, removed, [u.username for u in users if u.username not in removed])
-
-
-def mailing_list_members(code: str) -> tuple[m.Unit, list[m.User]]:
-    """The unit and the users on its mailing list, by name."""
-    from txm.manage import get_unit
-
-    unit = get_unit(code)
-    users = list(m.User.select().join(m.MailingListMember).join(m.MailingList)
-                 .where(m.MailingList.unit == unit).order_by(m.User.username))
-    return unit, users

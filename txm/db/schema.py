@@ -1,8 +1,8 @@
-"""The schema (peewee models) and opening the database named by the settings.
+"""The schema: txm's tables as peewee models, imported everywhere as ``from txm.db import schema``.
 
 The models are bound to :data:`database`, a :class:`peewee.DatabaseProxy` that
-:func:`open_database` initialises at run time, so the same models serve SQLite,
-PostgreSQL and MySQL/MariaDB. docs/schema.md describes every table for people who
+:func:`txm.db.database.open_database` initialises at run time, so the same models serve
+SQLite, PostgreSQL and MySQL/MariaDB. docs/schema.md describes every table for people who
 write their own SQL reports.
 """
 
@@ -11,23 +11,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import time
-from typing import Any, Iterable
+from typing import Any
 
 import peewee as pw
 
-from txm.config import Settings
-from txm.errors import DatabaseError, InvalidValue
+from txm.errors import InvalidValue
 
 #: Channels (data fields) a unit may have; the ``sample`` table has one column per channel.
 MAX_CHANNELS = 32
 #: Unit codes are alphanumeric, as the manual asks: they travel in TTP request paths.
 UNIT_CODE_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
-#: Rows a bulk operation (deletion, migration) touches per transaction.
-BATCH_SIZE = 5000
-#: Bounds of the pause a bulk writer makes after each batch on SQLite, seconds (between_batches).
-BULK_PAUSE_MIN = 0.002
-BULK_PAUSE_MAX = 0.05
 
 database = pw.DatabaseProxy()
 
@@ -353,143 +346,6 @@ MODELS: tuple[type[BaseModel], ...] = (
     LoggerNetSource,
     LoginFailure,
 )
-
-
-# --- opening ---------------------------------------------------------------------------------
-
-_DRIVERS = {"postgresql": ("psycopg2", "postgres"), "mysql": ("pymysql", "mysql")}
-
-
-def make_database(settings: Settings) -> pw.Database:
-    """A peewee database for the settings, not yet connected."""
-    engine = settings.DATABASE_ENGINE
-    if engine == "sqlite3":
-        return pw.SqliteDatabase(
-            str(settings.sqlite_path()),
-            pragmas={"journal_mode": "wal", "foreign_keys": 1, "synchronous": "full", "busy_timeout": 10000},
-            timeout=10,
-        )
-    module, extra = _DRIVERS[engine]
-    try:
-        __import__(module)
-    except ImportError:
-        raise DatabaseError(
-            f"DATABASE_ENGINE is {engine} but its driver ({module}) is not installed; "
-            f"install it with: pip install 'txm[{extra}]'") from None
-    params: dict[str, Any] = {}
-    for key, param in (("DATABASE_USER", "user"), ("DATABASE_PASSWORD", "password"),
-                       ("DATABASE_HOST", "host"), ("DATABASE_PORT", "port")):
-        if settings[key]:
-            params[param] = settings[key]
-    name = settings.DATABASE_NAME or "txm"
-    if engine == "postgresql":
-        return pw.PostgresqlDatabase(name, **params)
-    # DATETIME(6) keeps the microseconds meters send; utf8mb4 keeps every label.
-    return pw.MySQLDatabase(name, charset="utf8mb4", field_types={"DATETIME": "DATETIME(6)"}, **params)
-
-
-def open_database(settings: Settings, create: bool = False, db: pw.Database | None = None) -> pw.Database:
-    """Open the database the settings name (with ``db``, that database object of
-    :func:`make_database`) and bind the models to it.
-
-    With ``create`` false, a missing SQLite file or a database without txm's tables is a
-    :class:`DatabaseError` that says to run ``txm syncdb``.
-    """
-    if settings.DATABASE_ENGINE == "sqlite3":
-        path = settings.sqlite_path()
-        if not path.exists():
-            if not create:
-                raise DatabaseError(f"there is no database at {path} yet; create it with: txm syncdb")
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise DatabaseError(f"cannot create the folder for the database {path}: {exc.strerror}") from None
-    if db is None:
-        db = make_database(settings)
-    try:
-        db.connect(reuse_if_open=True)
-    except pw.OperationalError as exc:
-        raise DatabaseError(f"cannot open the database ({settings.database_label()}): "
-                            f"{_first_line(exc)}") from None
-    database.initialize(db)
-    if not create and not db.table_exists(User._meta.table_name):
-        db.close()
-        raise DatabaseError(f"the database ({settings.database_label()}) has no txm tables yet; "
-                            f"create them with: txm syncdb")
-    return db
-
-
-def between_batches(locked_at: float, db: pw.Database | None = None) -> None:
-    """What a bulk writer (the admin panel's deletions) does after committing each batch, whose
-    write transaction held the lock from ``locked_at`` (``time.monotonic()``). SQLite only:
-
-    * copy what the write-ahead log holds into the database file now, without waiting for or
-      blocking anyone (a passive checkpoint), so that the TTP server's commit does not later
-      copy the whole of it in one long go;
-    * pause as long as the batch held the lock (within BULK_PAUSE_MIN and BULK_PAUSE_MAX).
-      SQLite's waiting writers poll for the lock, more slowly the longer they wait: a bulk
-      writer that took the lock again at once would keep the TTP server out for the whole
-      operation, however small its batches.
-
-    PostgreSQL and MySQL lock rows, not the database: nothing to do there.
-    """
-    db = db if db is not None else database.obj
-    if isinstance(db, pw.SqliteDatabase):
-        held = time.monotonic() - locked_at
-        db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        time.sleep(min(BULK_PAUSE_MAX, max(BULK_PAUSE_MIN, held)))
-
-
-def write_transaction(db: pw.Database | None = None):
-    """A transaction that reads and then writes (``with write_transaction(): ...``).
-
-    On SQLite in WAL mode such a transaction cannot wait for the write lock: when another
-    connection (``txm serve`` storing samples) committed after its first read, its first write
-    fails at once with "database is locked", whatever the busy timeout. Starting it with
-    ``BEGIN IMMEDIATE`` takes the lock first and waits for it (up to the busy timeout) instead.
-    PostgreSQL and MySQL lock rows as they go. ``db`` defaults to the bound database.
-    """
-    db = db if db is not None else database.obj
-    if isinstance(db, pw.SqliteDatabase):
-        return db.atomic(lock_type="IMMEDIATE")
-    return db.atomic()
-
-
-def close_quietly(db: pw.Database) -> None:
-    """Close ``db`` after a failure, ignoring a connection that is already broken; the next use
-    opens a fresh one."""
-    try:
-        if not db.is_closed():
-            db.close()
-    except pw.PeeweeException:
-        pass
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
-def create_tables(db: pw.Database, models: Iterable[type[pw.Model]] = MODELS) -> list[str]:
-    """Create the tables that are missing; return their names."""
-    models = list(models)
-    missing = [m for m in models if not db.table_exists(m._meta.table_name)]
-    with db.bind_ctx(models):
-        db.create_tables(missing, safe=True)
-    return [m._meta.table_name for m in missing]
-
-
-def fix_sequences(db: pw.Database, models: Iterable[type[pw.Model]] = MODELS) -> None:
-    """After rows were inserted with explicit ids, move PostgreSQL's id sequences past them."""
-    if not isinstance(db, pw.PostgresqlDatabase):
-        return
-    for model in models:
-        pk = model._meta.primary_key
-        if isinstance(pk, pw.AutoField):
-            table = model._meta.table_name
-            db.execute_sql(
-                f"SELECT setval(pg_get_serial_sequence('\"{table}\"', '{pk.column_name}'), "
-                f"COALESCE((SELECT MAX(\"{pk.column_name}\") FROM \"{table}\"), 0) + 1, false)")
 
 
 def check_unit_code(code: str) -> str:
