@@ -39,7 +39,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from txm import config, manage  # noqa: E402
-from txm import db as m  # noqa: E402
+from txm.db import schema
+from txm.db.bulk import BATCH_SIZE
+from txm.db.database import open_database
 from txm.admin.actor import Actor  # noqa: E402
 from txm.admin.records import SAMPLES  # noqa: E402
 from txm.client import TTPClient  # noqa: E402
@@ -60,10 +62,10 @@ def fill(db_path: Path, unit_id: int, samples: int) -> None:
 def delete_batched(config_path: str, result: "multiprocessing.Queue") -> None:
     """In a child process, as the web process would: the panel's bulk deletion of unit M1."""
     settings = config.read_settings(config_path)
-    m.open_database(settings)
-    actor = Actor.of(m.User.get_by_id(1), settings)
+    open_database(settings)
+    actor = Actor.of(schema.User.get_by_id(1), settings)
     started = time.perf_counter()
-    outcome = SAMPLES.delete_bulk(actor, m.Unit.get(m.Unit.code == "M1"))
+    outcome = SAMPLES.delete_bulk(actor, schema.Unit.get(schema.Unit.code == "M1"))
     result.put((outcome.deleted, time.perf_counter() - started))
 
 
@@ -141,11 +143,11 @@ def main() -> int:
         manage.syncdb(settings)
         manage.add_unit("M1", "k1", 2)
         manage.add_unit("M2", "k2", 2)
-        m.database.close()
+        schema.database.close()
         db_path = folder / "bench.db"
         fill(db_path, 1, args.samples)
 
-        figures: dict[str, object] = {"samples": args.samples, "batch_size": m.BATCH_SIZE}
+        figures: dict[str, object] = {"samples": args.samples, "batch_size": BATCH_SIZE}
         with ServerThread(settings, timeout=30, module_services=False) as server:
             meter = Meter(server.ttp_port)
             meter.start()

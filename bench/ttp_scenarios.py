@@ -119,7 +119,7 @@ class BenchDatabase:
 def prepare(folder: Path, prefill: int, bench_db: BenchDatabase) -> Path:
     """A txm.toml naming the scenario's database, with the units made and the samples prefilled."""
     from txm import config as txm_config
-    from txm import db as models
+    from txm.db import schema
     from txm import manage
 
     config = folder / "txm.toml"
@@ -127,30 +127,31 @@ def prepare(folder: Path, prefill: int, bench_db: BenchDatabase) -> Path:
                       "MAX_CONNECTIONS = 20000\nCOMMIT_INTERVAL = 1\n")
     database = manage.syncdb(txm_config.read_settings(config)).database
     with database.atomic():
-        models.Unit.insert_many([{"code": f"U{i}", "key": KEY, "channels": CHANNELS} for i in range(UNITS)]
+        schema.Unit.insert_many([{"code": f"U{i}", "key": KEY, "channels": CHANNELS} for i in range(UNITS)]
                                 + [{"code": "FILL", "key": KEY, "channels": CHANNELS}]).execute()
     if prefill:
-        fill_id = models.Unit.get(models.Unit.code == "FILL").id
+        fill_id = schema.Unit.get(schema.Unit.code == "FILL").id
         base = dt.datetime(2000, 1, 1)
-        received = models.utcnow()
-        fields = [models.Sample.unit, models.Sample.timestamp, models.Sample.received,
-                  models.Sample.ch1, models.Sample.ch2, models.Sample.ch3, models.Sample.ch4]
+        received = schema.utcnow()
+        fields = [schema.Sample.unit, schema.Sample.timestamp, schema.Sample.received,
+                  schema.Sample.ch1, schema.Sample.ch2, schema.Sample.ch3, schema.Sample.ch4]
         for start in range(0, prefill, 10_000):
             rows = [(fill_id, base + dt.timedelta(seconds=i), received, 1.0, 2.0, 3.0, 4.0)
                     for i in range(start, min(prefill, start + 10_000))]
             with database.atomic():
-                models.Sample.insert_many(rows, fields=fields).execute()
+                schema.Sample.insert_many(rows, fields=fields).execute()
     database.close()
     return config
 
 
 def count_samples(config: Path) -> int:
     from txm import config as txm_config
-    from txm import db as models
+    from txm.db import schema
+    from txm.db.database import open_database
 
-    database = models.open_database(txm_config.read_settings(config))
+    database = open_database(txm_config.read_settings(config))
     try:
-        return models.Sample.select().count()
+        return schema.Sample.select().count()
     finally:
         database.close()
 

@@ -23,7 +23,8 @@ import pytest
 from click.testing import CliRunner
 
 from txm import config, manage
-from txm import db as models
+from txm.db import schema
+from txm.db.database import make_database
 
 ALL_BACKENDS = ("sqlite", "postgresql", "mysql")
 REPO = Path(__file__).resolve().parent.parent
@@ -140,7 +141,7 @@ class Backend:
 def backend(request):
     b = Backend(request.param)
     yield b
-    models.database.obj and models.database.obj.close()
+    schema.database.obj and schema.database.obj.close()
     b.drop_all()
 
 
@@ -304,7 +305,7 @@ def fail_the_database(settings, seconds: float = 1.0) -> None:
         other.execute("BEGIN IMMEDIATE")
         threading.Timer(seconds, lambda: (other.rollback(), other.close())).start()
         return
-    other = models.make_database(settings)
+    other = make_database(settings)
     other.connect()
     try:
         if engine == "postgresql":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.conftest import database_values, write_toml
 from tests.test_web_serve import web_port
-from txm import db as m
+from txm.db import schema
 from txm import manage
 from txm.passwords import make_password
 
@@ -13,9 +13,9 @@ from txm.passwords import make_password
 def test_create_a_unit_and_a_view_then_see_them_on_the_home_page(serve_process, settings, config_file, browser):
     write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
     manage.syncdb(settings)
-    m.User.create(username="boss", password=make_password("Boss-pass-1", iterations=1000), is_staff=True,
+    schema.User.create(username="boss", password=make_password("Boss-pass-1", iterations=1000), is_staff=True,
                   is_superuser=True)
-    m.database.close()
+    schema.database.close()
     process = serve_process()
     base = f"http://127.0.0.1:{web_port(process)}"
 
@@ -63,10 +63,10 @@ def test_create_a_unit_and_a_view_then_see_them_on_the_home_page(serve_process, 
     page.click("text=Tank farm")
     assert "/views/" in page.url
 
-    m.database.connect(reuse_if_open=True)
-    view = m.View.get(m.View.name == "Tank farm")
+    schema.database.connect(reuse_if_open=True)
+    view = schema.View.get(schema.View.name == "Tank farm")
     entries = [(e.unit.code, e.channels) for e in view.entries]
     assert entries == [("TANK1", [1])]
-    assert [e.action for e in m.LogEntry.select().order_by(m.LogEntry.id)] == ["add", "add"]
-    m.database.close()
+    assert [e.action for e in schema.LogEntry.select().order_by(schema.LogEntry.id)] == ["add", "add"]
+    schema.database.close()
     assert process.stop() == 0

@@ -9,7 +9,8 @@ import pytest
 
 from tests.test_adminpanel import add_samples
 from tests.webutil import add_user, client, csrf_token, login
-from txm import db as m
+from txm.db import schema
+from txm.serve import make_site
 from txm.passwords import check_password
 from txm.permissions import permissions_of
 
@@ -43,12 +44,12 @@ def post(web, path, data, status=None):
     return res
 
 
-def make_unit(code="M1", channels=3, key="k1", name="Mill") -> m.Unit:
-    return m.Unit.create(code=code, key=key, name=name, channels=channels)
+def make_unit(code="M1", channels=3, key="k1", name="Mill") -> schema.Unit:
+    return schema.Unit.create(code=code, key=key, name=name, channels=channels)
 
 
-def latest_log() -> m.LogEntry:
-    return m.LogEntry.select().order_by(m.LogEntry.id.desc()).first()
+def latest_log() -> schema.LogEntry:
+    return schema.LogEntry.select().order_by(schema.LogEntry.id.desc()).first()
 
 
 # --- who may enter -----------------------------------------------------------------------------
@@ -61,7 +62,7 @@ def test_anonymous_visitor_is_sent_to_login(web):
 
 def test_non_staff_user_is_refused(web):
     user = add_user("ann", is_staff=False)
-    m.UserPermission.create(user=user, codename="view_unit")  # permissions alone do not let one in
+    schema.UserPermission.create(user=user, codename="view_unit")  # permissions alone do not let one in
     login(web, "ann")
     assert web.get(A + "/", status=403)
     assert web.get(A + "/unit/", status=403)
@@ -71,13 +72,13 @@ def test_non_staff_user_is_refused(web):
 def test_inactive_staff_is_not_let_in(web):
     user = add_user("ann", is_staff=True, is_superuser=True)
     login(web, "ann")
-    m.User.update(is_active=False).where(m.User.id == user.id).execute()
+    schema.User.update(is_active=False).where(schema.User.id == user.id).execute()
     assert web.get(A + "/", status=303).location.endswith("/login?next=/admin/")
 
 
 def test_index_lists_only_what_the_user_may_see(web):
     user = add_user("clerk", is_staff=True)
-    m.UserPermission.create(user=user, codename="view_unit")
+    schema.UserPermission.create(user=user, codename="view_unit")
     login(web, "clerk")
     page = web.get(A + "/")
     assert page.headers["X-Frame-Options"] == "DENY"  # the panel cannot be framed by another site
@@ -89,7 +90,7 @@ def test_index_lists_only_what_the_user_may_see(web):
 def test_csrf_token_is_required(boss):
     res = boss.post(A + "/unit/add", {"code": "M9", "key": "k", "channels": "1"}, status=403)
     assert "expired" in res.text
-    assert not m.Unit.select().exists()
+    assert not schema.Unit.select().exists()
 
 
 # --- each model: list, add, change, delete -----------------------------------------------------------
@@ -105,20 +106,20 @@ def unit_form(**over):
 def crud_cases():
     """For each form model: valid add input, a change (field, value), and how to find the object."""
     return {
-        "unit": (lambda: unit_form(), ("name", "Big tank"), lambda: m.Unit.get(m.Unit.code == "M7")),
+        "unit": (lambda: unit_form(), ("name", "Big tank"), lambda: schema.Unit.get(schema.Unit.code == "M7")),
         "user": (lambda: {"username": "zed", "password1": "Secret-pass-1", "password2": "Secret-pass-1",
                           "email": "zed@example.com", "is_active": "on"},
-                 ("email", "zed@example.org"), lambda: m.User.get(m.User.username == "zed")),
+                 ("email", "zed@example.org"), lambda: schema.User.get(schema.User.username == "zed")),
         "group": (lambda: {"name": "Operators", "permissions": ["view_unit", "view_sample"]},
-                  ("name", "Night operators"), lambda: m.Group.get()),
+                  ("name", "Night operators"), lambda: schema.Group.get()),
         "mailinglist": (lambda: {"unit": str(make_unit().id), "name": "Plant", "members": ["1"]},
-                        ("name", "Plant crew"), lambda: m.MailingList.get()),
+                        ("name", "Plant crew"), lambda: schema.MailingList.get()),
         "alarmmessage": (lambda: {"unit": str(make_unit().id), "level": "3",
                                   "subject": "{{ unit.code }} level {{ level }}", "body": "Data: {{ data.0 }}"},
-                         ("subject", "Alarm {{ level }}"), lambda: m.AlarmMessage.get()),
+                         ("subject", "Alarm {{ level }}"), lambda: schema.AlarmMessage.get()),
         "view": (lambda: {"name": "Plant", "refresh_seconds": "5", "rows": "2", "entry1_unit": str(make_unit().id),
                           "entry1_channels": "1, 2"},
-                 ("refresh_seconds", "30"), lambda: m.View.get()),
+                 ("refresh_seconds", "30"), lambda: schema.View.get()),
     }
 
 
@@ -213,14 +214,14 @@ def admin_routes(app, ids: dict[str, int]) -> dict[str, list[tuple[str, str]]]:
 def objects_of_every_model() -> dict[str, int]:
     unit = make_unit()
     add_samples(unit, 3)
-    alarm = m.Alarm.create(unit=unit, level=1, data=["x"])
+    alarm = schema.Alarm.create(unit=unit, level=1, data=["x"])
     user = add_user("someone", email="s@example.com")
-    group = m.Group.create(name="G")
-    ml = m.MailingList.create(unit=unit)
-    msg = m.AlarmMessage.create(unit=unit, level=1, subject="s", body="b")
-    view = m.View.create(name="V")
-    entry = m.LogEntry.create(username="x", action="add", model="unit", object_id=str(unit.id), object_repr="M1")
-    return {"unit": unit.id, "sample": m.Sample.select().first().id, "alarm": alarm.id, "user": user.id,
+    group = schema.Group.create(name="G")
+    ml = schema.MailingList.create(unit=unit)
+    msg = schema.AlarmMessage.create(unit=unit, level=1, subject="s", body="b")
+    view = schema.View.create(name="V")
+    entry = schema.LogEntry.create(username="x", action="add", model="unit", object_id=str(unit.id), object_repr="M1")
+    return {"unit": unit.id, "sample": schema.Sample.select().first().id, "alarm": alarm.id, "user": user.id,
             "group": group.id, "mailinglist": ml.id, "alarmmessage": msg.id, "view": view.id,
             "logentry": entry.id}
 
@@ -228,15 +229,14 @@ def objects_of_every_model() -> dict[str, int]:
 def snapshot_database() -> dict:
     return {model.__name__: sorted(tuple(sorted((k, str(v)) for k, v in row.items()))
                                    for row in model.select().dicts())
-            for model in (m.Unit, m.Sample, m.Alarm, m.User, m.Group, m.MailingList, m.AlarmMessage, m.View,
-                          m.ViewEntry, m.UserPermission, m.GroupPermission)}
+            for model in (schema.Unit, schema.Sample, schema.Alarm, schema.User, schema.Group, schema.MailingList, schema.AlarmMessage, schema.View,
+                          schema.ViewEntry, schema.UserPermission, schema.GroupPermission)}
 
 
 def test_staff_without_permission_gets_403_on_every_route(settings, web):
-    from txm.web import make_app
 
     ids = objects_of_every_model()
-    routes = admin_routes(make_app(settings), ids)
+    routes = admin_routes(make_site(settings), ids)
     assert ("POST", "/sample/delete-selected") in routes["sample"]
     assert ("POST", f"/user/{ids['user']}/password") in routes["user"]
     assert ("GET", f"/view/{ids['view']}/delete") in routes["view"]
@@ -256,7 +256,7 @@ def test_staff_without_permission_gets_403_on_every_route(settings, web):
 
     # Viewing is not changing: with view_* only, every change route still answers 403.
     for model in ids:
-        m.UserPermission.create(user=clerk, codename=f"view_{model}")
+        schema.UserPermission.create(user=clerk, codename=f"view_{model}")
     before = snapshot_database()
     for model, obj_id in ids.items():
         for method, path in routes[model]:
@@ -272,27 +272,27 @@ def test_staff_without_permission_gets_403_on_every_route(settings, web):
 def test_a_permission_through_a_group_counts(web):
     make_unit()
     clerk = add_user("clerk", is_staff=True)
-    group = m.Group.create(name="Unit keepers")
-    m.GroupPermission.create(group=group, codename="change_unit")
-    m.UserGroup.create(user=clerk, group=group)
+    group = schema.Group.create(name="Unit keepers")
+    schema.GroupPermission.create(group=group, codename="change_unit")
+    schema.UserGroup.create(user=clerk, group=group)
     login(web, "clerk")
-    unit = m.Unit.get()
+    unit = schema.Unit.get()
     post(web, f"/unit/{unit.id}/", unit_form(code="M1", name="Renamed"), status=303)
-    assert m.Unit.get_by_id(unit.id).name == "Renamed"
+    assert schema.Unit.get_by_id(unit.id).name == "Renamed"
     assert web.get(A + "/unit/add", status=403)
 
 
 def test_a_staff_user_cannot_grant_more_than_they_hold(web):
     clerk = add_user("clerk", is_staff=True)
     for codename in ("add_user", "change_user", "view_user"):
-        m.UserPermission.create(user=clerk, codename=codename)
+        schema.UserPermission.create(user=clerk, codename=codename)
     login(web, "clerk")
     post(web, "/user/add", {"username": "new", "password1": "p", "password2": "p", "is_active": "on",
                             "is_superuser": "on", "permissions": ["view_user", "delete_unit"]}, status=200)
-    assert not m.User.select().where(m.User.username == "new").exists()
+    assert not schema.User.select().where(schema.User.username == "new").exists()
     post(web, "/user/add", {"username": "new", "password1": "p", "password2": "p", "is_active": "on",
                             "is_superuser": "on", "permissions": ["view_user"]}, status=303)
-    new = m.User.get(m.User.username == "new")
+    new = schema.User.get(schema.User.username == "new")
     assert not new.is_superuser
     assert permissions_of(new) == {"view_user"}
 
@@ -303,8 +303,8 @@ def test_a_staff_user_cannot_grant_more_than_they_hold(web):
 def test_no_route_changes_a_sample_or_an_alarm(boss):
     unit = make_unit()
     add_samples(unit, 2)
-    sample = m.Sample.select().first()
-    alarm = m.Alarm.create(unit=unit, level=2, data=["a", "b"])
+    sample = schema.Sample.select().first()
+    alarm = schema.Alarm.create(unit=unit, level=2, data=["a", "b"])
     before = snapshot_database()
     csrf = token(boss)
     change = {"csrf_token": csrf, "timestamp": "2030-01-01 00:00:00", "ch1": "99", "level": "9", "data": "x",
@@ -345,14 +345,14 @@ def test_bulk_deletion_of_100000_samples_logs_one_entry(boss):
     keep = make_unit("M2")
     add_samples(unit, 100_000)
     add_samples(keep, 5)
-    entries = m.LogEntry.select().count()
+    entries = schema.LogEntry.select().count()
     confirm = boss.get(A + "/sample/delete-all?unit=M1")
     assert "ALL samples" in confirm.text and "M1" in confirm.text
     res = post(boss, "/sample/delete-all?unit=M1", {}, status=303)
     assert "unit=M1" in res.location
-    assert m.Sample.select().where(m.Sample.unit == unit).count() == 0
-    assert m.Sample.select().where(m.Sample.unit == keep).count() == 5
-    assert m.LogEntry.select().count() == entries + 1
+    assert schema.Sample.select().where(schema.Sample.unit == unit).count() == 0
+    assert schema.Sample.select().where(schema.Sample.unit == keep).count() == 5
+    assert schema.LogEntry.select().count() == entries + 1
     entry = latest_log()
     assert entry.action == "delete" and entry.model == "sample"
     assert "100000 sample(s) of unit M1" in entry.change_message
@@ -365,11 +365,11 @@ def test_delete_old_samples_and_alarms(boss):
     res = post(boss, "/sample/delete-old?unit=M1", {"before": "not a date"}, status=200)
     assert "is not a date" in res.text and 'value="not a date"' in res.text
     post(boss, "/sample/delete-old?unit=M1", {"before": "2026-01-01 00:01:00"}, status=303)
-    assert m.Sample.select().count() == 40
-    old = m.Alarm.create(unit=unit, level=1, received=dt.datetime(2020, 1, 1))
-    new = m.Alarm.create(unit=unit, level=1)
+    assert schema.Sample.select().count() == 40
+    old = schema.Alarm.create(unit=unit, level=1, received=dt.datetime(2020, 1, 1))
+    new = schema.Alarm.create(unit=unit, level=1)
     post(boss, "/alarm/delete-old", {"before": "2025-01-01"}, status=303)
-    assert [a.id for a in m.Alarm.select()] == [new.id]
+    assert [a.id for a in schema.Alarm.select()] == [new.id]
     assert "1 alarm(s) of every unit received before 2025-01-01 00:00:00" in latest_log().change_message
     assert old.id
 
@@ -377,27 +377,27 @@ def test_delete_old_samples_and_alarms(boss):
 def test_delete_selected_samples_logs_each_one(boss):
     unit = make_unit()
     add_samples(unit, 10)
-    ids = [str(s.id) for s in m.Sample.select().limit(3)]
+    ids = [str(s.id) for s in schema.Sample.select().limit(3)]
     confirm = post(boss, "/sample/delete-selected", {"ids": ids, "back": "/admin/sample/?unit=M1"}, status=200)
     assert "Delete these 3 samples" in confirm.text
-    assert m.Sample.select().count() == 10
+    assert schema.Sample.select().count() == 10
     res = post(boss, "/sample/delete-selected", {"ids": ids, "confirm": "yes", "back": "/admin/sample/?unit=M1"},
                status=303)
     assert res.location.endswith("/admin/sample/?unit=M1")
-    assert m.Sample.select().count() == 7
-    assert m.LogEntry.select().where(m.LogEntry.model == "sample").count() == 3
+    assert schema.Sample.select().count() == 7
+    assert schema.LogEntry.select().where(schema.LogEntry.model == "sample").count() == 3
 
 
 def test_deletion_switches(settings, database):
     unit = make_unit()
     add_samples(unit, 3)
-    alarm = m.Alarm.create(unit=unit, level=1)
+    alarm = schema.Alarm.create(unit=unit, level=1)
     web = client(settings.replace(ALLOW_SAMPLE_DELETION=False, ALLOW_ALARM_DELETION=False))
     add_user("boss", is_staff=True, is_superuser=True)
     login(web, "boss")
     page = web.get(A + "/sample/?unit=M1")
     assert "Delete ALL" not in page.text and 'name="ids"' not in page.text
-    sample = m.Sample.select().first()
+    sample = schema.Sample.select().first()
     for path in ("/sample/delete-all?unit=M1", "/sample/delete-old", f"/sample/{sample.id}/delete",
                  "/alarm/delete-all", f"/alarm/{alarm.id}/delete"):
         assert "switched off" in web.get(A + path, status=403).text
@@ -405,7 +405,7 @@ def test_deletion_switches(settings, database):
     post(web, "/sample/delete-selected", {"ids": str(sample.id), "confirm": "yes"}, status=403)
     # Nor does deleting the unit take its samples with it.
     assert "deleting samples is switched off" in post(web, f"/unit/{unit.id}/delete", {}, status=200).text
-    assert m.Sample.select().count() == 3 and m.Alarm.select().count() == 1 and m.Unit.select().count() == 1
+    assert schema.Sample.select().count() == 3 and schema.Alarm.select().count() == 1 and schema.Unit.select().count() == 1
 
 
 # --- forms: errors next to the field, input kept, text escaped --------------------------------------------
@@ -422,7 +422,7 @@ def test_validation_errors_keep_the_input(boss):
     assert 'value="&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;"' in text
     assert "<script>alert" not in text
     assert 'value="99"' in text and 'value="bad label"' in text
-    assert m.Unit.select().count() == 1
+    assert schema.Unit.select().count() == 1
 
 
 def test_user_names_are_escaped_in_lists(boss):
@@ -445,11 +445,11 @@ def test_the_log_records_what_changed_and_cannot_be_edited(boss):
     assert "New name" not in boss.get(A + "/logentry/", {"model": "user"}).text
     detail = boss.get(f"{A}/logentry/{entry.id}/")
     assert 'href="/admin/unit/%d/"' % unit.id in detail.text and "<form" not in detail.text.split("<main>")[1]
-    before = m.LogEntry.select().count()
+    before = schema.LogEntry.select().count()
     for path in (f"/logentry/{entry.id}/", "/logentry/add", f"/logentry/{entry.id}/delete"):
         res = boss.post(A + path, {"csrf_token": token(boss), "change_message": "x"}, expect_errors=True)
         assert res.status_int in (404, 405)
-    assert m.LogEntry.select().count() == before and latest_log().change_message == entry.change_message
+    assert schema.LogEntry.select().count() == before and latest_log().change_message == entry.change_message
 
 
 # --- users ------------------------------------------------------------------------------------------------
@@ -464,7 +464,7 @@ def test_change_password_form(boss):
     res = post(boss, f"/user/{user.id}/password", {"password1": "abc", "password2": "abc"}, status=303)
     follow = res.follow()
     assert "weak" in follow.text and "was changed" in follow.text
-    assert check_password("abc", m.User.get_by_id(user.id).password)
+    assert check_password("abc", schema.User.get_by_id(user.id).password)
     assert latest_log().change_message == "Changed password."
 
 
@@ -476,14 +476,14 @@ def test_a_password_change_logs_the_user_out_everywhere_else(settings, boss):
     login(bosses_other_browser, "boss")
     post(boss, f"/user/{ann.id}/password", {"password1": "Long-enough-1", "password2": "Long-enough-1"}, status=303)
     assert "/login" in anns_browser.get(A + "/", status=303).location
-    me = m.User.get(m.User.username == "boss")
+    me = schema.User.get(schema.User.username == "boss")
     post(boss, f"/user/{me.id}/password", {"password1": "Long-enough-2", "password2": "Long-enough-2"}, status=303)
     assert boss.get(A + "/").status_int == 200  # the page the change was made on stays logged in
     assert "/login" in bosses_other_browser.get(A + "/", status=303).location
 
 
 def test_last_superuser_and_own_account(web):
-    m.User.update(is_superuser=False).where(m.User.id == 1).execute()
+    schema.User.update(is_superuser=False).where(schema.User.id == 1).execute()
     me = add_user("boss", is_staff=True, is_superuser=True)
     login(web, "boss")
     assert "last active superuser" in web.get(f"{A}/user/{me.id}/delete").text
@@ -492,7 +492,7 @@ def test_last_superuser_and_own_account(web):
     values.pop("is_superuser")
     res = post(web, f"/user/{me.id}/", values, status=200)
     assert "This is the last active superuser" in res.text and "Tick this box to confirm" in res.text
-    assert m.User.get_by_id(me.id).is_superuser
+    assert schema.User.get_by_id(me.id).is_superuser
 
     add_user("second", is_staff=True, is_superuser=True)
     res = post(web, f"/user/{me.id}/", values, status=200)  # no longer the last, but still oneself
@@ -502,7 +502,7 @@ def test_last_superuser_and_own_account(web):
     assert "Tick the box" in post(web, f"/user/{me.id}/delete", {}, status=200).text
     res = post(web, f"/user/{me.id}/delete", {"confirm_self": "on"}, status=303)
     assert res.location.endswith("/login")
-    assert not m.User.select().where(m.User.id == me.id).exists()
+    assert not schema.User.select().where(schema.User.id == me.id).exists()
 
 
 # --- alarm messages -----------------------------------------------------------------------------------------
@@ -514,7 +514,7 @@ def test_alarm_message_broken_template_refused_and_preview(boss):
                                            "body": "ok"}, status=200)
     assert re.search(r'id="error-subject"[^>]*>The template does not work: line 1', res.text)
     assert 'value="Alarm {% if level %}"' in res.text
-    assert not m.AlarmMessage.select().exists()
+    assert not schema.AlarmMessage.select().exists()
     res = post(boss, "/alarmmessage/preview", {"unit": str(unit.id), "level": "2",
                                                "subject": "{{ unit.name }} at level {{ level }}",
                                                "body": "{% if data.0 %}Time {{ data.0 }}{% endif %}, "
@@ -522,7 +522,7 @@ def test_alarm_message_broken_template_refused_and_preview(boss):
                                                "sample_data": "2026-05-01 10:00:00, 12.5"}, status=200)
     preview = res.text.split('id="preview"', 1)[1]
     assert "Mill at level 2" in preview and "Time 2026-05-01 10:00:00, value 12.5" in preview
-    assert not m.AlarmMessage.select().exists()  # previewing saves nothing
+    assert not schema.AlarmMessage.select().exists()  # previewing saves nothing
 
 
 # --- a change to a unit's key reaches the TTP server at the next request ----------------------------------------
@@ -533,14 +533,14 @@ def test_unit_key_change_in_the_panel_reaches_the_ttp_server(boss, settings):
     from txm.serve import ServerThread
 
     unit = make_unit(key="old-key")
-    m.database.close()
+    schema.database.close()
     with ServerThread(settings.replace(DS_PORT=0, BIND_ADDRESS="127.0.0.1"), timeout=10,
                       module_services=False) as server, TTPClient(port=server.ttp_port, timeout=10) as meter:
         assert meter.request("TTP /up/M1/<2026-1-1 0:0:1;1;2;3> old-key") == "OK"
-        m.database.connect(reuse_if_open=True)
+        schema.database.connect(reuse_if_open=True)
         form = page_values(boss.get(f"{A}/unit/{unit.id}/").text)
         post(boss, f"/unit/{unit.id}/", {**form, "key": "new-key"}, status=303)
-        m.database.close()
+        schema.database.close()
         assert meter.request("TTP /up/M1/<2026-1-1 0:0:2;1;2;3> old-key") == "402 Unauthorized"
         assert meter.request("TTP /up/M1/<2026-1-1 0:0:3;1;2;3> new-key") == "OK"
 
@@ -589,9 +589,9 @@ def test_send_a_test_email(settings, database, smtp):
     add_user("boss", is_staff=True, is_superuser=True, email="boss@example.com")
     login(web, "boss")
     unit = make_unit()
-    ml = m.MailingList.create(unit=unit)
-    m.MailingListMember.create(mailing_list=ml, user=m.User.get(m.User.username == "boss"))
-    msg = m.AlarmMessage.create(unit=unit, level=4, subject="{{ unit.name }} alarm {{ level }}",
+    ml = schema.MailingList.create(unit=unit)
+    schema.MailingListMember.create(mailing_list=ml, user=schema.User.get(schema.User.username == "boss"))
+    msg = schema.AlarmMessage.create(unit=unit, level=4, subject="{{ unit.name }} alarm {{ level }}",
                                 body="Value {{ data.1 }}")
     page = web.get(f"{A}/alarmmessage/{msg.id}/")
     assert 'name="recipients" value="boss@example.com"' in page.text  # from the mailing list
@@ -617,7 +617,7 @@ def test_unit_page_leads_to_its_mailing_list_and_history(boss):
     form = boss.get(add)
     assert f'<option value="{unit.id}" selected>' in form.text
     post(boss, "/mailinglist/add", {"unit": str(unit.id), "members": ["1"]}, status=303)
-    ml = m.MailingList.get()
+    ml = schema.MailingList.get()
     assert f'href="/admin/mailinglist/{ml.id}/"' in boss.get(f"{A}/unit/{unit.id}/").text
     post(boss, f"/unit/{unit.id}/", unit_form(code="M1", name="Renamed"), status=303)
     history = boss.get(A + "/logentry/", {"model": "unit", "object": str(unit.id)})
@@ -627,15 +627,15 @@ def test_unit_page_leads_to_its_mailing_list_and_history(boss):
 def test_view_and_delete_one_sample_and_one_alarm(boss):
     unit = make_unit()
     add_samples(unit, 2)
-    sample = m.Sample.select().order_by(m.Sample.timestamp).first()
-    alarm = m.Alarm.create(unit=unit, level=5, data=["2026-01-01 00:00:00", "<b>9</b>"], email_status="failed",
+    sample = schema.Sample.select().order_by(schema.Sample.timestamp).first()
+    alarm = schema.Alarm.create(unit=unit, level=5, data=["2026-01-01 00:00:00", "<b>9</b>"], email_status="failed",
                            email_error="550 no such user")
     page = boss.get(f"{A}/sample/{sample.id}/")
     assert "2026-01-01 00:00:00" in page.text and "Delete this sample" in page.text
     assert "Are you sure" in boss.get(f"{A}/sample/{sample.id}/delete").text
     res = post(boss, f"/sample/{sample.id}/delete", {}, status=303)
     assert res.location.endswith("/admin/sample/?unit=M1")
-    assert m.Sample.select().count() == 1
+    assert schema.Sample.select().count() == 1
     assert latest_log().object_repr == "M1 sample at 2026-01-01 00:00:00"
 
     listing = boss.get(A + "/alarm/", {"unit": "M1"})
@@ -644,6 +644,6 @@ def test_view_and_delete_one_sample_and_one_alarm(boss):
     detail = boss.get(f"{A}/alarm/{alarm.id}/")
     assert "550 no such user" in detail.text and "data.1 = &lt;b&gt;9&lt;/b&gt;" in detail.text
     post(boss, f"/alarm/{alarm.id}/delete", {}, status=303)
-    assert not m.Alarm.select().exists()
+    assert not schema.Alarm.select().exists()
     assert latest_log().model == "alarm" and latest_log().action == "delete"
     assert boss.get(f"{A}/alarm/{alarm.id}/", status=404)

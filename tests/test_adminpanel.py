@@ -6,7 +6,11 @@ import datetime as dt
 
 import pytest
 
-from txm import db as m
+from txm.db import schema
+from txm.db.bulk import BATCH_SIZE
+from txm.db.database import make_database
+from txm.db.samples import SampleStore, UnitRecord
+from txm.db.sqlite import write_transaction
 from txm import manage
 from txm.admin.actor import Actor, Forbidden
 from txm.admin.forms import FormInput
@@ -14,12 +18,11 @@ from txm.admin.meters import preview_alarm_message
 from txm.admin.records import SAMPLES
 from txm.admin.registry import registry
 from txm.passwords import check_password
-from txm.ttp.store import SampleStore, UnitRecord
 
 
 @pytest.fixture
 def admin(database, settings):
-    return Actor.of(m.User.get_by_id(1), settings)
+    return Actor.of(schema.User.get_by_id(1), settings)
 
 
 def form(**values):
@@ -33,15 +36,15 @@ def unit_input(**over):
     return form(**values)
 
 
-def add_samples(unit: m.Unit, count: int, start: dt.datetime = dt.datetime(2026, 1, 1)) -> None:
+def add_samples(unit: schema.Unit, count: int, start: dt.datetime = dt.datetime(2026, 1, 1)) -> None:
     """Store ``count`` samples one second apart through the TTP server's own insert."""
-    store = SampleStore(m.database.obj)
+    store = SampleStore(schema.database.obj)
     record = UnitRecord(unit.id, unit.code, unit.key, unit.channels, (), False)
     batch = 10_000
     for first in range(0, count, batch):
-        with m.database.atomic():
+        with schema.database.atomic():
             store.insert_samples(record, [(start + dt.timedelta(seconds=i), [float(i)] * unit.channels)
-                                          for i in range(first, min(count, first + batch))], m.utcnow())
+                                          for i in range(first, min(count, first + batch))], schema.utcnow())
 
 
 def test_unit_add_change_and_log(admin):
@@ -50,7 +53,7 @@ def test_unit_add_change_and_log(admin):
     assert result.errors == {}
     unit = result.saved
     assert (unit.code, unit.channels, unit.labels, unit.graph_axes) == ("M1", 3, ["Flow", "Temp"], [])
-    entry = m.LogEntry.get()
+    entry = schema.LogEntry.get()
     assert (entry.action, entry.model, entry.object_id, entry.username) == ("add", "unit", str(unit.id),
                                                                            "Administrator")
 
@@ -58,9 +61,9 @@ def test_unit_add_change_and_log(admin):
                                             axis1_label="Flow", axis1_channels="1",
                                             axis2_label="Temp", axis2_channels="2-3"), unit)
     assert result.errors == {}
-    unit = m.Unit.get_by_id(unit.id)
+    unit = schema.Unit.get_by_id(unit.id)
     assert unit.graph_axes == [{"label": "Flow", "channels": [1]}, {"label": "Temp", "channels": [2, 3]}]
-    change = m.LogEntry.select().order_by(m.LogEntry.id.desc()).first()
+    change = schema.LogEntry.select().order_by(schema.LogEntry.id.desc()).first()
     assert change.action == "change"
     assert "Name from 'Mill' to 'Big mill'" in change.change_message
     assert change.change_message.startswith("Changed Unit key;")
@@ -80,17 +83,17 @@ def test_unit_validation_keeps_input(admin):
     assert set(result.errors) >= {"code", "key", "labels", "axis2_channels"}
     result = units.submit(admin, unit_input(code="M2", graph_width="10", report_fields="1, 4"))
     assert "100 to 4000" in result.errors["graph_width"]
-    assert m.Unit.select().count() == 1
+    assert schema.Unit.select().count() == 1
 
 
 def test_permissions_decide(admin, settings):
     clerk = manage.add_user("clerk", "pw", staff=True)
-    m.UserPermission.create(user=clerk, codename="view_unit")
+    schema.UserPermission.create(user=clerk, codename="view_unit")
     actor = Actor.of(clerk, settings)
     assert actor.may("view", "unit") and not actor.may("add", "unit")
     with pytest.raises(Forbidden):
         registry()["unit"].submit(actor, unit_input())
-    m.UserPermission.create(user=clerk, codename="change_group")
+    schema.UserPermission.create(user=clerk, codename="change_group")
     actor = Actor.of(clerk, settings)
     assert actor.may("view", "group")  # who may change may view
     # A staff user hands out only the permissions they hold themselves.
@@ -114,7 +117,7 @@ def test_last_superuser_and_self_demotion(admin, settings):
     assert list(result.errors) == ["confirm_self"]
     result = users.submit(admin, form(username="Administrator", is_active="on", is_staff="on",
                                       confirm_self="on"), me)
-    assert result.errors == {} and not m.User.get_by_id(1).is_superuser
+    assert result.errors == {} and not schema.User.get_by_id(1).is_superuser
 
 
 def test_user_add_password_and_weak_warning(admin):
@@ -131,8 +134,8 @@ def test_user_add_password_and_weak_warning(admin):
     assert "required" in result.errors["password1"]
     result = users.set_password(admin, ann, form(password1="Long-enough-9", password2="Long-enough-9"))
     assert result.errors == {} and result.warnings == []
-    assert check_password("Long-enough-9", m.User.get_by_id(ann.id).password)
-    assert m.LogEntry.select().where(m.LogEntry.change_message == "Changed password.").count() == 1
+    assert check_password("Long-enough-9", schema.User.get_by_id(ann.id).password)
+    assert schema.LogEntry.select().where(schema.LogEntry.change_message == "Changed password.").count() == 1
 
 
 def test_view_entries(admin):
@@ -145,7 +148,7 @@ def test_view_entries(admin):
     result = views.submit(admin, form(name="Plant", refresh_seconds="5", rows="3", entry1_unit=str(unit.id),
                                       entry1_channels="1,3"))
     assert result.errors == {}
-    entry = m.ViewEntry.get()
+    entry = schema.ViewEntry.get()
     assert (entry.unit_id, entry.channels) == (unit.id, [1, 3])
 
 
@@ -168,16 +171,16 @@ def test_bulk_delete_samples_batches_one_entry(admin):
     other = registry()["unit"].submit(admin, unit_input(code="M2")).saved
     add_samples(unit, 12_345)
     add_samples(other, 10)
-    before = m.LogEntry.select().count()
+    before = schema.LogEntry.select().count()
     result = SAMPLES.delete_bulk(admin, unit, dt.datetime(2026, 1, 1) + dt.timedelta(seconds=6000))
     assert result.deleted == 6000
-    assert m.Sample.select().where(m.Sample.unit == unit).count() == 6345
-    assert m.LogEntry.select().count() == before + 1
-    entry = m.LogEntry.select().order_by(m.LogEntry.id.desc()).first()
+    assert schema.Sample.select().where(schema.Sample.unit == unit).count() == 6345
+    assert schema.LogEntry.select().count() == before + 1
+    entry = schema.LogEntry.select().order_by(schema.LogEntry.id.desc()).first()
     assert "6000 sample(s) of unit M1 older than 2026-01-01 01:40:00" in entry.change_message
     assert entry.object_repr == "M1 sample at 2026-01-01 01:39:59"
     result = SAMPLES.delete_bulk(admin, unit)
-    assert result.deleted == 6345 and m.Sample.select().count() == 10
+    assert result.deleted == 6345 and schema.Sample.select().count() == 10
 
 
 @pytest.mark.sqlite_only
@@ -189,30 +192,30 @@ def test_a_bulk_deletion_lets_another_writer_in_between_batches(admin, settings)
     import threading
 
     unit = registry()["unit"].submit(admin, unit_input()).saved
-    add_samples(unit, 20 * m.BATCH_SIZE)
+    add_samples(unit, 20 * BATCH_SIZE)
     done = threading.Event()
 
     def delete() -> None:
         try:
             SAMPLES.delete_bulk(admin, unit)
         finally:
-            m.database.close()
+            schema.database.close()
             done.set()
 
-    other = m.make_database(settings)
+    other = make_database(settings)
     other.connect()
     deleter = threading.Thread(target=delete)
     deleter.start()
     try:
-        while other.execute_sql("SELECT COUNT(*) FROM sample").fetchone()[0] == 20 * m.BATCH_SIZE:
+        while other.execute_sql("SELECT COUNT(*) FROM sample").fetchone()[0] == 20 * BATCH_SIZE:
             assert not done.is_set()  # the deletion is under way once the first batch went
-        with m.write_transaction(other):
+        with write_transaction(other):
             other.execute_sql("UPDATE unit SET name = 'written meanwhile' WHERE id = ?", (unit.id,))
             left = other.execute_sql("SELECT COUNT(*) FROM sample").fetchone()[0]
     finally:
         deleter.join(60)
         other.close()
-    assert 0 < left < 20 * m.BATCH_SIZE, "the other writer waited for the whole deletion"
+    assert 0 < left < 20 * BATCH_SIZE, "the other writer waited for the whole deletion"
 
 
 def test_deletion_switched_off(admin, settings):
@@ -222,16 +225,16 @@ def test_deletion_switched_off(admin, settings):
     with pytest.raises(Forbidden, match="ALLOW_SAMPLE_DELETION"):
         SAMPLES.delete_bulk(off, unit)
     with pytest.raises(Forbidden):
-        SAMPLES.delete_selected(off, [m.Sample.select().first().id])
-    assert m.Sample.select().count() == 3
+        SAMPLES.delete_selected(off, [schema.Sample.select().first().id])
+    assert schema.Sample.select().count() == 3
 
 
 def test_delete_selected_logs_each(admin):
     unit = registry()["unit"].submit(admin, unit_input()).saved
     add_samples(unit, 5)
-    ids = [s.id for s in m.Sample.select().limit(3)]
+    ids = [s.id for s in schema.Sample.select().limit(3)]
     assert SAMPLES.delete_selected(admin, ids) == 3
-    assert m.LogEntry.select().where((m.LogEntry.model == "sample") & (m.LogEntry.action == "delete")).count() == 3
+    assert schema.LogEntry.select().where((schema.LogEntry.model == "sample") & (schema.LogEntry.action == "delete")).count() == 3
 
 
 def test_sample_keyset_pages(admin):
@@ -278,7 +281,7 @@ def test_panel_writes_wait_for_a_busy_ttp_server(admin, settings):
     victim = units.submit(admin, unit_input()).saved
     units.submit(admin, unit_input(code="M2", key="k2"))
     add_samples(victim, 3000)
-    m.database.close()
+    schema.database.close()
     stop = threading.Event()
     replies: list[str] = []
 
@@ -294,14 +297,14 @@ def test_panel_writes_wait_for_a_busy_ttp_server(admin, settings):
         meter = threading.Thread(target=upload, args=(server.ttp_port,))
         meter.start()
         try:
-            m.database.connect(reuse_if_open=True)
+            schema.database.connect(reuse_if_open=True)
             for i in range(40):
-                ids = [s.id for s in m.Sample.select(m.Sample.id).where(m.Sample.unit == victim).limit(5)]
+                ids = [s.id for s in schema.Sample.select(schema.Sample.id).where(schema.Sample.unit == victim).limit(5)]
                 assert SAMPLES.delete_selected(admin, ids) == 5
                 assert units.submit(admin, unit_input(name=f"Mill {i}"), victim).errors == {}
             SAMPLES.delete_bulk(admin, victim)
         finally:
             stop.set()
             meter.join(30)
-    assert m.Sample.select().where(m.Sample.unit == victim).count() == 0
+    assert schema.Sample.select().where(schema.Sample.unit == victim).count() == 0
     assert len(replies) > 0 and set(replies) == {"OK"}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from txm import alarms, manage
-from txm import db as models
+from txm.alarms.email import render_alarm_email
+from txm.alarms.templates import DEFAULT_BODY, DEFAULT_SUBJECT, MAX_BODY_CHARS, MAX_SUBJECT_CHARS, UnitView, check_template, render_message
+from txm.db import schema
+from txm import manage
 from txm.errors import InvalidValue
 
 
@@ -16,11 +18,11 @@ def unit(database):
 
 
 def render(template: str, unit, level: int = 3, data=("2009-1-16 15:30:45", "11.5")) -> str:
-    return alarms.render_message(template, "", unit, level, list(data))[0]
+    return render_message(template, "", unit, level, list(data))[0]
 
 
 def render_body(template: str, unit, level: int = 3, data=("2009-1-16 15:30:45", "11.5")) -> str:
-    return alarms.render_message("", template, unit, level, list(data))[1]
+    return render_message("", template, unit, level, list(data))[1]
 
 
 def test_the_manuals_examples(unit):
@@ -44,7 +46,7 @@ def test_unit_fields_and_django_habits(unit):
 
 
 def test_plain_text_no_html_escaping(unit):
-    assert alarms.render_message("x", "{{ data.0 }}", unit, 1, ["<b>&'\""])[1] == "<b>&'\""
+    assert render_message("x", "{{ data.0 }}", unit, 1, ["<b>&'\""])[1] == "<b>&'\""
 
 
 @pytest.mark.parametrize("escape", [
@@ -79,10 +81,10 @@ def test_sandbox_refuses_calls_into_python(unit, escape):
 
 
 def test_the_key_and_the_model_are_never_reachable(unit):
-    text = alarms.render_message("{{ unit.key }}{{ unit.id }}", "{{ unit }}{{ unit.labels }}", unit, 1, [])
+    text = render_message("{{ unit.key }}{{ unit.id }}", "{{ unit }}{{ unit.labels }}", unit, 1, [])
     assert "s3cret" not in "".join(text)
-    view = alarms.UnitView.of(unit)
-    assert not hasattr(view, "key") and not isinstance(view, models.Unit)
+    view = UnitView.of(unit)
+    assert not hasattr(view, "key") and not isinstance(view, schema.Unit)
 
 
 @pytest.mark.parametrize("broken, where", [
@@ -93,32 +95,32 @@ def test_the_key_and_the_model_are_never_reachable(unit):
 ])
 def test_check_template_names_the_line(broken, where):
     with pytest.raises(InvalidValue) as info:
-        alarms.check_template(broken)
+        check_template(broken)
     assert str(info.value).startswith(where + ":"), str(info.value)
 
 
 def test_check_template_accepts_good_ones():
-    alarms.check_template(alarms.DEFAULT_SUBJECT)
-    alarms.check_template(alarms.DEFAULT_BODY)
-    alarms.check_template('{% if data.0 %}{{ data.0|default:"-" }}{% endif %}')
+    check_template(DEFAULT_SUBJECT)
+    check_template(DEFAULT_BODY)
+    check_template('{% if data.0 %}{{ data.0|default:"-" }}{% endif %}')
 
 
 def test_default_message_and_the_saved_one(unit):
-    subject, body = alarms.render_alarm_email(unit, 2, ["2009-1-16 15:30:45", "7"])
+    subject, body = render_alarm_email(unit, 2, ["2009-1-16 15:30:45", "7"])
     assert subject == "Alarm level 2 from unit M1 (North tank)"
     assert "Unit M1 (North tank) raised an alarm of level 2." in body
     assert "data.0: 2009-1-16 15:30:45" in body and "data.1: 7" in body
-    models.AlarmMessage.create(unit=unit, level=2, subject="{{ unit.name }}: level {{ level }}",
+    schema.AlarmMessage.create(unit=unit, level=2, subject="{{ unit.name }}: level {{ level }}",
                                body="Tank at {{ data.1 }} at {{ data.0 }}")
-    assert alarms.render_alarm_email(unit, 2, ["2009-1-16 15:30:45", "7"]) == (
+    assert render_alarm_email(unit, 2, ["2009-1-16 15:30:45", "7"]) == (
         "North tank: level 2", "Tank at 7 at 2009-1-16 15:30:45")
     # another level still gets the default
-    assert alarms.render_alarm_email(unit, 5, [])[0] == "Alarm level 5 from unit M1 (North tank)"
+    assert render_alarm_email(unit, 5, [])[0] == "Alarm level 5 from unit M1 (North tank)"
 
 
 def test_a_template_failing_at_render_time_falls_back_to_the_default(unit):
-    models.AlarmMessage.create(unit=unit, level=1, subject="{{ unit.__class__() }}", body="x")
-    subject, body = alarms.render_alarm_email(unit, 1, ["a"])
+    schema.AlarmMessage.create(unit=unit, level=1, subject="{{ unit.__class__() }}", body="x")
+    subject, body = render_alarm_email(unit, 1, ["a"])
     assert subject == "Alarm level 1 from unit M1 (North tank)"
     assert "The alarm message for level 1 failed" in body
 
@@ -126,13 +128,13 @@ def test_a_template_failing_at_render_time_falls_back_to_the_default(unit):
 def test_subject_is_one_line_and_bounded(unit):
     subject = render("a\n\nb{% for i in range(1000) %}x{% endfor %}", unit)
     assert "\n" not in subject and subject.startswith("a b")
-    assert len(subject) <= alarms.MAX_SUBJECT_CHARS
+    assert len(subject) <= MAX_SUBJECT_CHARS
 
 
 def test_body_is_bounded(unit):
-    body = alarms.render_message("s", "{% for i in range(99999) %}{% for j in range(99999) %}x{% endfor %}{% endfor %}",
+    body = render_message("s", "{% for i in range(99999) %}{% for j in range(99999) %}x{% endfor %}{% endfor %}",
                                  unit, 1, [])[1]
-    assert len(body) < alarms.MAX_BODY_CHARS + 100 and body.endswith("characters]\n")
+    assert len(body) < MAX_BODY_CHARS + 100 and body.endswith("characters]\n")
 
 
 @pytest.mark.parametrize("greedy", [

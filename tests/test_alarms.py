@@ -11,9 +11,14 @@ import pytest
 from tests.conftest import fail_the_database
 from tests.smtp import SilentServer, SMTPServer, closed_port, make_certificate
 from tests.test_ttp_server import Meter
-from txm import alarms, manage
-from txm import db as models
-from txm.errors import ConfigError
+from txm.alarms.email import EmailError, EmailWorker, POLL_SECONDS, recipients_of, send_test_email
+from txm.alarms.mailing_lists import mailing_list_add
+from txm.db import schema
+from txm.db.database import make_database, open_database
+from txm.ttp.handler import Handler
+from txm.ttp.verbs import BUILTIN_VERBS
+from txm import manage
+from txm.errors import ConfigError, InvalidValue
 from txm.serve import ServerThread
 
 TIMEOUT = 20
@@ -28,7 +33,7 @@ def people(database):
     manage.add_user("alice", "pw", email="alice@example.com")
     manage.add_user("bob", "pw", email="bob@example.com")
     manage.add_user("carol", "pw")
-    alarms.mailing_list_add("M1", ["alice", "bob", "carol"])
+    mailing_list_add("M1", ["alice", "bob", "carol"])
     database.close()
 
 
@@ -54,12 +59,12 @@ def serve(settings, people):
         server.stop()
 
 
-def alarm_rows(code: str = "M1") -> list[models.Alarm]:
-    models.database.connect(reuse_if_open=True)
+def alarm_rows(code: str = "M1") -> list[schema.Alarm]:
+    schema.database.connect(reuse_if_open=True)
     try:
-        return list(models.Alarm.select().join(models.Unit).where(models.Unit.code == code).order_by(models.Alarm.id))
+        return list(schema.Alarm.select().join(schema.Unit).where(schema.Unit.code == code).order_by(schema.Alarm.id))
     finally:
-        models.database.close()
+        schema.database.close()
 
 
 def wait_until(condition, what: str, timeout: float = TIMEOUT):
@@ -82,12 +87,12 @@ def statuses(code: str = "M1") -> list[str]:
 
 def test_alarm_emails_every_member_with_the_rendered_message(serve, caplog):
     caplog.set_level(logging.INFO, logger="txm")
-    models.database.connect(reuse_if_open=True)
-    models.AlarmMessage.create(unit=models.Unit.get(code="M1"), level=2,
+    schema.database.connect(reuse_if_open=True)
+    schema.AlarmMessage.create(unit=schema.Unit.get(code="M1"), level=2,
                                subject="{{ unit.name }}: alarm {{ level }}",
                                body="{% if data.0 %}The localtime for this Alarm was {{ data.0 }}{% endif %}\n"
                                     "{{ unit.labels.0 }} = {{ data.1 }}\n")
-    models.database.close()
+    schema.database.close()
     with SMTPServer() as smtp:
         server = serve(smtp.port)
         meter = Meter(server.ttp_port)
@@ -193,11 +198,11 @@ def test_min_interval_suppresses_emails_but_stores_alarms(serve):
 
 
 def test_min_interval_lets_an_alarm_through_once_the_interval_has_passed(serve):
-    models.database.connect(reuse_if_open=True)
-    two_hours_ago = models.utcnow() - dt.timedelta(hours=2)
-    models.Alarm.create(unit=models.Unit.get(code="M1"), level=1, data=["old"], received=two_hours_ago,
+    schema.database.connect(reuse_if_open=True)
+    two_hours_ago = schema.utcnow() - dt.timedelta(hours=2)
+    schema.Alarm.create(unit=schema.Unit.get(code="M1"), level=1, data=["old"], received=two_hours_ago,
                         email_status="sent", email_sent=two_hours_ago)
-    models.database.close()
+    schema.database.close()
     with SMTPServer() as smtp:
         server = serve(smtp.port, ALARM_EMAIL_MIN_INTERVAL=3600.0)
         meter = Meter(server.ttp_port)
@@ -211,13 +216,13 @@ def test_min_interval_lets_an_alarm_through_once_the_interval_has_passed(serve):
 
 
 def test_recipients_skip_members_without_an_address_and_inactive_users(settings, people):
-    models.database.connect(reuse_if_open=True)
-    models.User.update(is_active=False).where(models.User.username == "bob").execute()
-    found = alarms.recipients_of(models.Unit.get(code="M1"))
+    schema.database.connect(reuse_if_open=True)
+    schema.User.update(is_active=False).where(schema.User.username == "bob").execute()
+    found = recipients_of(schema.Unit.get(code="M1"))
     assert found.addresses == ["alice@example.com"]
     assert found.skipped == ["bob (inactive)", "carol (no email address)"]
-    assert not alarms.recipients_of(models.Unit.get(code="M2")).has_list
-    models.database.close()
+    assert not recipients_of(schema.Unit.get(code="M2")).has_list
+    schema.database.close()
 
 
 # --- SMTP settings ---------------------------------------------------------------------------------
@@ -370,15 +375,15 @@ def test_restart_sends_the_emails_left_pending(settings, people):
 
 def test_emails_of_a_node_that_died_before_sending_go_out_at_the_next_start(settings, people):
     """Alarms stored but never sent (the process was killed), one with a claim that ran out."""
-    models.database.connect(reuse_if_open=True)
-    unit = models.Unit.get(code="M1")
-    now = models.utcnow()
-    models.Alarm.create(unit=unit, level=1, data=["never tried"], received=now)
-    models.Alarm.create(unit=unit, level=1, data=["claim ran out"], received=now,
+    schema.database.connect(reuse_if_open=True)
+    unit = schema.Unit.get(code="M1")
+    now = schema.utcnow()
+    schema.Alarm.create(unit=unit, level=1, data=["never tried"], received=now)
+    schema.Alarm.create(unit=unit, level=1, data=["claim ran out"], received=now,
                         email_claimed_until=now - dt.timedelta(seconds=1))
-    models.Alarm.create(unit=unit, level=1, data=["claimed by a live node"], received=now,
+    schema.Alarm.create(unit=unit, level=1, data=["claimed by a live node"], received=now,
                         email_claimed_until=now + dt.timedelta(hours=1))
-    models.database.close()
+    schema.database.close()
     with SMTPServer() as smtp:
         with ServerThread(server_settings(settings, smtp.port), timeout=TIMEOUT):
             got = smtp.wait_for(2)
@@ -391,40 +396,39 @@ def test_emails_of_a_node_that_died_before_sending_go_out_at_the_next_start(sett
 
 
 def test_send_test_email(settings, people):
-    models.database.connect(reuse_if_open=True)
-    unit = models.Unit.get(code="M1")
+    schema.database.connect(reuse_if_open=True)
+    unit = schema.Unit.get(code="M1")
     with SMTPServer() as smtp:
-        alarms.send_test_email(server_settings(settings, smtp.port), unit, 4, ["2026-1-1 0:0:0", "9"],
+        send_test_email(server_settings(settings, smtp.port), unit, 4, ["2026-1-1 0:0:0", "9"],
                                ["ops@example.com"])
         [got] = smtp.wait_for(1)
     assert got.rcpt_tos == ["ops@example.com"]
     assert got.message["Subject"] == "Alarm level 4 from unit M1 (North tank)"
-    with pytest.raises(alarms.EmailError, match="cannot reach the SMTP server 127.0.0.1:.*refused"):
-        alarms.send_test_email(server_settings(settings, closed_port()), unit, 4, [], ["ops@example.com"])
-    with pytest.raises(alarms.InvalidValue):
-        alarms.send_test_email(server_settings(settings, closed_port()), unit, 4, [], [" "])
-    models.database.close()
+    with pytest.raises(EmailError, match="cannot reach the SMTP server 127.0.0.1:.*refused"):
+        send_test_email(server_settings(settings, closed_port()), unit, 4, [], ["ops@example.com"])
+    with pytest.raises(InvalidValue):
+        send_test_email(server_settings(settings, closed_port()), unit, 4, [], [" "])
+    schema.database.close()
 
 
 # --- the verb inside the handler, without sockets ----------------------------------------------------
 
 
 def test_handler_stores_alarms_in_the_pass_and_wakes_the_worker_after_the_commit(settings, people):
-    from txm.ttp.handler import Handler, builtin_verbs
     from txm.ttp.parser import parse_request
 
-    database = models.open_database(settings)
-    handler = Handler(settings, database, builtin_verbs())
+    database = open_database(settings)
+    handler = Handler(settings, database, BUILTIN_VERBS)
     handler.open()
     seen: list[int] = []
 
     def wake() -> None:  # runs after the commit: another connection sees the alarms
-        other = models.make_database(settings)
+        other = make_database(settings)
         other.connect()
         seen.append(other.execute_sql("SELECT COUNT(*) FROM alarm").fetchone()[0])
         other.close()
 
-    handler.alarm_email_wakeup = wake
+    handler.on_commit("alarm", wake)
     replies = handler.handle([parse_request(line.encode()) for line in (
         "TTP /al/M1/<1;a> s3cret", "TTP /al/M1/<x> s3cret", "TTP /up/M1/<2020-1-1 0:0:0;1;2> s3cret",
         "TTP /al/M1/<2;b;c> s3cret")])
@@ -446,15 +450,15 @@ def test_alarms_with_a_commit_interval_are_emailed_once_committed(serve):
 
 
 def test_the_worker_waits_for_a_claim_held_by_another_node_without_spinning(settings, people):
-    database = models.open_database(settings)
-    now = models.utcnow()
-    models.Alarm.create(unit=models.Unit.get(code="M1"), level=1, data=[], received=now, email_next_attempt=now,
+    database = open_database(settings)
+    now = schema.utcnow()
+    schema.Alarm.create(unit=schema.Unit.get(code="M1"), level=1, data=[], received=now, email_next_attempt=now,
                         email_claimed_until=now + dt.timedelta(seconds=300))
-    worker = alarms.EmailWorker(server_settings(settings, closed_port()), database)
+    worker = EmailWorker(server_settings(settings, closed_port()), database)
     # Nothing is due: the one pending email is another node's for 5 minutes, so look again
     # after the usual poll interval, not at once.
-    assert worker.run_once() == alarms.POLL_SECONDS
-    models.Alarm.update(email_claimed_until=now + dt.timedelta(seconds=3)).execute()
+    assert worker.run_once() == POLL_SECONDS
+    schema.Alarm.update(email_claimed_until=now + dt.timedelta(seconds=3)).execute()
     assert 1 < worker.run_once() <= 3
     assert statuses() == ["pending"]
     database.close()
@@ -462,10 +466,10 @@ def test_the_worker_waits_for_a_claim_held_by_another_node_without_spinning(sett
 
 def test_a_sent_email_is_recorded_through_a_passing_database_failure(settings, people, caplog):
     """The email went out, then recording it failed: it is tried again, not left to go twice."""
-    database = models.open_database(settings)
-    alarm = models.Alarm.create(unit=models.Unit.get(code="M1"), level=1, data=["x"], received=models.utcnow())
+    database = open_database(settings)
+    alarm = schema.Alarm.create(unit=schema.Unit.get(code="M1"), level=1, data=["x"], received=schema.utcnow())
     with SMTPServer() as smtp:
-        worker = alarms.EmailWorker(server_settings(settings, smtp.port), database)
+        worker = EmailWorker(server_settings(settings, smtp.port), database)
         if settings.DATABASE_ENGINE == "sqlite3":
             database.execute_sql("PRAGMA busy_timeout = 200")  # fail fast while the lock is held
         smtp.on_data = lambda: fail_the_database(settings)  # as the email arrives, before it is recorded

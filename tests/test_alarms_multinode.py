@@ -13,8 +13,10 @@ import time
 
 from tests.conftest import database_values, write_toml
 from tests.smtp import SMTPServer
-from txm import alarms, manage
-from txm import db as models
+from txm.alarms.mailing_lists import mailing_list_add
+from txm.db import schema
+from txm.db.database import open_database
+from txm import manage
 from txm.client import TTPClient
 
 WAITING = 60
@@ -25,12 +27,12 @@ def test_two_nodes_send_each_alarm_email_once(serve_process, settings, config_fi
     manage.syncdb(settings)
     unit = manage.add_unit("M1", "k3y", 1)
     manage.add_user("alice", "pw", email="alice@example.com")
-    alarms.mailing_list_add("M1", ["alice"])
-    now = models.utcnow()
-    with models.database.atomic():
+    mailing_list_add("M1", ["alice"])
+    now = schema.utcnow()
+    with schema.database.atomic():
         for i in range(WAITING):
-            models.Alarm.create(unit=unit, level=1, data=[f"waiting {i}"], received=now)
-    models.database.close()
+            schema.Alarm.create(unit=unit, level=1, data=[f"waiting {i}"], received=now)
+    schema.database.close()
 
     with SMTPServer() as smtp:
         write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0,
@@ -51,16 +53,16 @@ def test_two_nodes_send_each_alarm_email_once(serve_process, settings, config_fi
             t.join(60)
         total = WAITING + 2 * PER_NODE
         smtp.wait_for(total, timeout=120)
-        database = models.open_database(settings)
+        database = open_database(settings)
         deadline = time.monotonic() + 60
-        while models.Alarm.select().where(models.Alarm.email_status != "sent").exists():
+        while schema.Alarm.select().where(schema.Alarm.email_status != "sent").exists():
             if time.monotonic() > deadline:
                 stuck = [(a.id, a.email_status, a.email_claimed_until, a.email_error)
-                         for a in models.Alarm.select().where(models.Alarm.email_status != "sent")]
+                         for a in schema.Alarm.select().where(schema.Alarm.email_status != "sent")]
                 raise AssertionError(f"not every alarm was marked sent: {stuck}\n"
                                      + "\n".join(node.logged("WARNING") for node in nodes))
             time.sleep(0.05)
-        ids = [a.id for a in models.Alarm.select(models.Alarm.id)]
+        ids = [a.id for a in schema.Alarm.select(schema.Alarm.id)]
         database.close()
         for node in nodes:
             assert node.stop() == 0

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import database_values, write_toml
 from tests.test_web_serve import web_port
-from txm import db as m
+from txm.db import schema
 from txm import manage
 from txm.client import TTPClient
 
@@ -26,10 +26,10 @@ def running(serve_process, settings, config_file):
     write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
     manage.syncdb(settings)
     unit = manage.add_unit("M1", "s3cret", 2, name="Tank", labels=["Flow", "Temp"])
-    view = m.View.create(name="Control room", refresh_seconds=1)
-    m.ViewEntry.create(view=view, unit=unit, channels=[1, 2])
+    view = schema.View.create(name="Control room", refresh_seconds=1)
+    schema.ViewEntry.create(view=view, unit=unit, channels=[1, 2])
     view_id = view.id
-    m.database.close()
+    schema.database.close()
     process = serve_process()
     ttp = process.wait_ready()
     http = web_port(process)

@@ -9,7 +9,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from txm import db as m
+from txm.db import schema
 from txm.cli import cli
 from txm.passwords import check_password
 
@@ -77,16 +77,16 @@ def test_new_user_story(run_cli):
         ("Administrator", True, True), ("alice", True, False)]
     shown = run_cli("unit", "show", "M1").output
     assert "North tank" in shown and "s3cret" not in shown
-    assert m.Unit.get(m.Unit.code == "M1").show_labels is True
+    assert schema.Unit.get(schema.Unit.code == "M1").show_labels is True
 
 
 def test_user_commands(run_cli):
     run_cli("syncdb")
     result = run_cli("user", "add", "bob", input="pw\n")  # not a terminal: read from stdin
     assert "weak password" in result.output
-    assert check_password("pw", m.User.get(m.User.username == "bob").password)
+    assert check_password("pw", schema.User.get(schema.User.username == "bob").password)
     run_cli("user", "passwd", "bob", "--password", "n3w-passw0rd")
-    assert check_password("n3w-passw0rd", m.User.get(m.User.username == "bob").password)
+    assert check_password("n3w-passw0rd", schema.User.get(schema.User.username == "bob").password)
     assert "already exists" in run_cli("user", "add", "bob", "--password", "x", expect=2).output
     assert "at least one character" in run_cli("user", "add", "carol", "--password", "", expect=2).output
     assert "give --password" in run_cli("user", "add", "dave", input="", expect=2).output
@@ -98,7 +98,7 @@ def test_user_commands(run_cli):
 def test_superuser_flag_implies_staff(run_cli):
     run_cli("syncdb")
     run_cli("user", "add", "root2", "--superuser", "--password", "l0ng-and-mixed")
-    u = m.User.get(m.User.username == "root2")
+    u = schema.User.get(schema.User.username == "root2")
     assert u.is_superuser and u.is_staff
 
 
@@ -118,22 +118,22 @@ def test_unit_remove_asks_when_there_are_samples(run_cli):
     run_cli("syncdb")
     run_cli("unit", "add", "M1", "--key", "k", "--fields", "1")
     run_cli("unit", "add", "M2", "--key", "k", "--fields", "1")
-    m.Sample.create(unit=m.Unit.get(m.Unit.code == "M1"), timestamp=dt.datetime(2020, 1, 1), ch1=1)
+    schema.Sample.create(unit=schema.Unit.get(schema.Unit.code == "M1"), timestamp=dt.datetime(2020, 1, 1), ch1=1)
     result = run_cli("unit", "remove", "M1", expect=1)
     assert "has 1 sample(s); add --yes" in result.output
-    assert m.Unit.select().where(m.Unit.code == "M1").exists()
+    assert schema.Unit.select().where(schema.Unit.code == "M1").exists()
     run_cli("unit", "remove", "M1", "--yes")
     run_cli("unit", "remove", "M2")  # no samples: no question
-    assert m.Unit.select().count() == 0
+    assert schema.Unit.select().count() == 0
     assert "no unit with code 'M1'" in run_cli("unit", "remove", "M1", expect=1).output
 
 
 def test_reset_admin_after_rename(run_cli):
     run_cli("syncdb")
-    admin = m.User.get_by_id(1)
+    admin = schema.User.get_by_id(1)
     admin.username = "chief"
     admin.save()
     run_cli("user", "passwd", "chief", "--password", "forgotten-one")
     result = run_cli("reset-admin")
     assert "'chief'" in result.output
-    assert check_password("admin", m.User.get_by_id(1).password)
+    assert check_password("admin", schema.User.get_by_id(1).password)

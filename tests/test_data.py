@@ -9,43 +9,45 @@ import statistics
 import pytest
 
 from tests.webutil import store_samples
-from txm import data
-from txm import db as m
+from txm.db import schema
+from txm.export import stats
+from txm.export.ranges import DEFAULT_PRESET, resolve_range
+from txm.export.stats import POINTS_PER_PIXEL, SQLITE_RANGE_BUCKETS, channel_stats, is_stale, last_sample, overview, plot_limit, samples_page
 from txm.errors import InvalidValue
 
 BASE = dt.datetime(2026, 3, 1, 12, 0, 0)
 
 
-def _unit(code="M1", channels=2, **fields) -> m.Unit:
-    return m.Unit.create(code=code, key="k", channels=channels, **fields)
+def _unit(code="M1", channels=2, **fields) -> schema.Unit:
+    return schema.Unit.create(code=code, key="k", channels=channels, **fields)
 
 
 def test_presets_count_back_from_the_newest_sample(database):
     unit = _unit()
     store_samples(unit, [(BASE - dt.timedelta(days=3), [1, 1]), (BASE, [2, 2])])
-    day = data.resolve_range(unit, "day")
+    day = resolve_range(unit, "day")
     assert (day.start, day.end) == (BASE - dt.timedelta(days=1) + dt.timedelta(microseconds=1),
                                     BASE + dt.timedelta(microseconds=1))
     assert day.preset == "day"
-    assert data.resolve_range(unit).preset == data.DEFAULT_PRESET
-    everything = data.resolve_range(unit, "all")
+    assert resolve_range(unit).preset == DEFAULT_PRESET
+    everything = resolve_range(unit, "all")
     assert (everything.start, everything.end) == (None, None)
-    assert data.channel_stats(unit, day.start, day.end).count == 1
-    assert data.channel_stats(unit, everything.start, everything.end).count == 2
+    assert channel_stats(unit, day.start, day.end).count == 1
+    assert channel_stats(unit, everything.start, everything.end).count == 2
 
 
 def test_dates_win_over_presets_and_bad_ones_say_why(database):
     unit = _unit()
-    chosen = data.resolve_range(unit, "hour", "2026-03-01", "2026-03-01")
+    chosen = resolve_range(unit, "hour", "2026-03-01", "2026-03-01")
     assert (chosen.start, chosen.end, chosen.preset) == (dt.datetime(2026, 3, 1), dt.datetime(2026, 3, 2), None)
     with pytest.raises(InvalidValue, match="not a date"):
-        data.resolve_range(unit, None, "yesterday-ish", None)
+        resolve_range(unit, None, "yesterday-ish", None)
     with pytest.raises(InvalidValue, match="not a real date"):
-        data.resolve_range(unit, None, "2026-02-30", None)
+        resolve_range(unit, None, "2026-02-30", None)
     with pytest.raises(InvalidValue, match="not before the end"):
-        data.resolve_range(unit, None, "2026-03-02", "2026-03-01")
+        resolve_range(unit, None, "2026-03-02", "2026-03-01")
     with pytest.raises(InvalidValue, match="unknown range"):
-        data.resolve_range(unit, "fortnight")
+        resolve_range(unit, "fortnight")
 
 
 def test_statistics_match_python_on_every_backend(database):
@@ -57,7 +59,7 @@ def test_statistics_match_python_on_every_backend(database):
         big = 1e6 + (i % 10) * 1e-3  # large values varying a little: cancellation would ruin this
         rows.append((BASE + dt.timedelta(seconds=i, microseconds=i % 3), [flow, other, big]))
     store_samples(unit, rows)
-    stats = data.channel_stats(unit, None, None)
+    stats = channel_stats(unit, None, None)
     assert stats.count == 500 and stats.first == rows[0][0] and stats.last == rows[-1][0]
     for n, c in enumerate(stats.channels, start=1):
         values = [r[1][n - 1] for r in rows if r[1][n - 1] is not None]
@@ -73,11 +75,11 @@ def test_statistics_match_python_on_every_backend(database):
 def test_statistics_of_a_range_one_value_and_nothing(database):
     unit = _unit(channels=2)
     store_samples(unit, [(BASE, [5.0, None]), (BASE + dt.timedelta(hours=1), [7.0, None])])
-    stats = data.channel_stats(unit, BASE, BASE + dt.timedelta(minutes=1))
+    stats = channel_stats(unit, BASE, BASE + dt.timedelta(minutes=1))
     one, empty = stats.channels
     assert (one.count, one.minimum, one.maximum, one.mean, one.stddev) == (1, 5.0, 5.0, 5.0, None)
     assert (empty.count, empty.minimum, empty.first) == (0, None, None)
-    nothing = data.channel_stats(unit, BASE - dt.timedelta(days=2), BASE - dt.timedelta(days=1))
+    nothing = channel_stats(unit, BASE - dt.timedelta(days=2), BASE - dt.timedelta(days=1))
     assert nothing.count == 0 and nothing.first is None and nothing.channels[0].mean is None
 
 
@@ -85,7 +87,7 @@ def test_series_unreduced_when_it_fits(database):
     unit = _unit(channels=2)
     rows = [(BASE + dt.timedelta(seconds=i), [float(i), None if i == 3 else -i]) for i in range(10)]
     store_samples(unit, rows)
-    s = data.series(unit, None, None, [1, 2], limit=10)
+    s = stats.series(unit, None, None, [1, 2], limit=10)
     assert not s.reduced and s.total == 10
     assert s.lines[1] == [(r[0], r[1][0]) for r in rows]
     assert len(s.lines[2]) == 9  # the missing value is left out
@@ -96,7 +98,7 @@ def test_reduced_series_keeps_every_peak_and_respects_the_limit(database):
     spikes = {1234: 1000.0, 5678: -1000.0, 9999: 500.0}
     rows = [(BASE + dt.timedelta(seconds=i), [spikes.get(i, math.sin(i / 50))]) for i in range(10_000)]
     store_samples(unit, rows)
-    s = data.series(unit, None, None, [1], limit=200)
+    s = stats.series(unit, None, None, [1], limit=200)
     assert s.reduced and s.total == 10_000
     line = s.lines[1]
     assert len(line) <= 200
@@ -107,22 +109,22 @@ def test_reduced_series_keeps_every_peak_and_respects_the_limit(database):
 
 
 def test_plot_limit(database):
-    assert data.plot_limit(500, 800) == 500
-    assert data.plot_limit(0, 800) == 800 * data.POINTS_PER_PIXEL
+    assert plot_limit(500, 800) == 500
+    assert plot_limit(0, 800) == 800 * POINTS_PER_PIXEL
 
 
 def test_last_sample_stale_and_pages(database):
     unit = _unit(channels=2)
-    assert data.last_sample(unit) is None and data.is_stale(None, 60)
+    assert last_sample(unit) is None and is_stale(None, 60)
     rows = [(BASE + dt.timedelta(seconds=i), [float(i), float(-i)]) for i in range(25)]
     store_samples(unit, rows)
-    last = data.last_sample(unit)
+    last = last_sample(unit)
     assert last.timestamp == rows[-1][0] and last.values == [24.0, -24.0]
-    assert not data.is_stale(last, 60)
-    assert data.is_stale(last, 60, now=last.received + dt.timedelta(seconds=61))
-    page1 = data.samples_page(unit, None, None, [2], limit=10)
-    page2 = data.samples_page(unit, None, None, [2], after=page1[-1][0], limit=10)
-    page3 = data.samples_page(unit, None, None, [2], after=page2[-1][0], limit=10)
+    assert not is_stale(last, 60)
+    assert is_stale(last, 60, now=last.received + dt.timedelta(seconds=61))
+    page1 = samples_page(unit, None, None, [2], limit=10)
+    page2 = samples_page(unit, None, None, [2], after=page1[-1][0], limit=10)
+    page3 = samples_page(unit, None, None, [2], after=page2[-1][0], limit=10)
     assert [r[1] for r in page1 + page2 + page3] == [float(-i) for i in range(25)]
     assert len(page3) == 5
 
@@ -132,8 +134,8 @@ def test_statistics_are_the_same_when_the_lines_are_reduced(database):
     rows = [(BASE + dt.timedelta(seconds=i * 7), [math.cos(i) * 100, None if i < 40 or i > 900 else i / 3])
             for i in range(1000)]
     store_samples(unit, rows)
-    plain = data.channel_stats(unit, None, None)
-    stats, lines = data.overview(unit, None, None, limit=60)
+    plain = channel_stats(unit, None, None)
+    stats, lines = overview(unit, None, None, limit=60)
     assert lines.reduced and all(len(line) <= 60 for line in lines.lines.values())
     for a, b in zip(plain.channels, stats.channels):
         assert (a.count, a.minimum, a.maximum, a.first, a.last) == (b.count, b.minimum, b.maximum, b.first, b.last)
@@ -181,7 +183,7 @@ def _reference(rows, start, end, limit):
 
 def _check_against_reference(unit, rows, start, end, limit):
     total, expected, lines, reduced = _reference(rows, start, end, limit)
-    stats, series = data.overview(unit, start, end, limit)
+    stats, series = overview(unit, start, end, limit)
     assert (stats.count, series.total, series.reduced) == (total, total, reduced)
     for got, (count, low, high, mean, stdev, first, last) in zip(stats.channels, expected):
         assert (got.count, got.minimum, got.maximum, got.first, got.last) == (count, low, high, first, last)
@@ -214,18 +216,18 @@ def test_reduced_lines_and_statistics_equal_a_plain_python_computation(database)
     for start, end in ((None, None), (s, None), (None, e), (s, e)):
         for limit in (20, 7, 2, 3, 1000):
             _check_against_reference(unit, rows, start, end, limit)
-    stats, series = data.overview(unit, None, None, 20)
+    stats, series = overview(unit, None, None, 20)
     assert series.reduced and all(len(line) <= 20 for line in series.lines.values())
     values = [v for _, v in series.lines[1]]
     for second in set(range(10)) - {4, 5}:  # every bucket's peak and dip are on the line
         assert second * 10.0 + 100.0 in values and -second * 10.0 - 100.0 in values
 
 
-@pytest.mark.parametrize("range_buckets", [data.SQLITE_RANGE_BUCKETS, 0], ids=["range-queries", "group-by"])
+@pytest.mark.parametrize("range_buckets", [SQLITE_RANGE_BUCKETS, 0], ids=["range-queries", "group-by"])
 def test_both_ways_of_reading_buckets_give_the_plain_python_result(database, monkeypatch, range_buckets):
     """SQLite reads up to SQLITE_RANGE_BUCKETS buckets with a range query each, more with one
     GROUP BY: both give the reference result, to the microsecond (the other engines always group)."""
-    monkeypatch.setattr(data, "SQLITE_RANGE_BUCKETS", range_buckets)
+    monkeypatch.setattr(stats, "SQLITE_RANGE_BUCKETS", range_buckets)
     unit = _unit(channels=2)
     rows = []
     for i in range(400):  # 4 s; buckets of 0.2 s with limit 40: samples on bucket edges and 1 us off
@@ -247,7 +249,7 @@ def test_a_range_with_one_sample_and_samples_beyond_its_end(database):
     store_samples(unit, rows)
     one_start, one_end = rows[10][0], rows[11][0]
     _check_against_reference(unit, rows, one_start, one_end, 4)
-    stats, series = data.overview(unit, one_start, one_end, 4)
+    stats, series = overview(unit, one_start, one_end, 4)
     assert stats.count == 1 and stats.channels[0].stddev is None and series.lines[1] == [(rows[10][0], 2.0)]
     # the last bucket reaches past the range's end, where more samples lie: they stay out
     _check_against_reference(unit, rows, rows[3][0], rows[40][0] + dt.timedelta(microseconds=1), 10)

@@ -8,7 +8,8 @@ import peewee as pw
 import pytest
 
 from txm import config, manage
-from txm import db as m
+from txm.db import schema
+from txm.db.database import open_database
 from txm.errors import DatabaseError, InvalidValue, NotFound, TxmError
 from txm.passwords import check_password
 
@@ -17,13 +18,13 @@ def test_syncdb_twice_is_safe_and_keeps_data(settings):
     first = manage.syncdb(settings)
     assert "auth_user" in first.created_tables and "sample" in first.created_tables
     assert first.created_admin
-    admin = m.User.get_by_id(1)
+    admin = schema.User.get_by_id(1)
     assert admin.username == "Administrator" and admin.is_superuser and admin.is_staff
     assert check_password("admin", admin.password)
     manage.add_unit("M1", "k", 2)
     second = manage.syncdb(settings)
     assert second.created_tables == [] and not second.created_admin
-    assert m.Unit.select().count() == 1 and m.User.select().count() == 1
+    assert schema.Unit.select().count() == 1 and schema.User.select().count() == 1
 
 
 def test_ids_continue_after_the_administrator(database):
@@ -43,46 +44,46 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
 def test_unit_timestamp_is_unique(database):
     unit = manage.add_unit("M1", "k", 2)
     ts = dt.datetime(2009, 1, 16, 15, 30, 45, 100000)
-    m.Sample.create(unit=unit, timestamp=ts, ch1=1.0, ch2=2.0)
+    schema.Sample.create(unit=unit, timestamp=ts, ch1=1.0, ch2=2.0)
     with pytest.raises(pw.IntegrityError):
         with database.atomic():
-            m.Sample.create(unit=unit, timestamp=ts, ch1=3.0, ch2=4.0)
+            schema.Sample.create(unit=unit, timestamp=ts, ch1=3.0, ch2=4.0)
     other = manage.add_unit("M2", "k", 2)
-    m.Sample.create(unit=other, timestamp=ts, ch1=1.0)  # same time, another unit: fine
+    schema.Sample.create(unit=other, timestamp=ts, ch1=1.0)  # same time, another unit: fine
 
 
 def test_microseconds_and_32_channels_are_kept(database):
-    unit = manage.add_unit("M1", "k", m.MAX_CHANNELS)
+    unit = manage.add_unit("M1", "k", schema.MAX_CHANNELS)
     ts = dt.datetime(2097, 9, 12, 1, 2, 3, 4)
-    values = {f"ch{i}": i * 1.5 - 20 for i in range(1, m.MAX_CHANNELS + 1)}
-    m.Sample.create(unit=unit, timestamp=ts, **values)
-    back = m.Sample.get()
+    values = {f"ch{i}": i * 1.5 - 20 for i in range(1, schema.MAX_CHANNELS + 1)}
+    schema.Sample.create(unit=unit, timestamp=ts, **values)
+    back = schema.Sample.get()
     assert back.timestamp == ts
-    assert back.values() == [values[f"ch{i}"] for i in range(1, m.MAX_CHANNELS + 1)]
+    assert back.values() == [values[f"ch{i}"] for i in range(1, schema.MAX_CHANNELS + 1)]
 
 
 def test_deleting_a_unit_takes_its_samples(database):
     unit = manage.add_unit("M1", "k", 1)
     for i in range(12):
-        m.Sample.create(unit=unit, timestamp=dt.datetime(2020, 1, 1, 0, 0, i), ch1=i)
+        schema.Sample.create(unit=unit, timestamp=dt.datetime(2020, 1, 1, 0, 0, i), ch1=i)
     assert manage.remove_unit("M1") == 12
-    assert m.Sample.select().count() == 0
+    assert schema.Sample.select().count() == 0
 
 
 def test_the_manuals_recovery_statement_lets_the_administrator_in(database):
     manage.set_password("Administrator", "something-else")
     database.execute_sql("UPDATE auth_user SET password = 'sha1$$d033e22ae348aeb5660fc2140aec35850c4da997' "
                          "WHERE id = 1")
-    assert check_password("admin", m.User.get_by_id(1).password)
+    assert check_password("admin", schema.User.get_by_id(1).password)
 
 
 def test_reset_admin_after_rename(database):
-    admin = m.User.get_by_id(1)
+    admin = schema.User.get_by_id(1)
     admin.username = "boss"
     admin.password = "pbkdf2_sha256$1$x$y"
     admin.save()
     assert manage.reset_admin().username == "boss"
-    assert check_password("admin", m.User.get_by_id(1).password)
+    assert check_password("admin", schema.User.get_by_id(1).password)
 
 
 def test_last_superuser_cannot_be_removed(database):
@@ -90,7 +91,7 @@ def test_last_superuser_cannot_be_removed(database):
         manage.remove_user("Administrator")
     manage.add_user("second", "pw", superuser=True)
     manage.remove_user("Administrator")
-    assert not m.User.select().where(m.User.username == "Administrator").exists()
+    assert not schema.User.select().where(schema.User.username == "Administrator").exists()
 
 
 @pytest.mark.parametrize("code", ["", "M-1", "M 1", "M/1", "Ü1", "x" * 65])
@@ -121,7 +122,7 @@ def test_missing_database_says_to_run_syncdb(tmp_path):
     p = tmp_path / "txm.toml"
     p.write_text(f'DATABASE_NAME = "{tmp_path / "absent.db"}"\n')
     with pytest.raises(DatabaseError, match="txm syncdb"):
-        m.open_database(config.read_settings(p))
+        open_database(config.read_settings(p))
     assert not (tmp_path / "absent.db").exists()
 
 
@@ -132,7 +133,7 @@ def test_empty_database_says_to_run_syncdb(tmp_path):
     p = tmp_path / "txm.toml"
     p.write_text(f'DATABASE_NAME = "{tmp_path / "empty.db"}"\n')
     with pytest.raises(DatabaseError, match="no txm tables yet"):
-        m.open_database(config.read_settings(p))
+        open_database(config.read_settings(p))
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path):
@@ -140,7 +141,7 @@ def test_unreachable_server_is_a_clear_error(tmp_path):
     p.write_text('[database]\nDATABASE_ENGINE = "postgresql"\nDATABASE_HOST = "127.0.0.1"\n'
                  'DATABASE_PORT = 1\nDATABASE_NAME = "x"\n')
     with pytest.raises(DatabaseError, match="cannot open the database"):
-        m.open_database(config.read_settings(p))
+        open_database(config.read_settings(p))
 
 
 def test_get_unit_not_found(database):
@@ -151,8 +152,8 @@ def test_get_unit_not_found(database):
 def test_sample_ids_are_never_reused(database):
     """Exports and LoggerNet record numbers rely on ids that only grow, even after deletions."""
     unit = manage.add_unit("M1", "k", 1)
-    first = m.Sample.create(unit=unit, timestamp=dt.datetime(2020, 1, 1), ch1=1)
-    newest = m.Sample.create(unit=unit, timestamp=dt.datetime(2020, 1, 2), ch1=2)
+    first = schema.Sample.create(unit=unit, timestamp=dt.datetime(2020, 1, 1), ch1=1)
+    newest = schema.Sample.create(unit=unit, timestamp=dt.datetime(2020, 1, 2), ch1=2)
     newest.delete_instance()
-    again = m.Sample.create(unit=unit, timestamp=dt.datetime(2020, 1, 3), ch1=3)
+    again = schema.Sample.create(unit=unit, timestamp=dt.datetime(2020, 1, 3), ch1=3)
     assert again.id > newest.id > first.id

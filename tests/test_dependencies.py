@@ -18,7 +18,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from txm import db
+from txm.db.database import _DRIVERS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -108,7 +108,7 @@ def problem(module: str, files: set[str], lists: tuple[str, ...]) -> str | None:
 def test_every_import_is_declared(top):
     imports = third_party_imports(top)
     if top == "txm":
-        for module, _extra in db._DRIVERS.values():
+        for module, _extra in _DRIVERS.values():
             imports.setdefault(module, set()).add("txm/db.py (by name)")
     problems = []
     for module, files in sorted(imports.items()):
@@ -125,7 +125,7 @@ def test_every_import_is_declared(top):
 def test_optional_imports_are_the_database_drivers():
     """The drivers txm.db loads by name, each with the extra its error message tells users to
     install, are exactly the modules this test lets txm take from an extra."""
-    assert {module: extra for module, extra in db._DRIVERS.values()} == OPTIONAL_IMPORTS
+    assert {module: extra for module, extra in _DRIVERS.values()} == OPTIONAL_IMPORTS
 
 
 def test_the_checked_folders_exist_and_the_test_extra_is_declared():

@@ -8,10 +8,14 @@ import io
 
 import pytest
 
-from txm import export, manage
-from txm import db as models
+import peewee as pw
+from txm.db import schema
+from txm.db.samples import SampleStore
+from txm.export import csv as csv_export
+from txm.export.csv import UnitExport, csv_text, header, resolve_fields, settled_last_id
+from txm.export.ranges import parse_datetime, parse_range
+from txm import manage
 from txm.errors import InvalidValue, NotFound
-from txm.ttp.store import SampleStore
 
 
 def store_samples(database, code: str, samples, received: dt.datetime | None = None) -> None:
@@ -19,11 +23,11 @@ def store_samples(database, code: str, samples, received: dt.datetime | None = N
     store = SampleStore(database)
     unit = store.units([code])[code]
     with database.atomic():
-        store.insert_samples(unit, samples, received or models.utcnow())
+        store.insert_samples(unit, samples, received or schema.utcnow())
 
 
 def unit_object(code="M1", channels=3, labels=("Flow", "Level"), report_fields=()):
-    return models.Unit(code=code, key="k", channels=channels, labels=list(labels),
+    return schema.Unit(code=code, key="k", channels=channels, labels=list(labels),
                        report_fields=list(report_fields))
 
 
@@ -31,12 +35,12 @@ def unit_object(code="M1", channels=3, labels=("Flow", "Level"), report_fields=(
 
 
 def test_fields_default_to_the_units_report_options_else_every_channel():
-    assert export.resolve_fields(unit_object()) == [1, 2, 3]
-    assert export.resolve_fields(unit_object(report_fields=[3, 1])) == [3, 1]
-    assert export.resolve_fields(unit_object(report_fields=[3, 1]), "all") == [1, 2, 3]
-    assert export.resolve_fields(unit_object(report_fields=[3, 1]), "2") == [2]
+    assert resolve_fields(unit_object()) == [1, 2, 3]
+    assert resolve_fields(unit_object(report_fields=[3, 1])) == [3, 1]
+    assert resolve_fields(unit_object(report_fields=[3, 1]), "all") == [1, 2, 3]
+    assert resolve_fields(unit_object(report_fields=[3, 1]), "2") == [2]
     # a stored choice naming a channel the unit no longer has is left out
-    assert export.resolve_fields(unit_object(report_fields=[9, 2])) == [2]
+    assert resolve_fields(unit_object(report_fields=[9, 2])) == [2]
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -44,7 +48,7 @@ def test_fields_default_to_the_units_report_options_else_every_channel():
     ("ch3,1", [3, 1]), ([3, "Flow"], [3, 1]), (" 1 , 2 ", [1, 2]),
 ])
 def test_fields_by_number_range_and_label(spec, expected):
-    assert export.resolve_fields(unit_object(), spec) == expected
+    assert resolve_fields(unit_object(), spec) == expected
 
 
 @pytest.mark.parametrize("spec, words", [
@@ -53,13 +57,13 @@ def test_fields_by_number_range_and_label(spec, expected):
 ])
 def test_a_bad_field_is_a_clear_error(spec, words):
     with pytest.raises(InvalidValue, match=words) as info:
-        export.resolve_fields(unit_object(), spec)
+        resolve_fields(unit_object(), spec)
     assert "Flow, Level, ch3" in str(info.value) or "twice" in words or "backwards" in words
 
 
 def test_header_names_columns_with_the_channel_labels():
-    assert export.header(unit_object(), [1, 2, 3]) == ["timestamp", "Flow", "Level", "ch3"]
-    assert export.header(unit_object(), [3, 1]) == ["timestamp", "ch3", "Flow"]
+    assert header(unit_object(), [1, 2, 3]) == ["timestamp", "Flow", "Level", "ch3"]
+    assert header(unit_object(), [3, 1]) == ["timestamp", "ch3", "Flow"]
 
 
 # --- dates ---------------------------------------------------------------------------------------
@@ -76,14 +80,14 @@ def test_header_names_columns_with_the_channel_labels():
     ("2026-12-31 23:59:59", dt.datetime(2026, 12, 31, 23, 59, 59), dt.datetime(2027, 1, 1)),
 ])
 def test_dates_name_a_start_and_an_exclusive_end(text, start, end):
-    assert export.parse_datetime(text) == start
-    assert export.parse_datetime(text, end=True) == end
+    assert parse_datetime(text) == start
+    assert parse_datetime(text, end=True) == end
 
 
 def test_today_and_yesterday():
     today = dt.datetime.combine(dt.date.today(), dt.time())
-    assert export.parse_datetime("today") == today
-    assert export.parse_datetime("Yesterday", end=True) == today
+    assert parse_datetime("today") == today
+    assert parse_datetime("Yesterday", end=True) == today
 
 
 @pytest.mark.parametrize("text, words", [
@@ -92,14 +96,14 @@ def test_today_and_yesterday():
 ])
 def test_a_bad_date_is_a_clear_error(text, words):
     with pytest.raises(InvalidValue, match=words):
-        export.parse_datetime(text, what="--from")
+        parse_datetime(text, what="--from")
 
 
 def test_a_range_must_not_be_empty():
-    assert export.parse_range("2026-01-01", "2026-01-01") == (dt.datetime(2026, 1, 1), dt.datetime(2026, 1, 2))
+    assert parse_range("2026-01-01", "2026-01-01") == (dt.datetime(2026, 1, 1), dt.datetime(2026, 1, 2))
     with pytest.raises(InvalidValue, match="not before the end"):
-        export.parse_range("2026-01-02", "2026-01-01")
-    assert export.parse_range(None, None) == (None, None)
+        parse_range("2026-01-02", "2026-01-01")
+    assert parse_range(None, None) == (None, None)
 
 
 # --- the query, on every backend -------------------------------------------------------------------
@@ -119,7 +123,7 @@ def test_csv_pages_stream_every_sample_in_timestamp_order(database, unit_m1):
     samples = [(base + dt.timedelta(seconds=i), [i * 1.5, -i, None if i % 2 else 0.1]) for i in range(25)]
     samples.reverse()  # stored newest first: the export still comes in timestamp order
     store_samples(database, "M1", samples)
-    run = export.UnitExport(database, "M1", page_size=7)
+    run = UnitExport(database, "M1", page_size=7)
     pieces = list(run.csv_pages())
     assert len(pieces) == 1 + 4  # the header, then pages of 7, 7, 7, 4
     text = "".join(pieces)
@@ -135,19 +139,19 @@ def test_fractional_seconds_and_exact_values(database, unit_m1):
     when = dt.datetime(2026, 3, 4, 5, 6, 7, 123400)
     store_samples(database, "M1", [(when, [0.1, 1e20, -2.5e-300]),
                                    (dt.datetime(2026, 3, 4, 5, 6, 8), [1 / 3, 7.0, 12345678.9])])
-    rows = read_csv("".join(export.UnitExport(database, "M1").csv_pages()))
+    rows = read_csv("".join(UnitExport(database, "M1").csv_pages()))
     assert rows[1] == ["2026-03-04 05:06:07.123400", "0.1", "1e+20", "-2.5e-300"]
     assert rows[2] == ["2026-03-04 05:06:08", repr(1 / 3), "7.0", "12345678.9"]
-    typed = list(export.UnitExport(database, "M1", "3,1").rows())
+    typed = list(UnitExport(database, "M1", "3,1").rows())
     assert typed == [(when, -2.5e-300, 0.1), (dt.datetime(2026, 3, 4, 5, 6, 8), 12345678.9, 1 / 3)]
 
 
 def test_a_range_takes_start_through_end_inclusive_at_their_precision(database, unit_m1):
     base = dt.datetime(2026, 1, 31, 23, 59, 58)
     store_samples(database, "M1", [(base + dt.timedelta(seconds=i), [i, 0, 0]) for i in range(5)])
-    run = export.UnitExport(database, "M1", "1", start="2026-01-31 23:59:59", end="2026-01-31")
+    run = UnitExport(database, "M1", "1", start="2026-01-31 23:59:59", end="2026-01-31")
     assert [r[1] for r in run.rows()] == [1.0]
-    run = export.UnitExport(database, "M1", "1", start="2026-02-01", end="2026-02-01 00:00:01")
+    run = UnitExport(database, "M1", "1", start="2026-02-01", end="2026-02-01 00:00:01")
     assert [r[1] for r in run.rows()] == [2.0, 3.0]
     assert run.total() == 2
 
@@ -156,38 +160,38 @@ def test_only_the_units_own_samples(database, unit_m1):
     manage.add_unit("M2", "k", 1)
     store_samples(database, "M2", [(dt.datetime(2026, 1, 1), [99.0])])
     store_samples(database, "M1", [(dt.datetime(2026, 1, 2), [1.0, 2.0, 3.0])])
-    assert [r[1:] for r in export.UnitExport(database, "M1").rows()] == [(1.0, 2.0, 3.0)]
-    assert export.UnitExport(database, "M2").total() == 1
+    assert [r[1:] for r in UnitExport(database, "M1").rows()] == [(1.0, 2.0, 3.0)]
+    assert UnitExport(database, "M2").total() == 1
 
 
 def test_incremental_export_takes_ids_after_the_cursor_in_id_order(database, unit_m1):
     store_samples(database, "M1", [(dt.datetime(2026, 1, 2), [2, 0, 0]), (dt.datetime(2026, 1, 3), [3, 0, 0])])
-    first = export.UnitExport(database, "M1", "1", after_id=0)
+    first = UnitExport(database, "M1", "1", after_id=0)
     assert [r[1] for r in first.rows()] == [2.0, 3.0]
     # a back-filled sample: older timestamp, newer id
     store_samples(database, "M1", [(dt.datetime(2026, 1, 1), [1, 0, 0])])
-    second = export.UnitExport(database, "M1", "1", after_id=first.last_id)
+    second = UnitExport(database, "M1", "1", after_id=first.last_id)
     assert [r[1] for r in second.rows()] == [1.0]
     assert second.last_id > first.last_id
 
 
 def test_settled_last_id_leaves_fresh_samples_on_database_servers(database, unit_m1):
-    old = models.utcnow() - dt.timedelta(minutes=5)
+    old = schema.utcnow() - dt.timedelta(minutes=5)
     store_samples(database, "M1", [(dt.datetime(2026, 1, 1), [1, 0, 0])], received=old)
-    settled = export.settled_last_id(database, 0)
+    settled = settled_last_id(database, 0)
     assert settled > 0
     store_samples(database, "M1", [(dt.datetime(2026, 1, 2), [2, 0, 0])])
-    newest = models.Sample.select(models.pw.fn.MAX(models.Sample.id)).scalar()
-    if isinstance(database, models.pw.SqliteDatabase):
-        assert export.settled_last_id(database, settled) == newest
+    newest = schema.Sample.select(pw.fn.MAX(schema.Sample.id)).scalar()
+    if isinstance(database, pw.SqliteDatabase):
+        assert settled_last_id(database, settled) == newest
     else:
-        assert export.settled_last_id(database, settled) == settled
-    assert export.settled_last_id(database, newest) == newest
+        assert settled_last_id(database, settled) == settled
+    assert settled_last_id(database, newest) == newest
 
 
 def test_library_helpers_use_the_bound_database(database, unit_m1):
     store_samples(database, "M1", [(dt.datetime(2026, 1, 1), [1, 2, 3])])
-    assert list(export.rows("M1", "2")) == [(dt.datetime(2026, 1, 1), 2.0)]
-    assert "".join(export.csv_text("M1", "Level", with_header=False)) == "2026-01-01 00:00:00,2.0\r\n"
+    assert list(csv_export.rows("M1", "2")) == [(dt.datetime(2026, 1, 1), 2.0)]
+    assert "".join(csv_text("M1", "Level", with_header=False)) == "2026-01-01 00:00:00,2.0\r\n"
     with pytest.raises(NotFound, match="no unit with code 'M9'"):
-        export.rows("M9")
+        csv.rows("M9")

@@ -14,9 +14,11 @@ import pytest
 
 from tests.conftest import TXM, txm_subprocess_env, write_toml
 from tests.test_export import store_samples
-from txm import export, manage
+import peewee as pw
+from txm.db import schema
+from txm.export.csv import read_cursor
+from txm import manage
 from txm.config import read_settings
-from txm import db as models
 
 LONG_AGO = dt.datetime(2026, 1, 1)  # "received" of samples an incremental export may take at once
 
@@ -86,7 +88,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(run_cli, units, tmp_path,
     assert "Traceback" not in result.output
     assert result.stdout_bytes.decode() == "" or result.stdout.startswith("Usage")
     assert not (tmp_path / "DIR").exists()
-    assert models.ExportCursor.select().count() == 0
+    assert schema.ExportCursor.select().count() == 0
 
 
 def test_since_last_never_misses_or_repeats_a_sample_even_with_back_fill(run_cli, units, database):
@@ -102,8 +104,8 @@ def test_since_last_never_misses_or_repeats_a_sample_even_with_back_fill(run_cli
     assert second.splitlines()[1:] == ["2025-12-31 23:59:59,-1.0,-1.0,-1.0", "2026-01-01 00:00:03,3.0,30.0,3.0"]
     # another unit's job under the same name keeps its own place
     assert run_cli("export-csv", "M2", "--since-last", "nightly").stdout_bytes.decode().count("\r\n") == 2
-    cursor = models.ExportCursor.get(models.ExportCursor.name == "csv:nightly:M1")
-    assert cursor.last_sample_id == models.Sample.select(models.pw.fn.MAX(models.Sample.id)).scalar()
+    cursor = schema.ExportCursor.get(schema.ExportCursor.name == "csv:nightly:M1")
+    assert cursor.last_sample_id == schema.Sample.select(pw.fn.MAX(schema.Sample.id)).scalar()
 
 
 def test_since_last_every_unit(run_cli, units, database, tmp_path):
@@ -119,11 +121,11 @@ def test_since_last_leaves_samples_still_settling_on_database_servers(run_cli, u
     run_cli("export-csv", "M2", "--since-last", "n")
     store_samples(database, "M2", [(dt.datetime(2026, 2, 1), [2.0])])  # received now
     fresh = run_cli("export-csv", "M2", "--since-last", "n").stdout_bytes.decode()
-    if isinstance(database, models.pw.SqliteDatabase):
+    if isinstance(database, pw.SqliteDatabase):
         assert fresh.count("\r\n") == 2  # one writer at a time: ids are visible in order
     else:
         assert fresh.count("\r\n") == 1  # taken by the next run, once settled
-        models.Sample.update(received=LONG_AGO).execute()
+        schema.Sample.update(received=LONG_AGO).execute()
         assert run_cli("export-csv", "M2", "--since-last", "n").stdout_bytes.decode().count("\r\n") == 2
     assert run_cli("export-csv", "M2", "--since-last", "n").stdout_bytes.decode().count("\r\n") == 1
 
@@ -136,7 +138,7 @@ def test_a_failed_write_leaves_no_file_and_keeps_the_cursor(run_cli, units, tmp_
     assert "cannot create the folder" in result.output
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "txm.db" and not p.name.startswith("txm.")) == [
         "plain"]
-    assert export.read_cursor("csv:n:M1") == 0 and export.read_cursor("csv:n") == 0
+    assert read_cursor("csv:n:M1") == 0 and read_cursor("csv:n") == 0
 
 
 # --- a million samples --------------------------------------------------------------------------

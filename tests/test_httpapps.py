@@ -9,10 +9,10 @@ import pytest
 
 from tests.conftest import REPO, TXM, txm_subprocess_env
 from tests.webutil import add_user, client, login, store_samples
-from txm import db as m
+from txm.db import schema
+from txm.web.httpapps import load_apps, mount_point
 from txm.config import read_settings
 from txm.errors import ConfigError
-from txm.httpapps import load_apps, mount_point
 
 EXAMPLE = REPO / "examples" / "httpapps" / "mobile.py"
 
@@ -29,11 +29,11 @@ def _with_apps(config_file, text: str, files: dict[str, str] | None = None):
 def test_the_sample_mobile_app_shows_newest_values(config_file, database):
     settings = _with_apps(config_file, 'mobile = {enabled = true, url = "m/"}\n',
                           {"mobile.py": EXAMPLE.read_text()})
-    unit = m.Unit.create(code="M1", key="k", name="Tank", channels=2, labels=["Level <m>", ""])
-    m.Unit.create(code="M2", key="k", channels=1)
+    unit = schema.Unit.create(code="M1", key="k", name="Tank", channels=2, labels=["Level <m>", ""])
+    schema.Unit.create(code="M2", key="k", channels=1)
     store_samples(unit, [(dt.datetime(2026, 5, 1, 8, 0), [1.5, None]), (dt.datetime(2026, 5, 1, 8, 1), [2.25, 7.0])])
     ann = add_user("ann")
-    m.UserUnit.create(user=ann, unit=unit)
+    schema.UserUnit.create(user=ann, unit=unit)
     web = client(settings)
     assert web.get("/m/", status=303).location.endswith("/login?next=/m/")  # LOGIN_REQUIRED applies
     login(web, "ann")

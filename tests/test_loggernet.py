@@ -16,7 +16,9 @@ import pytest
 from tests.conftest import TXM, fail_the_database, txm_subprocess_env
 from tests.test_export import store_samples
 from txm import manage
-from txm import db as models
+import peewee as pw
+from txm.db import schema
+from txm.db.database import close_quietly
 from txm.errors import ConfigError
 from txm.loggernet import records
 from txm.loggernet.client import PullClient, parse_unit_map
@@ -105,18 +107,18 @@ def source_units(database):
 
 
 def sample_ids(code: str) -> list[int]:
-    return [s.id for s in models.Sample.select().join(models.Unit).where(models.Unit.code == code)
-            .order_by(models.Sample.id)]
+    return [s.id for s in schema.Sample.select().join(schema.Unit).where(schema.Unit.code == code)
+            .order_by(schema.Sample.id)]
 
 
 def samples_of(code: str) -> list[tuple]:
-    unit = models.Unit.get(models.Unit.code == code)
+    unit = schema.Unit.get(schema.Unit.code == code)
     return [(s.timestamp, *[getattr(s, f"ch{i}") for i in range(1, unit.channels + 1)])
-            for s in models.Sample.select().where(models.Sample.unit == unit).order_by(models.Sample.timestamp)]
+            for s in schema.Sample.select().where(schema.Sample.unit == unit).order_by(schema.Sample.timestamp)]
 
 
 def cursor_value() -> int | None:
-    row = models.ExportCursor.get_or_none(models.ExportCursor.name == CURSOR_NAME)
+    row = schema.ExportCursor.get_or_none(schema.ExportCursor.name == CURSOR_NAME)
     return row.last_sample_id if row else None
 
 
@@ -298,7 +300,7 @@ def test_client_stores_then_acknowledges_and_keeps_the_connection_on_bad_records
             fake.send(std("Lgr", "Sec15", "2026-05-01 10:00:00.5", 7, ("Battery_V", "FLOAT", "13.5"),
                           ("Note", "VARCHAR(9)", "ok"), ("Temp(1)", "FLOAT", "NAN"), ("N", "INTEGER", "4")))
             assert fake.ack() == b"Lgr,Sec15,7\r\n"
-            unit = models.Unit.get(models.Unit.code == "LgrSec15")  # stored before the acknowledgement
+            unit = schema.Unit.get(schema.Unit.code == "LgrSec15")  # stored before the acknowledgement
             assert (unit.channels, unit.labels, unit.name) == (3, ["Battery_V", "Temp(1)", "N"], "Lgr Sec15")
             assert samples_of("LgrSec15") == [(dt.datetime(2026, 5, 1, 10, 0, 0, 500000), 13.5, None, 4.0)]
             # malformed: logged with the reason, not acknowledged, connection kept
@@ -309,7 +311,7 @@ def test_client_stores_then_acknowledges_and_keeps_the_connection_on_bad_records
             fake.send(std("Lgr", "Sec15", "2026-05-01 10:00:01", 8, ("Battery_V", "FLOAT", "13.25")))
             assert fake.ack() == b"Lgr,Sec15,8\r\n"
             assert samples_of("LgrSec15")[-1] == (dt.datetime(2026, 5, 1, 10, 0, 1), 13.25, None, None)
-            source = models.LoggerNetSource.get()
+            source = schema.LoggerNetSource.get()
             assert (source.station, source.table_name, source.last_record, source.unit_id) == ("Lgr", "Sec15", 8,
                                                                                               unit.id)
     finally:
@@ -352,7 +354,7 @@ def test_client_uses_mapped_units_and_refuses_unknown_ones_without_auto_create(s
             assert fake.ack() == b"Lgr,Sec15,2\r\n"
         assert samples_of("Tank") == [(dt.datetime(2026, 5, 1, 10), 1.0, 2.0)]
         assert "keeps the first 2" in caplog.text
-        assert not models.Unit.select().where(models.Unit.code.startswith("Other")).exists()
+        assert not schema.Unit.select().where(schema.Unit.code.startswith("Other")).exists()
     finally:
         fake.close()
 
@@ -419,9 +421,9 @@ def test_txm_export_server_to_txm_client(settings, source_units, fmt, monkeypatc
             wait_for(lambda: server.acknowledged == 5, what="the new sample")
     assert samples_of("M1Samples") == samples_of("M1")
     assert samples_of("M2Samples") == samples_of("M2")
-    assert models.Unit.get(models.Unit.code == "M1Samples").labels == ["Flow", "Level"]
+    assert schema.Unit.get(schema.Unit.code == "M1Samples").labels == ["Flow", "Level"]
     assert cursor_value() == max(sample_ids("M1") + sample_ids("M2"))
-    assert models.LoggerNetSource.get(models.LoggerNetSource.station == "M2").last_record == cursor_value()
+    assert schema.LoggerNetSource.get(schema.LoggerNetSource.station == "M2").last_record == cursor_value()
 
 
 class DiesBeforeAcknowledging(PullClient):
@@ -519,9 +521,9 @@ def test_server_survives_a_database_failure_and_loses_no_acknowledgement(setting
     ids = sample_ids("M1")
     database = source_units
     if settings.DATABASE_ENGINE == "sqlite3":  # wait 0.2 s for the lock, not 10 s
-        database = models.pw.SqliteDatabase(str(settings.sqlite_path()), timeout=0.2,
+        database = pw.SqliteDatabase(str(settings.sqlite_path()), timeout=0.2,
                                             pragmas={"journal_mode": "wal", "busy_timeout": 200})
-        models.database.initialize(database)
+        schema.database.initialize(database)
     try:
         with caplog.at_level(logging.WARNING, logger="txm"), \
                 Running(ExportServer(server_settings(settings), database)) as server:
@@ -541,6 +543,6 @@ def test_server_survives_a_database_failure_and_loses_no_acknowledgement(setting
     finally:
         if database is not source_units:
             database.close()
-            models.database.initialize(source_units)
-    models.close_quietly(source_units)  # the test's own connection may have been ended too
+            schema.database.initialize(source_units)
+    close_quietly(source_units)  # the test's own connection may have been ended too
     assert cursor_value() == ids[0]

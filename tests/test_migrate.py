@@ -7,8 +7,10 @@ import datetime as dt
 import pytest
 from click.testing import CliRunner
 
-from txm import config, manage, migrate
-from txm import db as m
+from txm.db import schema
+from txm.db.database import make_database, open_database
+from txm.db.migrate import count_rows, migrate, settings_for
+from txm import config, manage
 from txm.cli import cli
 from txm.errors import InvalidValue, TxmError
 
@@ -21,66 +23,66 @@ def fill(settings: config.Settings) -> None:
     unit = manage.add_unit("M1", "k3y", 3, name="Nörth tank", labels="Flow,Level,Temp", show_labels=True)
     other = manage.add_unit("M2", "k", 1)
     alice = manage.add_user("alice", "pw", email="a@example.com", staff=True)
-    group = m.Group.create(name="site")
-    m.UserGroup.create(user=alice, group=group)
-    m.GroupPermission.create(group=group, codename="view_sample")
-    m.UserUnit.create(user=alice, unit=unit)
+    group = schema.Group.create(name="site")
+    schema.UserGroup.create(user=alice, group=group)
+    schema.GroupPermission.create(group=group, codename="view_sample")
+    schema.UserUnit.create(user=alice, unit=unit)
     rows = [{"unit": unit.id, "timestamp": dt.datetime(2020, 1, 1) + dt.timedelta(seconds=i, microseconds=i),
              "ch1": i * 0.5, "ch2": -i, "ch3": 1e-9 * i} for i in range(2500)]
-    with m.database.atomic():
+    with schema.database.atomic():
         for start in range(0, len(rows), 500):
-            m.Sample.insert_many(rows[start:start + 500]).execute()
-    m.Sample.create(unit=other, timestamp=dt.datetime(2021, 5, 6, 7, 8, 9, 123456), ch1=42)
-    m.Alarm.create(unit=unit, level=2, data=["2020-01-01 00:00:00", "99.5"], email_status="sent")
-    mlist = m.MailingList.create(unit=unit, name="ops")
-    m.MailingListMember.create(mailing_list=mlist, user=alice)
-    m.AlarmMessage.create(unit=unit, level=2, subject="{{ unit.name }} alarm", body="Level {{ level }}")
-    view = m.View.create(name="Overview", refresh_seconds=5)
-    m.ViewEntry.create(view=view, unit=unit, channels=[1, 3], position=0)
-    m.LogEntry.create(user=alice, username="alice", action="add", model="unit", object_id=str(unit.id),
+            schema.Sample.insert_many(rows[start:start + 500]).execute()
+    schema.Sample.create(unit=other, timestamp=dt.datetime(2021, 5, 6, 7, 8, 9, 123456), ch1=42)
+    schema.Alarm.create(unit=unit, level=2, data=["2020-01-01 00:00:00", "99.5"], email_status="sent")
+    mlist = schema.MailingList.create(unit=unit, name="ops")
+    schema.MailingListMember.create(mailing_list=mlist, user=alice)
+    schema.AlarmMessage.create(unit=unit, level=2, subject="{{ unit.name }} alarm", body="Level {{ level }}")
+    view = schema.View.create(name="Overview", refresh_seconds=5)
+    schema.ViewEntry.create(view=view, unit=unit, channels=[1, 3], position=0)
+    schema.LogEntry.create(user=alice, username="alice", action="add", model="unit", object_id=str(unit.id),
                       object_repr="M1", change_message="created")
-    m.database.close()
+    schema.database.close()
 
 
 def test_sqlite_to_backend_and_back(tmp_path, settings, backend):
     if backend.name == "sqlite":
         # The fixture's database is SQLite: copy SQLite to SQLite through URLs instead.
-        destination = migrate.settings_for(f"sqlite:///{tmp_path / 'copy.db'}")
+        destination = settings_for(f"sqlite:///{tmp_path / 'copy.db'}")
     else:
         destination = settings
     source = config.read_settings(write_toml(tmp_path / "src.toml", {"DATABASE_NAME": str(tmp_path / "src.db")}))
     fill(source)
     seen = []
-    counts = migrate.migrate(source, destination, batch_size=700, progress=lambda t, d, n: seen.append((t, d, n)))
+    counts = migrate(source, destination, batch_size=700, progress=lambda t, d, n: seen.append((t, d, n)))
     by_table = {c.table: c.destination for c in counts}
     assert by_table["sample"] == 2501 and by_table["auth_user"] == 2 and by_table["alarm"] == 1
     assert ("sample", 2501, 2501) in seen and ("sample", 700, 2501) in seen
 
-    m.open_database(destination)
-    unit = m.Unit.get(m.Unit.code == "M1")
+    open_database(destination)
+    unit = schema.Unit.get(schema.Unit.code == "M1")
     assert unit.name == "Nörth tank" and unit.labels == ["Flow", "Level", "Temp"] and unit.show_labels
-    newest = m.Sample.get(m.Sample.unit == m.Unit.get(m.Unit.code == "M2"))
+    newest = schema.Sample.get(schema.Sample.unit == schema.Unit.get(schema.Unit.code == "M2"))
     assert newest.timestamp == dt.datetime(2021, 5, 6, 7, 8, 9, 123456)
-    s = m.Sample.get((m.Sample.unit == unit) & (m.Sample.ch1 == 1249.5))
+    s = schema.Sample.get((schema.Sample.unit == unit) & (schema.Sample.ch1 == 1249.5))
     assert s.timestamp == dt.datetime(2020, 1, 1, 0, 41, 39, 2499) and s.ch3 == pytest.approx(2.499e-6)
-    assert m.ViewEntry.get().channels == [1, 3]
+    assert schema.ViewEntry.get().channels == [1, 3]
     # ids continue after the copied ones on every engine
     assert manage.add_user("bob", "pw").id == 3
     assert manage.add_unit("M3", "k", 1).id == 3
-    m.database.close()
+    schema.database.close()
 
     back = config.read_settings(write_toml(tmp_path / "back.toml", {"DATABASE_NAME": str(tmp_path / "back.db")}))
-    migrate.migrate(destination, back)
-    assert migrate.count_rows(m.make_database(back)) == migrate.count_rows(m.make_database(destination))
+    migrate(destination, back)
+    assert count_rows(make_database(back)) == count_rows(make_database(destination))
 
 
 def test_destination_with_data_is_refused(tmp_path, settings):
     source = config.read_settings(write_toml(tmp_path / "src.toml", {"DATABASE_NAME": str(tmp_path / "src.db")}))
     fill(source)
     manage.syncdb(settings)  # the Administrator is data
-    m.database.close()
+    schema.database.close()
     with pytest.raises(TxmError, match="already holds data"):
-        migrate.migrate(source, settings)
+        migrate(source, settings)
 
 
 @pytest.mark.parametrize("spec,fragment", [
@@ -91,11 +93,11 @@ def test_destination_with_data_is_refused(tmp_path, settings):
 ])
 def test_bad_specs(spec, fragment):
     with pytest.raises(InvalidValue, match=fragment):
-        migrate.settings_for(spec)
+        settings_for(spec)
 
 
 def test_url_parts():
-    s = migrate.settings_for("postgresql://txm:s%40cret@db1:5433/meters")
+    s = settings_for("postgresql://txm:s%40cret@db1:5433/meters")
     assert (s.DATABASE_ENGINE, s.DATABASE_USER, s.DATABASE_PASSWORD, s.DATABASE_HOST, s.DATABASE_PORT,
             s.DATABASE_NAME) == ("postgresql", "txm", "s@cret", "db1", 5433, "meters")
 

@@ -11,7 +11,8 @@ import datetime as dt
 import threading
 
 from tests.conftest import database_values, write_toml
-from txm import db as models
+from txm.db import schema
+from txm.db.database import open_database
 from txm import manage
 from txm.client import TTPClient
 
@@ -32,7 +33,7 @@ def test_two_nodes_store_each_sample_once(serve_process, settings, config_file):
                              "BIND_ADDRESS": "127.0.0.1"})
     manage.syncdb(settings)
     manage.add_unit("M1", "k3y", 2)
-    models.database.close()
+    schema.database.close()
     node_a, node_b = serve_process(), serve_process()
     ports = {"A": node_a.wait_ready(), "B": node_b.wait_ready()}
 
@@ -74,10 +75,10 @@ def test_two_nodes_store_each_sample_once(serve_process, settings, config_file):
     for node, indexes in (("A", ONLY_A), ("B", ONLY_B)):
         assert all(replies[(node, i)] == "OK" for i in indexes)
 
-    database = models.open_database(settings)
+    database = open_database(settings)
     try:
-        rows = list(models.Sample.select(models.Sample.timestamp, models.Sample.ch1, models.Sample.ch2)
-                    .order_by(models.Sample.timestamp).tuples())
+        rows = list(schema.Sample.select(schema.Sample.timestamp, schema.Sample.ch1, schema.Sample.ch2)
+                    .order_by(schema.Sample.timestamp).tuples())
     finally:
         database.close()
     assert len(rows) == len(ONLY_A) + len(BOTH) + len(ONLY_B)

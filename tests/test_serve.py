@@ -13,7 +13,8 @@ import time
 import pytest
 
 from tests.conftest import TXM, database_values, txm_subprocess_env, write_toml
-from txm import db as models
+from txm.db import schema
+from txm.db.database import open_database
 from txm import manage
 from txm.client import TTPClient, TTPConnectionError
 from txm.config import read_settings
@@ -73,7 +74,7 @@ def test_sigterm_flushes_pending_commits(serve_process, settings, config_file):
     write_toml(config_file, {**database_values(settings), "COMMIT_INTERVAL": 100000})
     manage.syncdb(settings)
     manage.add_unit("M1", "s3cret", 1)
-    models.database.close()
+    schema.database.close()
     process = serve_process("--port", "0")
     port = process.wait_ready()
     with TTPClient("127.0.0.1", port, timeout=10) as client:
@@ -93,7 +94,7 @@ def test_sigkill_during_uploads_loses_no_acknowledged_sample(serve_process, sett
     manage.syncdb(settings)
     for n in range(8):
         manage.add_unit(f"K{n}", "key", 2)
-    models.database.close()
+    schema.database.close()
     process = serve_process("--port", "0")
     port = process.wait_ready()
     acknowledged: list[list[tuple[str, dt.datetime]]] = [[] for _ in range(8)]
@@ -128,19 +129,19 @@ def test_sigkill_during_uploads_loses_no_acknowledged_sample(serve_process, sett
         t.join(15)
     acked = [item for per in acknowledged for item in per]
     assert len(acked) >= 600, "the load did not get going"
-    database = models.open_database(settings)
-    rows = set((code, ts) for code, ts in models.Sample.select(models.Unit.code, models.Sample.timestamp)
-               .join(models.Unit).tuples())
+    database = open_database(settings)
+    rows = set((code, ts) for code, ts in schema.Sample.select(schema.Unit.code, schema.Sample.timestamp)
+               .join(schema.Unit).tuples())
     database.close()
     missing = [item for item in acked if item not in rows]
     assert missing == [], f"{len(missing)} of {len(acked)} acknowledged samples are missing"
 
 
 def _count(code: str, settings) -> int:
-    database = models.open_database(read_settings(settings.path))
+    database = open_database(read_settings(settings.path))
     try:
-        unit = models.Unit.get(models.Unit.code == code)
-        return models.Sample.select().where(models.Sample.unit == unit).count()
+        unit = schema.Unit.get(schema.Unit.code == code)
+        return schema.Sample.select().where(schema.Sample.unit == unit).count()
     finally:
         database.close()
 
@@ -217,7 +218,7 @@ def test_logs_never_hold_unit_keys(settings, caplog):
 
     manage.syncdb(settings)
     manage.add_unit("M1", "TopSecretKey", 1)
-    models.database.close()
+    schema.database.close()
     caplog.set_level(logging.DEBUG, logger="txm")
     with ServerThread(settings.replace(DS_PORT=0, BIND_ADDRESS="127.0.0.1"), timeout=10, module_services=False) as running:
         with TTPClient("127.0.0.1", running.ttp_port, timeout=10) as client:

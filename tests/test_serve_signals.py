@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, TXM, database_values, txm_subprocess_env, write_toml
-from txm import db as models
+from txm.db import schema
+from txm.db.database import open_database
 from txm import manage
 from txm.client import TTPClient, TTPConnectionError
 
@@ -105,7 +106,7 @@ def site(settings, config_file):
                              "LOGIN_REQUIRED": False})
     manage.syncdb(settings)
     manage.add_unit("M1", "s3cret", 2)
-    models.database.close()
+    schema.database.close()
     return settings
 
 
@@ -239,14 +240,14 @@ def test_a_signal_during_start_up_stops_it_quietly(site, serve_process, moment, 
 
 
 def test_group_sigterm_while_meters_upload_and_a_csv_streams_keeps_every_ok(site, serve_process):
-    database = models.open_database(site)
-    unit = models.Unit.get(models.Unit.code == "M1")
+    database = open_database(site)
+    unit = schema.Unit.get(schema.Unit.code == "M1")
     start = dt.datetime(2020, 1, 1)
     rows = [{"unit": unit.id, "timestamp": start + dt.timedelta(seconds=i), "received": start,
              "ch1": float(i), "ch2": 1.0} for i in range(100_000)]
     with database.atomic():
         for i in range(0, len(rows), 5000):
-            models.Sample.insert_many(rows[i:i + 5000]).execute()
+            schema.Sample.insert_many(rows[i:i + 5000]).execute()
     for n in range(4):
         manage.add_unit(f"K{n}", "key", 1)
     database.close()
@@ -285,9 +286,9 @@ def test_group_sigterm_while_meters_upload_and_a_csv_streams_keeps_every_ok(site
         for thread in meters:
             thread.join(15)
         download.close()
-    database = models.open_database(site)
-    stored = set(models.Sample.select(models.Unit.code, models.Sample.timestamp).join(models.Unit)
-                 .where(models.Unit.code != "M1").tuples())
+    database = open_database(site)
+    stored = set(schema.Sample.select(schema.Unit.code, schema.Sample.timestamp).join(schema.Unit)
+                 .where(schema.Unit.code != "M1").tuples())
     database.close()
     missing = [item for item in acknowledged if item not in stored]
     assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged samples are missing"

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import database_values, write_toml
 from tests.test_serve_signals import STOP_SECONDS, assert_stopped_cleanly, web_port
-from txm import db as models
+from txm.db import schema
 from txm import manage
 from txm.client import TTPClient
 from txm.systemd import Notifier
@@ -127,7 +127,7 @@ def site(settings, config_file):
     write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
     manage.syncdb(settings)
     manage.add_unit("M1", "s3cret", 1)
-    models.database.close()
+    schema.database.close()
     return config_file
 
 

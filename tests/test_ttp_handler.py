@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import pytest
 
-from txm import db as models
+import peewee as pw
+from txm.db import schema
+from txm.db.database import make_database
+from txm.db.sqlite import SQLITE_CHECKPOINT_PAGES
+from txm.ttp.handler import Handler, keys_match
+from txm.ttp.verbs import BUILTIN_VERBS
+from txm.ttp.verbs import upload
 from txm import manage
-from txm.ttp.handler import Handler, builtin_verbs, keys_match
 from txm.ttp.parser import ProtocolError, parse_request
 
 
 def other_connection_count(settings, code: str) -> int:
     """Samples of a unit as a second, independent connection sees them (committed only)."""
-    other = models.make_database(settings)
+    other = make_database(settings)
     other.connect()
     try:
         cursor = other.execute_sql(
             "SELECT COUNT(*) FROM sample JOIN unit ON unit.id = sample.unit_id WHERE unit.code = %s"
-            .replace("%s", "?" if isinstance(other, models.pw.SqliteDatabase) else "%s"), (code,))
+            .replace("%s", "?" if isinstance(other, pw.SqliteDatabase) else "%s"), (code,))
         return cursor.fetchone()[0]
     finally:
         other.close()
@@ -36,7 +41,7 @@ def units(database):
 
 def make_handler(settings, database, extra=None, **values):
     handler = Handler(settings.replace(**values) if values else settings, database,
-                      {**builtin_verbs(), **(extra or {})})
+                      {**BUILTIN_VERBS, **(extra or {})})
     handler.open()
     return handler
 
@@ -109,8 +114,8 @@ def test_the_same_instant_sent_in_any_form_is_one_sample(settings, units):
     )) == ["OK", "406 Duplicate sample 1<2020-1-1 0:0:0>2<20-1-1 0:0:1.5>3<2020-01-01 00:00:02.000000>",
            "406 Duplicate sample 1<2020-01-01 00:00:03>3<2020-01-01 00:00:04.000000>"]
     assert other_connection_count(settings, "A") == 5
-    with units.bind_ctx([models.Sample]):
-        stored = sorted(str(s.timestamp) for s in models.Sample.select())
+    with units.bind_ctx([schema.Sample]):
+        stored = sorted(str(s.timestamp) for s in schema.Sample.select())
     assert stored == ["2020-01-01 00:00:00", "2020-01-01 00:00:01.500000", "2020-01-01 00:00:02",
                       "2020-01-01 00:00:03", "2020-01-01 00:00:04"]
     handler.close()
@@ -135,9 +140,9 @@ def test_commit_interval_commits_every_n_writes_and_on_flush(settings, units):
 def test_unit_changes_apply_to_the_next_pass(settings, units):
     handler = make_handler(settings, units)
     assert handler.handle(requests("TTP /up/A/<2020-1-1 0:0:0;1> ka")) == ["OK"]
-    other = models.make_database(settings)  # as the admin panel or txm unit would: another connection
-    with other.bind_ctx([models.Unit]):
-        models.Unit.update(key="new", channels=2).where(models.Unit.code == "A").execute()
+    other = make_database(settings)  # as the admin panel or txm unit would: another connection
+    with other.bind_ctx([schema.Unit]):
+        schema.Unit.update(key="new", channels=2).where(schema.Unit.code == "A").execute()
     other.close()
     assert handler.handle(requests("TTP /up/A/<2020-1-1 0:0:1;1;2> ka")) == ["402 Unauthorized"]
     assert handler.handle(requests("TTP /up/A/<2020-1-1 0:0:1;1> new")) == ["400 Bad request"]
@@ -201,10 +206,10 @@ def three_units(database):
 
 
 def stored_samples(database) -> list[tuple]:
-    with database.bind_ctx([models.Sample, models.Unit]):
-        rows = (models.Sample.select(models.Unit.code, models.Sample.timestamp, models.Sample.ch1,
-                                     models.Sample.ch2, models.Sample.ch3, models.Sample.ch4)
-                .join(models.Unit).tuples())
+    with database.bind_ctx([schema.Sample, schema.Unit]):
+        rows = (schema.Sample.select(schema.Unit.code, schema.Sample.timestamp, schema.Sample.ch1,
+                                     schema.Sample.ch2, schema.Sample.ch3, schema.Sample.ch4)
+                .join(schema.Unit).tuples())
         return sorted((code, str(ts), *values) for code, ts, *values in rows)
 
 
@@ -221,7 +226,6 @@ def test_batched_uploads_answer_and_store_exactly_as_one_at_a_time(settings, thr
     from hypothesis import settings as hsettings
     from hypothesis import strategies as st
 
-    from txm.ttp.handler import upload
 
     channels = {"A": 1, "B": 2, "C": 3, "X": 1}
     keys = {"A": "ka", "B": "kb", "C": "kc", "X": "kx"}
@@ -261,8 +265,8 @@ def test_batched_uploads_answer_and_store_exactly_as_one_at_a_time(settings, thr
     def run(handler, lines):
         replies = without_ids(handler.handle(requests(*lines)))
         rows = stored_samples(three_units)
-        with three_units.bind_ctx([models.Sample]):
-            models.Sample.delete().execute()
+        with three_units.bind_ctx([schema.Sample]):
+            schema.Sample.delete().execute()
         return replies, rows
 
     @hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -303,7 +307,6 @@ def test_a_batch_of_one_sample_uploads_is_one_insert_per_pass(settings, three_un
 
 
 def test_a_failing_batch_keeps_nothing_and_each_request_is_answered_alone(settings, three_units):
-    from txm.ttp.handler import upload
 
     def flaky(call):
         return upload(call)
@@ -328,7 +331,6 @@ def test_the_sqlite_loop_connection_checkpoints_its_wal_less_often(tmp_path):
     """Also after the handler had to reconnect (a failed pass closes the connection)."""
     from tests.conftest import write_toml
     from txm import config
-    from txm.ttp.handler import SQLITE_CHECKPOINT_PAGES
 
     sqlite = config.read_settings(write_toml(tmp_path / "txm.toml", {"DATABASE_NAME": str(tmp_path / "t.db")}))
     database = manage.syncdb(sqlite).database

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from txm import db as models
+from txm.db import schema
 from txm import manage
 from txm.serve import ServerThread
 
@@ -92,11 +92,11 @@ def meter(serve):
 
 def stored(code: str) -> list[tuple]:
     """The unit's samples (timestamp, ch1, ch2) straight from the database."""
-    models.database.connect(reuse_if_open=True)
-    unit = models.Unit.get(models.Unit.code == code)
-    rows = [(s.timestamp, s.ch1, s.ch2) for s in models.Sample.select().where(models.Sample.unit == unit)
-            .order_by(models.Sample.timestamp)]
-    models.database.close()
+    schema.database.connect(reuse_if_open=True)
+    unit = schema.Unit.get(schema.Unit.code == code)
+    rows = [(s.timestamp, s.ch1, s.ch2) for s in schema.Sample.select().where(schema.Sample.unit == unit)
+            .order_by(schema.Sample.timestamp)]
+    schema.database.close()
     return rows
 
 
@@ -205,9 +205,9 @@ def test_a_failing_verb_is_500_and_the_server_keeps_serving(settings, units, tmp
 
 def test_unit_key_change_takes_effect_at_the_next_request(meter):
     assert meter.ask("TTP /up/M1/<2009-1-16 15:30:45;1;2;3;4> s3cret") == "OK"
-    models.database.connect(reuse_if_open=True)
-    models.Unit.update(key="newkey").where(models.Unit.code == "M1").execute()
-    models.database.close()
+    schema.database.connect(reuse_if_open=True)
+    schema.Unit.update(key="newkey").where(schema.Unit.code == "M1").execute()
+    schema.database.close()
     assert meter.ask("TTP /dl/M1/last s3cret") == "402 Unauthorized"
     assert meter.ask("TTP /dl/M1/last newkey").startswith("OK <")
 

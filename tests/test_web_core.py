@@ -9,7 +9,8 @@ import bottle
 import pytest
 
 from tests.webutil import add_user, client, csrf_token, login
-from txm import db as m
+from txm.db import schema
+from txm.serve import make_site
 from txm.passwords import ALGORITHM, ITERATIONS, check_password
 from txm.webcore import COOKIE_NAME, LOGIN_FAILURES_PER_ADDRESS, LOGIN_FAILURES_PER_USER, WebCore, session_key
 
@@ -40,7 +41,7 @@ def test_login_page_and_static_files_are_public(web):
 
 
 def test_without_login_required_the_home_page_is_public(settings, database):
-    m.Unit.create(code="M1", key="k", name="<b>Tank</b>")
+    schema.Unit.create(code="M1", key="k", name="<b>Tank</b>")
     web = client(settings.replace(LOGIN_REQUIRED=False))
     page = web.get("/", status=200)
     assert "M1" in page and "&lt;b&gt;Tank&lt;/b&gt;" in page.text and "<b>Tank</b>" not in page.text
@@ -57,10 +58,10 @@ def test_login_sets_an_httponly_samesite_cookie_whose_hash_is_the_session_key(we
     header = [v for k, v in res.headerlist if k == "Set-Cookie" and v.startswith(COOKIE_NAME)][-1]
     assert "HttpOnly" in header and "samesite=lax" in header.lower()
     token = _cookie(web)
-    row = m.WebSession.get(m.WebSession.key == hashlib.sha256(token.encode()).hexdigest())
-    assert row.user_id == user.id and row.expires > m.utcnow() + dt.timedelta(days=13)
-    assert m.WebSession.get_or_none(m.WebSession.key == token) is None  # the token itself is not stored
-    assert m.User.get_by_id(user.id).last_login is not None
+    row = schema.WebSession.get(schema.WebSession.key == hashlib.sha256(token.encode()).hexdigest())
+    assert row.user_id == user.id and row.expires > schema.utcnow() + dt.timedelta(days=13)
+    assert schema.WebSession.get_or_none(schema.WebSession.key == token) is None  # the token itself is not stored
+    assert schema.User.get_by_id(user.id).last_login is not None
     assert "ann" in web.get("/").text
 
 
@@ -70,7 +71,7 @@ def test_login_rotates_the_session_token(web):
     before = _cookie(web)
     login(web, "ann")
     assert _cookie(web) != before
-    assert m.WebSession.get_or_none(m.WebSession.key == session_key(before)) is None
+    assert schema.WebSession.get_or_none(schema.WebSession.key == session_key(before)) is None
 
 
 def test_wrong_password_says_so_and_records_the_failure(web):
@@ -78,7 +79,7 @@ def test_wrong_password_says_so_and_records_the_failure(web):
     res = login(web, "ann", "nope", status=401)
     assert "Wrong user name or password" in res.text
     assert 'value="ann"' in res.text  # the name is kept in the form
-    failure = m.LoginFailure.get()
+    failure = schema.LoginFailure.get()
     assert (failure.username, failure.address) == ("ann", "192.0.2.10")
 
 
@@ -112,9 +113,9 @@ def test_failed_logins_are_limited_per_address(settings, database):
 
 def test_failures_older_than_the_window_do_not_count(web):
     add_user("ann")
-    old = m.utcnow() - dt.timedelta(hours=1)
+    old = schema.utcnow() - dt.timedelta(hours=1)
     for _ in range(LOGIN_FAILURES_PER_USER):
-        m.LoginFailure.create(username="ann", address="192.0.2.10", when=old)
+        schema.LoginFailure.create(username="ann", address="192.0.2.10", when=old)
     login(web, "ann")
 
 
@@ -129,9 +130,9 @@ def test_failures_are_shared_by_every_node(settings, database):
 def test_legacy_sha1_hash_is_upgraded_on_login(web):
     salt = "abc"
     legacy = f"sha1${salt}${hashlib.sha1((salt + 'old secret').encode()).hexdigest()}"
-    user = m.User.create(username="old", password=legacy)
+    user = schema.User.create(username="old", password=legacy)
     login(web, "old", "old secret")
-    stored = m.User.get_by_id(user.id).password
+    stored = schema.User.get_by_id(user.id).password
     assert stored.startswith(f"{ALGORITHM}${ITERATIONS}$") and check_password("old secret", stored)
 
 
@@ -149,7 +150,7 @@ def test_login_without_csrf_token_is_refused(web):
     res = web.post("/login", {"username": "ann", "password": "pass word 1"}, status=403)
     assert "Reload the page" in res.text and "Traceback" not in res.text
     res = web.post("/login", {"username": "ann", "password": "pass word 1", "csrf_token": "forged"}, status=403)
-    assert m.User.get(m.User.username == "ann").last_login is None
+    assert schema.User.get(schema.User.username == "ann").last_login is None
 
 
 def test_session_works_on_another_node(settings, database):
@@ -176,7 +177,7 @@ def test_default_password_user_must_change_it_first(web):
     res = web.post("/password", form, status=303)
     assert res.location.endswith("/")
     assert "Your password was changed" in res.follow().text
-    assert check_password("n3w secret!", m.User.get(m.User.username == "Administrator").password)
+    assert check_password("n3w secret!", schema.User.get(schema.User.username == "Administrator").password)
 
 
 def test_password_change_checks_and_ends_other_sessions(settings, database):
@@ -211,7 +212,7 @@ def test_logout_is_a_post_with_csrf_and_ends_the_session(web):
     web.post("/logout", {}, status=403)
     res = web.post("/logout", {"csrf_token": csrf_token(page)}, status=303)
     assert res.location.endswith("/login")
-    assert m.WebSession.get_or_none(m.WebSession.key == session_key(token)) is None
+    assert schema.WebSession.get_or_none(schema.WebSession.key == session_key(token)) is None
     web.set_cookie(COOKIE_NAME, token)  # an old cookie is worth nothing
     web.get("/", status=303)
 
@@ -219,14 +220,14 @@ def test_logout_is_a_post_with_csrf_and_ends_the_session(web):
 def test_disabled_user_loses_access_at_once(web):
     user = add_user("ann")
     login(web, "ann")
-    m.User.update(is_active=False).where(m.User.id == user.id).execute()
+    schema.User.update(is_active=False).where(schema.User.id == user.id).execute()
     assert web.get("/", status=303).location.endswith("/login?next=/")
 
 
 def test_expired_session_is_not_accepted(web):
     add_user("ann")
     login(web, "ann")
-    m.WebSession.update(expires=m.utcnow() - dt.timedelta(seconds=1)).execute()
+    schema.WebSession.update(expires=schema.utcnow() - dt.timedelta(seconds=1)).execute()
     web.get("/", status=303)
 
 
@@ -235,9 +236,8 @@ def test_expired_session_is_not_accepted(web):
 
 def _staff_app(settings):
     """A small app built on webcore as the admin panel is, mounted into the web interface."""
-    from txm.web import make_app
 
-    parent = make_app(settings)
+    parent = make_site(settings)
     child = bottle.Bottle()
     core = WebCore(settings)
     core.install(child, default_access="staff")
@@ -298,13 +298,13 @@ def test_flash_messages_show_once(settings, database):
 
 
 def test_purge_deletes_expired_sessions_and_old_failures(settings, database):
-    past = m.utcnow() - dt.timedelta(days=1)
-    m.WebSession.create(key="a" * 64, data={}, expires=past)
-    m.WebSession.create(key="b" * 64, data={}, expires=m.utcnow() + dt.timedelta(days=1))
-    m.LoginFailure.create(username="x", address="1.2.3.4", when=past)
+    past = schema.utcnow() - dt.timedelta(days=1)
+    schema.WebSession.create(key="a" * 64, data={}, expires=past)
+    schema.WebSession.create(key="b" * 64, data={}, expires=schema.utcnow() + dt.timedelta(days=1))
+    schema.LoginFailure.create(username="x", address="1.2.3.4", when=past)
     WebCore(settings).purge(force=True)
-    assert [s.key for s in m.WebSession.select()] == ["b" * 64]
-    assert m.LoginFailure.select().count() == 0
+    assert [s.key for s in schema.WebSession.select()] == ["b" * 64]
+    assert schema.LoginFailure.select().count() == 0
 
 
 def test_pages_forbid_framing_and_sniffing(web):

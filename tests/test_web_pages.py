@@ -11,7 +11,8 @@ import re
 import pytest
 
 from tests.webutil import add_user, client, login, store_samples
-from txm import db as m
+from txm.db import schema
+from txm.web.api import CredentialCache
 
 BASE = dt.datetime(2026, 3, 1, 12, 0, 0)
 
@@ -19,14 +20,14 @@ BASE = dt.datetime(2026, 3, 1, 12, 0, 0)
 @pytest.fixture
 def site(settings, database):
     """Units M1 (two channels, labelled, with samples) and M2; a view of both; user ann sees M1 only."""
-    m1 = m.Unit.create(code="M1", key="k", name="Tank <1>", channels=2, labels=["Flow", "Temp"])
-    m2 = m.Unit.create(code="M2", key="k", name="Pump", channels=1)
+    m1 = schema.Unit.create(code="M1", key="k", name="Tank <1>", channels=2, labels=["Flow", "Temp"])
+    m2 = schema.Unit.create(code="M2", key="k", name="Pump", channels=1)
     store_samples(m1, [(BASE + dt.timedelta(minutes=i), [float(i), 20.0 + i / 10]) for i in range(60)])
     ann = add_user("ann")
-    m.UserUnit.create(user=ann, unit=m1)
-    view = m.View.create(name="Plant <floor>", refresh_seconds=5)
-    m.ViewEntry.create(view=view, unit=m1, channels=[2], position=1)
-    m.ViewEntry.create(view=view, unit=m2, channels=[], position=2)
+    schema.UserUnit.create(user=ann, unit=m1)
+    view = schema.View.create(name="Plant <floor>", refresh_seconds=5)
+    schema.ViewEntry.create(view=view, unit=m1, channels=[2], position=1)
+    schema.ViewEntry.create(view=view, unit=m2, channels=[], position=2)
     return {"M1": m1, "M2": m2, "view": view, "settings": settings}
 
 
@@ -157,12 +158,12 @@ def test_csv_bad_dates_are_a_message(ann):
 
 
 def test_view_page_shows_newest_values_of_visible_units(ann, boss):
-    page = ann.get("/views/%d/" % m.View.get().id)
+    page = ann.get("/views/%d/" % schema.View.get().id)
     assert "Plant &lt;floor&gt;" in page.text
     assert 'data-unit="M1"' in page.text and 'data-unit="M2"' not in page.text
     assert "25.9" in page.text and "Temp" in page.text and "Flow" not in page.text.split("view-units", 1)[1]
     assert "2026-03-01 12:59:00" in page.text
-    page = boss.get("/views/%d/" % m.View.get().id)
+    page = boss.get("/views/%d/" % schema.View.get().id)
     assert 'data-unit="M2"' in page.text and "no samples yet" in page.text
 
 
@@ -173,7 +174,7 @@ def test_view_json_marks_stale_units(boss, site):
     m1, m2 = data["units"]
     assert m1["code"] == "M1" and not m1["stale"] and m1["channels"] == [{"channel": 2, "label": "Temp", "value": pytest.approx(25.9)}]
     assert m2["stale"] and m2["timestamp"] is None
-    m.Sample.update(received=m.utcnow() - dt.timedelta(hours=1)).execute()
+    schema.Sample.update(received=schema.utcnow() - dt.timedelta(hours=1)).execute()
     assert boss.get(f"/api/views/{view.id}").json["units"][0]["stale"] is True
 
 
@@ -241,23 +242,22 @@ def test_api_basic_auth_is_remembered_briefly_but_not_past_a_password_change(sit
     web = client(site["settings"])
     auth = _basic("ann", "pass word 1")
     assert web.get("/api/units", headers=auth).json["units"]
-    hashed = m.User.get(m.User.username == "ann").password  # upgraded to full strength on first use
+    hashed = schema.User.get(schema.User.username == "ann").password  # upgraded to full strength on first use
     assert web.get("/api/units", headers=auth).json["units"]
-    assert m.User.get(m.User.username == "ann").password == hashed
+    assert schema.User.get(schema.User.username == "ann").password == hashed
     from txm.passwords import make_password
 
-    m.User.update(password=make_password("changed", iterations=1000)).where(m.User.username == "ann").execute()
+    schema.User.update(password=make_password("changed", iterations=1000)).where(schema.User.username == "ann").execute()
     assert web.get("/api/units", headers=auth, status=401).json["error"].startswith("Wrong")
-    m.User.update(password=make_password("pass word 1", iterations=1000)).where(m.User.username == "ann").execute()
+    schema.User.update(password=make_password("pass word 1", iterations=1000)).where(schema.User.username == "ann").execute()
     assert web.get("/api/units", headers=auth).json["units"]
-    m.User.update(is_active=False).where(m.User.username == "ann").execute()
+    schema.User.update(is_active=False).where(schema.User.username == "ann").execute()
     assert web.get("/api/units", headers=auth, status=401).json["error"] == "This account is disabled."
 
 
 def test_credential_cache_keeps_checked_credentials_for_a_while(site):
-    from txm.web import CredentialCache
 
-    ann = m.User.get(m.User.username == "ann")
+    ann = schema.User.get(schema.User.username == "ann")
     cache = CredentialCache(seconds=60)
     assert cache.get("ann", "pass word 1") is None
     cache.put("ann", "pass word 1", ann)
@@ -266,7 +266,7 @@ def test_credential_cache_keeps_checked_credentials_for_a_while(site):
     expired = CredentialCache(seconds=-1)
     expired.put("ann", "pass word 1", ann)
     assert expired.get("ann", "pass word 1") is None
-    m.User.update(password="pbkdf2_sha256$1$x$y").where(m.User.id == ann.id).execute()
+    schema.User.update(password="pbkdf2_sha256$1$x$y").where(schema.User.id == ann.id).execute()
     assert cache.get("ann", "pass word 1") is None  # the stored hash changed
     small = CredentialCache(size=2)
     for name in ("a", "b", "c"):

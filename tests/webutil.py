@@ -1,6 +1,6 @@
 """Helpers for in-process tests of txm's web apps (the web interface, the admin panel, HTTP Apps).
 
-``client(settings)`` wraps ``txm.web.make_app`` in a :class:`webtest.TestApp` that keeps cookies,
+``client(settings)`` wraps ``txm.serve.make_site`` (the whole site) in a :class:`webtest.TestApp` that keeps cookies,
 so a test logs in once and then browses; ``login`` goes through the real login form (with its
 CSRF token); ``add_user`` creates a user with a password hashed cheaply, so tests stay fast
 (the login upgrades such a hash, as it does legacy ones).
@@ -12,7 +12,8 @@ import re
 
 import webtest
 
-from txm import db as m
+from txm.db import schema
+from txm.serve import make_site
 from txm.passwords import make_password
 
 #: Iterations for test users' hashes: logging in re-hashes them at full strength once.
@@ -20,13 +21,12 @@ TEST_ITERATIONS = 1000
 
 
 def client(settings, app=None, address: str = "192.0.2.10") -> webtest.TestApp:
-    from txm.web import make_app
 
-    return webtest.TestApp(app or make_app(settings), extra_environ={"REMOTE_ADDR": address})
+    return webtest.TestApp(app or make_site(settings), extra_environ={"REMOTE_ADDR": address})
 
 
-def add_user(username: str, password: str = "pass word 1", **fields) -> m.User:
-    return m.User.create(username=username, password=make_password(password, iterations=TEST_ITERATIONS),
+def add_user(username: str, password: str = "pass word 1", **fields) -> schema.User:
+    return schema.User.create(username=username, password=make_password(password, iterations=TEST_ITERATIONS),
                          **fields)
 
 
@@ -43,13 +43,13 @@ def login(app: webtest.TestApp, username: str, password: str = "pass word 1", ne
                                "csrf_token": csrf_token(form)}, status=status)
 
 
-def store_samples(unit: m.Unit, rows) -> None:
+def store_samples(unit: schema.Unit, rows) -> None:
     """Insert samples directly: rows of (timestamp, [value per channel])."""
     batch = []
     for when, values in rows:
-        row = {"unit": unit.id, "timestamp": when, "received": m.utcnow()}
+        row = {"unit": unit.id, "timestamp": when, "received": schema.utcnow()}
         row.update({f"ch{i + 1}": v for i, v in enumerate(values)})
         batch.append(row)
-    with m.database.atomic():
+    with schema.database.atomic():
         for i in range(0, len(batch), 500):
-            m.Sample.insert_many(batch[i:i + 500]).execute()
+            schema.Sample.insert_many(batch[i:i + 500]).execute()

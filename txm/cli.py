@@ -12,11 +12,13 @@ import sys
 from typing import Any
 
 import click
+import peewee as pw
 from rich.console import Console
 from rich.table import Table
 
 from txm import __version__, config, manage
-from txm import db as models
+from txm.db import schema
+from txm.db.database import open_database
 from txm.errors import TxmError
 from txm.passwords import weakness
 
@@ -57,7 +59,7 @@ class Context:
         return self._settings
 
     def open_db(self):
-        return models.open_database(self.settings)
+        return open_database(self.settings)
 
     def warn(self, text: str) -> None:
         self.err.print(f"[yellow]Warning:[/yellow] {text}")
@@ -215,7 +217,7 @@ def user_list(ctx: Context, as_json: bool) -> None:
       txm user list
     """
     ctx.open_db()
-    users = list(models.User.select().order_by(models.User.id))
+    users = list(schema.User.select().order_by(schema.User.id))
     if as_json:
         click.echo(json.dumps([{"id": u.id, "username": u.username, "email": u.email, "staff": u.is_staff,
                                 "superuser": u.is_superuser, "active": u.is_active} for u in users], indent=2))
@@ -278,7 +280,7 @@ def unit() -> None:
 @click.argument("code")
 @click.option("--key", required=True, help="The unit key the meter sends with every request.")
 @click.option("--fields", "channels", required=True, type=int,
-              help=f"Number of data fields (channels) in each sample, 1 to {models.MAX_CHANNELS}.")
+              help=f"Number of data fields (channels) in each sample, 1 to {schema.MAX_CHANNELS}.")
 @click.option("--name", default="", help="A name for people.")
 @click.option("--labels", default="", help="Channel labels, comma-separated: L1,L2,...")
 @click.option("--show-labels", is_flag=True, help="TTP downloads answer with labels: L1=11 L2=22 ...")
@@ -306,9 +308,9 @@ def unit_list(ctx: Context, as_json: bool) -> None:
       txm unit list
     """
     ctx.open_db()
-    units = list(models.Unit.select().order_by(models.Unit.code))
-    counts = dict(models.Sample.select(models.Sample.unit, models.pw.fn.COUNT(models.Sample.id))
-                  .group_by(models.Sample.unit).tuples())
+    units = list(schema.Unit.select().order_by(schema.Unit.code))
+    counts = dict(schema.Sample.select(schema.Sample.unit, pw.fn.COUNT(schema.Sample.id))
+                  .group_by(schema.Sample.unit).tuples())
     if as_json:
         click.echo(json.dumps([{"code": u.code, "name": u.name, "fields": u.channels,
                                 "labels": u.channel_labels(), "samples": counts.get(u.id, 0)} for u in units],
@@ -332,8 +334,8 @@ def unit_show(ctx: Context, code: str) -> None:
     """
     ctx.open_db()
     u = manage.get_unit(code)
-    newest = (models.Sample.select().where(models.Sample.unit == u)
-              .order_by(models.Sample.timestamp.desc()).first())
+    newest = (schema.Sample.select().where(schema.Sample.unit == u)
+              .order_by(schema.Sample.timestamp.desc()).first())
     table = Table(box=None, show_header=False, pad_edge=False)
     for label, value in (("code", u.code), ("name", u.name), ("data fields", str(u.channels)),
                          ("labels", ", ".join(u.channel_labels())),
@@ -528,9 +530,9 @@ def migrate_db(ctx: Context, source: str, destination: str) -> None:
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from txm import migrate
+    from txm.db.migrate import migrate, settings_for
 
-    src, dst = migrate.settings_for(source), migrate.settings_for(destination)
+    src, dst = settings_for(source), settings_for(destination)
     with Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
                   console=ctx.err, disable=not ctx.err.is_terminal) as bar:
         tasks: dict[str, Any] = {}
@@ -540,7 +542,7 @@ def migrate_db(ctx: Context, source: str, destination: str) -> None:
                 tasks[table] = bar.add_task(table, total=total)
             bar.update(tasks[table], completed=done)
 
-        counts = migrate.migrate(src, dst, progress=progress)
+        counts = migrate(src, dst, progress=progress)
     rows = sum(c.destination for c in counts)
     ctx.out.print(f"Copied {rows} row(s) in {len(counts)} table(s) from {src.database_label()} "
                   f"to {dst.database_label()}; row counts match.")
@@ -582,7 +584,7 @@ def export_csv(ctx: Context, code: str | None, all_units: bool, start: str | Non
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from txm import export
+    from txm.export import csv
 
     if all_units == (code is not None):
         raise click.UsageError("name one unit CODE, or give --all")
@@ -595,7 +597,7 @@ def export_csv(ctx: Context, code: str | None, all_units: bool, start: str | Non
                   console=ctx.err, disable=not ctx.err.is_terminal) as bar:
         task = bar.add_task("samples", total=None)
 
-        class BarProgress(export.Progress):
+        class BarProgress(csv.Progress):
             wants_total = ctx.err.is_terminal
 
             def total(self, samples: int) -> None:
@@ -608,8 +610,8 @@ def export_csv(ctx: Context, code: str | None, all_units: bool, start: str | Non
         if not output:
             sys.stdout.flush()
         try:
-            result = export.export_csv(models.database.obj, code, out, fields=fields, start=start, end=end,
-                                       since_last=since_last, progress=BarProgress())
+            result = csv.export_csv(schema.database.obj, code, out, fields=fields, start=start, end=end,
+                                    since_last=since_last, progress=BarProgress())
         except BrokenPipeError:
             _silence_stdout()
             raise TxmError("the output was closed before the export finished; nothing was marked as exported"
@@ -704,10 +706,10 @@ def mailing_list_add(ctx: Context, code: str, users: tuple[str, ...]) -> None:
     Example:
       txm mailing-list add M1 alice bob
     """
-    from txm import alarms
+    from txm.alarms import mailing_lists
 
     ctx.open_db()
-    change = alarms.mailing_list_add(code, users)
+    change = mailing_lists.mailing_list_add(code, users)
     if change.changed:
         ctx.out.print(f"Added {', '.join(change.changed)} to the mailing list of unit {code!r}.")
     if change.unchanged:
@@ -726,10 +728,10 @@ def mailing_list_remove(ctx: Context, code: str, users: tuple[str, ...]) -> None
     Example:
       txm mailing-list remove M1 bob
     """
-    from txm import alarms
+    from txm.alarms import mailing_lists
 
     ctx.open_db()
-    change = alarms.mailing_list_remove(code, users)
+    change = mailing_lists.mailing_list_remove(code, users)
     if change.changed:
         ctx.out.print(f"Removed {', '.join(change.changed)} from the mailing list of unit {code!r}.")
     if change.unchanged:
@@ -747,10 +749,10 @@ def mailing_list_show(ctx: Context, code: str, as_json: bool) -> None:
     Example:
       txm mailing-list show M1
     """
-    from txm import alarms
+    from txm.alarms import mailing_lists
 
     ctx.open_db()
-    unit_, users = alarms.mailing_list_members(code)
+    unit_, users = mailing_lists.mailing_list_members(code)
     if as_json:
         click.echo(json.dumps([{"username": u.username, "email": u.email, "active": u.is_active,
                                 "receives": bool(u.is_active and u.email.strip())} for u in users], indent=2))
@@ -766,9 +768,9 @@ def mailing_list_show(ctx: Context, code: str, as_json: bool) -> None:
 
 
 def _warn_no_email(ctx: Context, code: str) -> None:
-    from txm import alarms
+    from txm.alarms import mailing_lists
 
-    _, users = alarms.mailing_list_members(code)
+    _, users = mailing_lists.mailing_list_members(code)
     for u in users:
         if not u.email.strip():
             ctx.warn(f"{u.username} has no email address and gets no alarm email")

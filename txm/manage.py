@@ -12,7 +12,10 @@ from typing import Sequence
 
 import peewee as pw
 
-from txm import db as m
+from txm.db import schema
+from txm.db.bulk import BATCH_SIZE
+from txm.db.database import create_tables, fix_sequences, open_database
+from txm.db.sqlite import between_batches, write_transaction
 from txm.config import Settings
 from txm.errors import InvalidValue, NotFound, TxmError
 from txm.passwords import DEFAULT_PASSWORD, make_password
@@ -34,22 +37,22 @@ def syncdb(settings: Settings, database: pw.Database | None = None) -> SyncResul
     Safe to run again and again, and on a database that holds data. ``database``: a database
     object made (not connected) by :func:`txm.db.make_database`, to use instead of a new one.
     """
-    database = m.open_database(settings, create=True, db=database)
-    created = m.create_tables(database)
+    database = open_database(settings, create=True, db=database)
+    created = create_tables(database)
     created_admin = False
     with database.atomic():
-        if not m.User.select().exists():
-            m.User.create(id=ADMIN_ID, username=ADMIN_NAME, password=make_password(DEFAULT_PASSWORD),
+        if not schema.User.select().exists():
+            schema.User.create(id=ADMIN_ID, username=ADMIN_NAME, password=make_password(DEFAULT_PASSWORD),
                           is_staff=True, is_superuser=True, is_active=True)
             created_admin = True
     if created_admin:
-        m.fix_sequences(database, [m.User])
+        fix_sequences(database, [schema.User])
     return SyncResult(database, created, created_admin)
 
 
-def reset_admin() -> m.User:
+def reset_admin() -> schema.User:
     """Set the password of the user with id 1 back to the default, whatever its name now."""
-    user = m.User.get_or_none(m.User.id == ADMIN_ID)
+    user = schema.User.get_or_none(schema.User.id == ADMIN_ID)
     if user is None:
         raise NotFound("there is no user with id 1; run txm syncdb to create the administrator")
     user.password = make_password(DEFAULT_PASSWORD)
@@ -61,8 +64,8 @@ def reset_admin() -> m.User:
 # --- users -----------------------------------------------------------------------------------
 
 
-def get_user(username: str) -> m.User:
-    user = m.User.get_or_none(m.User.username == username)
+def get_user(username: str) -> schema.User:
+    user = schema.User.get_or_none(schema.User.username == username)
     if user is None:
         raise NotFound(f"there is no user named {username!r}; see txm user list")
     return user
@@ -75,19 +78,19 @@ def check_password_value(password: str) -> str:
 
 
 def add_user(username: str, password: str, email: str = "", staff: bool = False,
-             superuser: bool = False) -> m.User:
+             superuser: bool = False) -> schema.User:
     """Create a user; a superuser is staff too."""
     username = (username or "").strip()
     if not username or len(username) > 150:
         raise InvalidValue("a user name needs 1 to 150 characters")
-    if m.User.select().where(m.User.username == username).exists():
+    if schema.User.select().where(schema.User.username == username).exists():
         raise InvalidValue(f"a user named {username!r} already exists")
     check_password_value(password)
-    return m.User.create(username=username, password=make_password(password), email=email.strip(),
+    return schema.User.create(username=username, password=make_password(password), email=email.strip(),
                          is_staff=staff or superuser, is_superuser=superuser)
 
 
-def set_password(username: str, password: str) -> m.User:
+def set_password(username: str, password: str) -> schema.User:
     user = get_user(username)
     user.password = make_password(check_password_value(password))
     user.save()
@@ -95,7 +98,7 @@ def set_password(username: str, password: str) -> m.User:
 
 
 def active_superusers() -> pw.ModelSelect:
-    return m.User.select().where(m.User.is_superuser & m.User.is_active)
+    return schema.User.select().where(schema.User.is_superuser & schema.User.is_active)
 
 
 def remove_user(username: str) -> None:
@@ -124,8 +127,8 @@ def parse_labels(text: str | Sequence[str] | None, channels: int) -> list[str]:
 
 
 def check_channels(channels: int) -> int:
-    if not 1 <= channels <= m.MAX_CHANNELS:
-        raise InvalidValue(f"a unit has 1 to {m.MAX_CHANNELS} data fields, not {channels}")
+    if not 1 <= channels <= schema.MAX_CHANNELS:
+        raise InvalidValue(f"a unit has 1 to {schema.MAX_CHANNELS} data fields, not {channels}")
     return channels
 
 
@@ -136,25 +139,25 @@ def check_key(key: str) -> str:
 
 
 def add_unit(code: str, key: str, channels: int, name: str = "", labels: str | Sequence[str] | None = None,
-             show_labels: bool = False) -> m.Unit:
-    m.check_unit_code(code)
+             show_labels: bool = False) -> schema.Unit:
+    schema.check_unit_code(code)
     check_key(key)
     check_channels(channels)
-    if m.Unit.select().where(m.Unit.code == code).exists():
+    if schema.Unit.select().where(schema.Unit.code == code).exists():
         raise InvalidValue(f"a unit with code {code!r} already exists")
-    return m.Unit.create(code=code, key=key, channels=channels, name=name,
+    return schema.Unit.create(code=code, key=key, channels=channels, name=name,
                          labels=parse_labels(labels, channels), show_labels=show_labels)
 
 
-def get_unit(code: str) -> m.Unit:
-    unit = m.Unit.get_or_none(m.Unit.code == code)
+def get_unit(code: str) -> schema.Unit:
+    unit = schema.Unit.get_or_none(schema.Unit.code == code)
     if unit is None:
         raise NotFound(f"there is no unit with code {code!r}; see txm unit list")
     return unit
 
 
-def sample_count(unit: m.Unit) -> int:
-    return m.Sample.select().where(m.Sample.unit == unit).count()
+def sample_count(unit: schema.Unit) -> int:
+    return schema.Sample.select().where(schema.Sample.unit == unit).count()
 
 
 def remove_unit(code: str) -> int:
@@ -162,14 +165,14 @@ def remove_unit(code: str) -> int:
     unit = get_unit(code)
     removed = 0
     while True:
-        with m.write_transaction():
+        with write_transaction():
             locked_at = time.monotonic()
-            ids = [row.id for row in m.Sample.select(m.Sample.id).where(m.Sample.unit == unit)
-                   .limit(m.BATCH_SIZE)]
+            ids = [row.id for row in schema.Sample.select(schema.Sample.id).where(schema.Sample.unit == unit)
+                   .limit(BATCH_SIZE)]
             if not ids:
                 break
-            removed += m.Sample.delete().where(m.Sample.id.in_(ids)).execute()
-        m.between_batches(locked_at)  # a running txm serve gets the lock in between
-    with m.write_transaction():
+            removed += schema.Sample.delete().where(schema.Sample.id.in_(ids)).execute()
+        between_batches(locked_at)  # a running txm serve gets the lock in between
+    with write_transaction():
         unit.delete_instance(recursive=True)
     return removed

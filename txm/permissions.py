@@ -15,7 +15,7 @@ from typing import Optional
 
 import peewee as pw
 
-from txm import db as m
+from txm.db import schema
 
 ACTIONS = ("view", "add", "change", "delete")
 #: The models the admin panel manages, by the name used in permission codenames.
@@ -24,42 +24,42 @@ PERMISSION_MODELS = ("user", "group", "unit", "sample", "alarm", "mailinglist", 
 ALL_PERMISSIONS = tuple(f"{action}_{model}" for model in PERMISSION_MODELS for action in ACTIONS)
 
 
-def permissions_of(user: Optional[m.User]) -> set[str]:
+def permissions_of(user: Optional[schema.User]) -> set[str]:
     """Every permission codename the user holds (all of them for an active superuser)."""
     if user is None or not user.is_active:
         return set()
     if user.is_superuser:
         return set(ALL_PERMISSIONS)
-    own = m.UserPermission.select(m.UserPermission.codename).where(m.UserPermission.user == user)
-    via_groups = (m.GroupPermission.select(m.GroupPermission.codename)
-                  .join(m.UserGroup, on=(m.UserGroup.group == m.GroupPermission.group))
-                  .where(m.UserGroup.user == user))
+    own = schema.UserPermission.select(schema.UserPermission.codename).where(schema.UserPermission.user == user)
+    via_groups = (schema.GroupPermission.select(schema.GroupPermission.codename)
+                  .join(schema.UserGroup, on=(schema.UserGroup.group == schema.GroupPermission.group))
+                  .where(schema.UserGroup.user == user))
     return {row[0] for row in own.tuples()} | {row[0] for row in via_groups.tuples()}
 
 
-def has_perm(user: Optional[m.User], codename: str) -> bool:
+def has_perm(user: Optional[schema.User], codename: str) -> bool:
     return codename in permissions_of(user)
 
 
-def may_enter_admin(user: Optional[m.User]) -> bool:
+def may_enter_admin(user: Optional[schema.User]) -> bool:
     return user is not None and user.is_active and user.is_staff
 
 
-def visible_units(user: Optional[m.User], login_required: bool = True) -> pw.ModelSelect:
+def visible_units(user: Optional[schema.User], login_required: bool = True) -> pw.ModelSelect:
     """The units the user may see in the web interface, ordered by code."""
-    units = m.Unit.select().order_by(m.Unit.code)
+    units = schema.Unit.select().order_by(schema.Unit.code)
     if user is None:
         return units if not login_required else units.where(pw.SQL("1 = 0"))
     if not user.is_active:
         return units.where(pw.SQL("1 = 0"))
     if not login_required or user.is_superuser or has_perm(user, "view_unit"):
         return units
-    direct = m.UserUnit.select(m.UserUnit.unit).where(m.UserUnit.user == user)
-    via_groups = (m.GroupUnit.select(m.GroupUnit.unit)
-                  .join(m.UserGroup, on=(m.UserGroup.group == m.GroupUnit.group))
-                  .where(m.UserGroup.user == user))
-    return units.where(m.Unit.id.in_(direct) | m.Unit.id.in_(via_groups))
+    direct = schema.UserUnit.select(schema.UserUnit.unit).where(schema.UserUnit.user == user)
+    via_groups = (schema.GroupUnit.select(schema.GroupUnit.unit)
+                  .join(schema.UserGroup, on=(schema.UserGroup.group == schema.GroupUnit.group))
+                  .where(schema.UserGroup.user == user))
+    return units.where(schema.Unit.id.in_(direct) | schema.Unit.id.in_(via_groups))
 
 
-def can_see_unit(user: Optional[m.User], unit: m.Unit, login_required: bool = True) -> bool:
-    return visible_units(user, login_required).where(m.Unit.id == unit.id).exists()
+def can_see_unit(user: Optional[schema.User], unit: schema.Unit, login_required: bool = True) -> bool:
+    return visible_units(user, login_required).where(schema.Unit.id == unit.id).exists()

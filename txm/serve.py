@@ -21,20 +21,11 @@
 
 Services beside the TTP loop
 ----------------------------
-The web interface, the email worker and the LoggerNet export server/client run beside the
-loop as *services*: objects with
-
-* ``name`` -- a short name for messages (``"web"``);
-* optionally ``prepare()`` -- bind ports, load apps, check settings; called before the
-  database is created or opened; raise :class:`txm.errors.TxmError` with a one-line reason;
-* ``start()`` -- start running in the background (a thread or a child process) and return
-  once it is ready; raise :class:`txm.errors.TxmError` with a one-line reason if it cannot;
-* ``stop()`` -- stop and return once stopped; called once, also after a failed start of a
-  later service, and must not raise;
-* optionally ``description`` -- lines for the start-up message (``"web interface on
-  http://0.0.0.0:8080/"``), read after ``start()``.
-
-The services of ``txm serve`` are the explicit list in :meth:`Server._make_services`.
+The web interface (in a child process), the email worker and the LoggerNet Data Export server
+and client run beside the loop as services (:mod:`txm.services`); :meth:`Server._make_services`
+is their one explicit list. The web process serves :func:`make_site`: the web interface's
+pages and API with the admin panel and HTTP Apps mounted, composed here, the one place above
+both :mod:`txm.web` and :mod:`txm.admin`.
 """
 
 from __future__ import annotations
@@ -43,61 +34,32 @@ import logging
 import resource
 import signal
 import threading
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Iterable
 
+import bottle
 import peewee as pw
 
-from txm import alarms, loggernet, manage, web
-from txm import db as models
+from txm import admin, manage, net
+from txm.alarms.email import EmailWorker
 from txm.config import Settings
+from txm.db.database import make_database
 from txm.errors import ConfigError, DatabaseError, TxmError
+from txm.loggernet.client import PullClient
+from txm.loggernet.server import ExportServer
+from txm.services import Service, ThreadService
 from txm.systemd import Notifier
 from txm.ttp.apps import app_verbs
-from txm.ttp.handler import Handler, builtin_verbs
+from txm.ttp.handler import Handler
 from txm.ttp.loop import Loop
+from txm.ttp.verbs import BUILTIN_VERBS
+from txm.web import app as web_app
+from txm.web.httpapps import mount_apps
+from txm.web.process import WebService
 
 log = logging.getLogger("txm.serve")
 
 #: File descriptors kept free beside the meter connections (database, logs, web server).
 SPARE_FILES = 256
-
-
-class Service(Protocol):
-    name: str
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-
-class ThreadService:
-    """A service running ``target(stop_event)`` in a daemon thread until the event is set."""
-
-    def __init__(self, name: str, target: Callable[[threading.Event], Any], description: str = "",
-                 stop_timeout: float = 10.0):
-        self.name = name
-        self.description = description
-        self._target = target
-        self._stop_event = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._stop_timeout = stop_timeout
-
-    def _run(self) -> None:
-        try:
-            self._target(self._stop_event)
-        except Exception:
-            log.exception("service %s failed", self.name)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"txm-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        if self._thread is not None:
-            self._thread.join(self._stop_timeout)
-            if self._thread.is_alive():
-                log.warning("service %s did not stop within %.0f s", self.name, self._stop_timeout)
 
 
 def raise_file_limit(wanted: int) -> int:
@@ -202,7 +164,7 @@ class Server:
     def _start(self) -> None:
         settings = self.settings
         raise_file_limit(settings.MAX_CONNECTIONS + SPARE_FILES)
-        verbs = builtin_verbs()
+        verbs = dict(BUILTIN_VERBS)
         for name, verb in app_verbs(settings).items():
             if name in verbs:
                 raise ConfigError(f"TTP App {name!r} would replace the built-in verb {name!r}; rename the app")
@@ -210,7 +172,7 @@ class Server:
             self.ttp_apps.append(name)
         listener = net.listen(settings.BIND_ADDRESS, settings.DS_PORT, "TTP", start=False)
         # Not connected: the database is created or opened only once everything else is in place.
-        self.database = models.make_database(settings)
+        self.database = make_database(settings)
         self.loop = Loop(settings, Handler(settings, self.database, verbs), listener,
                          heartbeat=self.notifier.heartbeat, heartbeat_interval=self.notifier.watchdog_interval)
         services = [*self._extra_services, *(self._make_services() if self.module_services else [])]
@@ -240,11 +202,19 @@ class Server:
 
     def _make_services(self) -> list[Service]:
         """txm's own services, in start order (they stop in reverse)."""
-        return [
-            *loggernet.make_services(self.settings, self),
-            *alarms.make_services(self.settings, self),
-            *web.make_services(self.settings, self),
-        ]
+        settings, database = self.settings, self.database
+        services: list[Service] = []
+        if settings.EXPORT_ENABLED:
+            services.append(ThreadService("dataexport", lambda: ExportServer(settings, database)))
+        if settings.LOGGERNET_HOST:
+            services.append(ThreadService("loggernet", lambda: PullClient(settings, database)))
+        email = ThreadService("email", lambda: EmailWorker(settings, database), stop_timeout=5.0)
+        email.prepare()  # checks the email settings before the database is touched
+        assert self.loop is not None
+        self.loop.handler.on_commit("alarm", email.worker.wake)
+        services.append(email)
+        services.append(WebService(settings, make_site, stopping=self.stopping))
+        return services
 
     # --- serving and stopping ---------------------------------------------------------------------
 
@@ -297,6 +267,20 @@ class Server:
                 service.stop()
             except Exception:
                 log.exception("stopping service %s failed", getattr(service, "name", service))
+
+
+def make_site(settings: Settings) -> bottle.Bottle:
+    """The whole web site of ``txm serve``: the web interface's pages and JSON API, the admin
+    panel at ``/admin/`` and the HTTP Apps at their urls (the web process serves it)."""
+    site = web_app.make_app(settings)
+    site.mount("/admin/", admin.make_app(settings))
+
+    @site.get("/admin", access="public")
+    def admin_slash():
+        bottle.redirect(bottle.request.script_name.rstrip("/") + "/admin/", 301)
+
+    mount_apps(site, settings)
+    return site
 
 
 class ServerThread:

@@ -84,7 +84,7 @@ import jinja2
 import peewee as pw
 from markupsafe import Markup
 
-from txm import db as m
+from txm.db import schema
 from txm.config import Settings
 from txm.passwords import DEFAULT_PASSWORD, check_password, make_password, needs_upgrade
 
@@ -172,7 +172,7 @@ class _RequestState:
 
     def __init__(self) -> None:
         self.session: Session | None = None
-        self.user: m.User | None = None
+        self.user: schema.User | None = None
         self.user_loaded = False
 
 
@@ -223,14 +223,14 @@ class WebCore:
         return state.session
 
     @property
-    def user(self) -> m.User | None:
+    def user(self) -> schema.User | None:
         """The logged-in, active user of this request, or None."""
         state = self._state()
         if not state.user_loaded:
             state.user_loaded = True
             user_id = self.session.user_id
             if user_id is not None:
-                user = m.User.get_or_none(m.User.id == user_id)
+                user = schema.User.get_or_none(schema.User.id == user_id)
                 state.user = user if user is not None and user.is_active else None
         return state.user
 
@@ -238,8 +238,8 @@ class WebCore:
         token = bottle.request.get_cookie(COOKIE_NAME)
         if not token or len(token) > 128:
             return Session()
-        row = (m.WebSession.select().where((m.WebSession.key == session_key(token))
-                                           & (m.WebSession.expires > m.utcnow())).first())
+        row = (schema.WebSession.select().where((schema.WebSession.key == session_key(token))
+                                           & (schema.WebSession.expires > schema.utcnow())).first())
         if row is None:
             return Session()
         data = row.data if isinstance(row.data, dict) else {}
@@ -254,11 +254,11 @@ class WebCore:
         session = state.session if state else None
         if session is None:
             return
-        now = m.utcnow()
+        now = schema.utcnow()
         lifetime = dt.timedelta(days=self.settings.SESSION_DAYS)
         if session.deleted:
             if session.token:
-                m.WebSession.delete().where(m.WebSession.key == session_key(session.token)).execute()
+                schema.WebSession.delete().where(schema.WebSession.key == session_key(session.token)).execute()
             response.delete_cookie(COOKIE_NAME, path="/")
             return
         renew = session.expires is not None and session.expires - now < lifetime - RENEW_SLACK
@@ -267,14 +267,14 @@ class WebCore:
         session.expires = now + lifetime
         if session.token is None:
             session.token = secrets.token_urlsafe(32)
-            m.WebSession.create(key=session_key(session.token), user=session.user_id, data=session.data,
+            schema.WebSession.create(key=session_key(session.token), user=session.user_id, data=session.data,
                                 created=now, expires=session.expires)
         else:
             key = session_key(session.token)
-            updated = (m.WebSession.update(user=session.user_id, data=session.data, expires=session.expires)
-                       .where(m.WebSession.key == key).execute())
+            updated = (schema.WebSession.update(user=session.user_id, data=session.data, expires=session.expires)
+                       .where(schema.WebSession.key == key).execute())
             if not updated:  # deleted meanwhile (logout elsewhere, purge): store it afresh
-                m.WebSession.create(key=key, user=session.user_id, data=session.data, created=now,
+                schema.WebSession.create(key=key, user=session.user_id, data=session.data, created=now,
                                     expires=session.expires)
         session.modified = False
         response.set_cookie(COOKIE_NAME, session.token, path="/", httponly=True, samesite="lax",
@@ -288,8 +288,8 @@ class WebCore:
             if not force and now - self._last_purge < PURGE_INTERVAL:
                 return
             self._last_purge = now
-        m.WebSession.delete().where(m.WebSession.expires <= m.utcnow()).execute()
-        m.LoginFailure.delete().where(m.LoginFailure.when < m.utcnow() - LOGIN_FAILURE_WINDOW).execute()
+        schema.WebSession.delete().where(schema.WebSession.expires <= schema.utcnow()).execute()
+        schema.LoginFailure.delete().where(schema.LoginFailure.when < schema.utcnow() - LOGIN_FAILURE_WINDOW).execute()
 
     # --- logging in and out -----------------------------------------------------------------------
 
@@ -297,7 +297,7 @@ class WebCore:
         """The peer's address as the WSGI server saw it (never a client-supplied header)."""
         return (bottle.request.environ.get("REMOTE_ADDR") or "unknown")[:45]
 
-    def authenticate(self, username: str, password: str) -> m.User:
+    def authenticate(self, username: str, password: str) -> schema.User:
         """The active user with this name and password, or :class:`LoginRefused` saying why.
 
         Failures are recorded in ``login_failure``; beyond the limits per user name and per
@@ -305,39 +305,39 @@ class WebCore:
         """
         username = (username or "").strip()
         address = self.client_address()
-        since = m.utcnow() - LOGIN_FAILURE_WINDOW
+        since = schema.utcnow() - LOGIN_FAILURE_WINDOW
         name_key = username.lower()[:150]
-        by_user = m.LoginFailure.select().where((m.LoginFailure.username == name_key)
-                                                & (m.LoginFailure.when >= since)).count()
-        by_address = m.LoginFailure.select().where((m.LoginFailure.address == address)
-                                                   & (m.LoginFailure.when >= since)).count()
+        by_user = schema.LoginFailure.select().where((schema.LoginFailure.username == name_key)
+                                                & (schema.LoginFailure.when >= since)).count()
+        by_address = schema.LoginFailure.select().where((schema.LoginFailure.address == address)
+                                                   & (schema.LoginFailure.when >= since)).count()
         if by_user >= LOGIN_FAILURES_PER_USER or by_address >= LOGIN_FAILURES_PER_ADDRESS:
             minutes = int(LOGIN_FAILURE_WINDOW.total_seconds() // 60)
             raise LoginRefused(f"Too many failed logins; try again in {minutes} minutes.")
-        user = m.User.get_or_none(m.User.username == username) if username else None
+        user = schema.User.get_or_none(schema.User.username == username) if username else None
         if user is None:
             check_password(password or "", _DUMMY_HASH)  # the same time as for a real user
             ok = False
         else:
             ok = check_password(password or "", user.password)
         if not ok or not user.is_active:
-            m.LoginFailure.create(username=name_key, address=address)
+            schema.LoginFailure.create(username=name_key, address=address)
             raise LoginRefused("Wrong user name or password (both are case-sensitive)."
                                if not ok else "This account is disabled.")
-        changes: dict[str, Any] = {"last_login": m.utcnow()}
+        changes: dict[str, Any] = {"last_login": schema.utcnow()}
         if needs_upgrade(user.password):
             changes["password"] = make_password(password)
-        m.User.update(**changes).where(m.User.id == user.id).execute()
+        schema.User.update(**changes).where(schema.User.id == user.id).execute()
         for key, value in changes.items():
             setattr(user, key, value)
-        m.LoginFailure.delete().where(m.LoginFailure.username == name_key).execute()
+        schema.LoginFailure.delete().where(schema.LoginFailure.username == name_key).execute()
         return user
 
-    def login(self, user: m.User, password: str | None = None) -> None:
+    def login(self, user: schema.User, password: str | None = None) -> None:
         """Start a fresh session for ``user`` (a new token: no session fixation)."""
         old = self.session
         if old.token:
-            m.WebSession.delete().where(m.WebSession.key == session_key(old.token)).execute()
+            schema.WebSession.delete().where(schema.WebSession.key == session_key(old.token)).execute()
         session = Session(user_id=user.id)
         session["csrf"] = secrets.token_urlsafe(32)
         if password is not None and password == DEFAULT_PASSWORD:
@@ -351,11 +351,11 @@ class WebCore:
         state = self._state()
         state.user, state.user_loaded = None, True
 
-    def end_other_sessions(self, user: m.User) -> int:
+    def end_other_sessions(self, user: schema.User) -> int:
         """Delete the user's sessions but this one (after a password change); return how many."""
-        query = m.WebSession.delete().where(m.WebSession.user == user.id)
+        query = schema.WebSession.delete().where(schema.WebSession.user == user.id)
         if self.session.token:
-            query = query.where(m.WebSession.key != session_key(self.session.token))
+            query = query.where(schema.WebSession.key != session_key(self.session.token))
         return query.execute()
 
     # --- CSRF --------------------------------------------------------------------------------------
@@ -524,14 +524,14 @@ class _CorePlugin:
 
 
 def _connect() -> None:
-    database = m.database
+    database = schema.database
     if database.obj is not None and database.is_closed():
         database.connect()
 
 
 def _disconnect() -> None:
     try:
-        if m.database.obj is not None:
-            m.database.close()
+        if schema.database.obj is not None:
+            schema.database.close()
     except Exception:
         pass

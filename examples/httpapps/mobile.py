@@ -14,7 +14,7 @@ each user sees only their units.
 
 import bottle
 
-from txm import data
+from txm.export.stats import is_stale, last_sample
 from txm.permissions import visible_units
 from txm.webcore import WebCore
 
@@ -55,8 +55,8 @@ def make_app(settings):
         units = list(visible_units(core.user, settings.LOGIN_REQUIRED))
         rows = []
         for unit in units:
-            sample = data.last_sample(unit)
-            rows.append((unit, sample, data.is_stale(sample, settings.STALE_SECONDS)))
+            sample = last_sample(unit)
+            rows.append((unit, sample, is_stale(sample, settings.STALE_SECONDS)))
         return core.render_string(PAGE, rows=rows)
 
     return app

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from txm import db as m
+from txm.db import schema
 from txm.config import Settings
 from txm.errors import TxmError
 from txm.permissions import permissions_of
@@ -30,12 +30,12 @@ class Forbidden(TxmError):
 class Actor:
     """The staff user acting in the panel, with their permissions, and the server's settings."""
 
-    user: m.User
+    user: schema.User
     settings: Settings
     perms: set[str] = field(default_factory=set)
 
     @classmethod
-    def of(cls, user: m.User, settings: Settings) -> "Actor":
+    def of(cls, user: schema.User, settings: Settings) -> "Actor":
         return cls(user, settings, permissions_of(user))
 
     @property
@@ -59,10 +59,10 @@ class Actor:
 # --- the action log ------------------------------------------------------------------------
 
 
-def log_action(actor: Actor, action: str, model: str, obj_id: Any, obj_repr: str, message: str = "") -> m.LogEntry:
+def log_action(actor: Actor, action: str, model: str, obj_id: Any, obj_repr: str, message: str = "") -> schema.LogEntry:
     """Record one add / change / delete in the action log."""
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE - 1] + "…"
-    return m.LogEntry.create(user=actor.user.id, username=actor.user.username, action=action, model=model,
+    return schema.LogEntry.create(user=actor.user.id, username=actor.user.username, action=action, model=model,
                              object_id=str(obj_id if obj_id is not None else "")[:64],
                              object_repr=str(obj_repr)[:200], change_message=message)

@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 
 import bottle
 
-from txm import db as m
+from txm.db import schema
 from txm.admin.actor import Actor, Forbidden
 from txm.admin.base import ModelAdmin
 from txm.admin.forms import Form, FormInput, read_form, sentence
@@ -127,12 +127,12 @@ class Panel:
         except ValueError:
             return 1
 
-    def unit_from_query(self) -> m.Unit | None:
+    def unit_from_query(self) -> schema.Unit | None:
         """The unit named by the ``unit`` query or form value; None when none is; else the 404 page."""
         code = self.query_value("unit") or (bottle.request.forms.getunicode("unit") or "").strip()
         if not code:
             return None
-        unit = m.Unit.get_or_none(m.Unit.code == code)
+        unit = schema.Unit.get_or_none(schema.Unit.code == code)
         if unit is None:
             bottle.abort(404, f"There is no unit with code {code!r}.")
         return unit
@@ -152,7 +152,7 @@ def add_index(panel: Panel) -> None:
     @panel.app.get("/")
     def index():
         who = panel.actor()
-        recent = m.LogEntry.select().where(m.LogEntry.user == who.user).order_by(m.LogEntry.id.desc()).limit(10)
+        recent = schema.LogEntry.select().where(schema.LogEntry.user == who.user).order_by(schema.LogEntry.id.desc()).limit(10)
         return panel.render("admin/index.html", who=who, sections=visible_sections(who), recent=list(recent),
                             title="Administration")
 
@@ -181,7 +181,7 @@ def add_record_pages(panel: Panel, records: RecordAdmin) -> None:
                 problem = sentence(str(exc))
         units = None
         if records.rows_of_many_units:  # the list offers a choice of unit
-            units = list(m.Unit.select(m.Unit.id, m.Unit.code, m.Unit.name).order_by(m.Unit.code).limit(1000))
+            units = list(schema.Unit.select(schema.Unit.id, schema.Unit.code, schema.Unit.name).order_by(schema.Unit.code).limit(1000))
         return panel.render(records.list_template, who=who, unit=unit, units=units, page=page,
                             problem=problem, filters=filters, can_delete=records.deletion_allowed(who),
                             models=[(key, admin.plural) for key, admin in panel.registry.items()],  # the log's "What"
@@ -277,7 +277,7 @@ def _bulk_deletion(panel: Panel, records: RecordAdmin, old: bool) -> str:
                         error=error, title=title, back=panel.link(f"/{records.name}/", unit=unit.code if unit else ""))
 
 
-def _object_url(panel: Panel, entry: m.LogEntry) -> str:
+def _object_url(panel: Panel, entry: schema.LogEntry) -> str:
     """A link to the object a log entry is about, while it still exists."""
     if entry.action == "delete" or not entry.object_id.isdigit():
         return ""
@@ -328,7 +328,7 @@ def add_alarm_message_actions(panel: Panel) -> None:
         form, data = read_form(messages.fields(who, obj, raw), raw, messages.initial(obj))
         sample = sample_data(raw.get("sample_data"))
         preview, problem = None, ""
-        unit = m.Unit.get_or_none(m.Unit.id == int(data["unit"])) if data.get("unit") else None
+        unit = schema.Unit.get_or_none(schema.Unit.id == int(data["unit"])) if data.get("unit") else None
         if unit is None or data.get("level") is None:
             problem = "Choose the unit and the alarm level first."
         else:

@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import peewee as pw
 
-from txm import db as m
+from txm.db import schema
+from txm.db.sqlite import write_transaction
 from txm.admin.actor import Actor, Forbidden, log_action
 from txm.admin.forms import Field, Form, FormInput, read_form, sentence
 from txm.errors import InvalidValue, NotFound
@@ -25,7 +26,7 @@ from txm.errors import InvalidValue, NotFound
 PAGE_SIZE = 50
 
 
-def by_id(model: type[m.BaseModel], obj_id: Any, what: str, gone: str = "") -> Any:
+def by_id(model: type[schema.BaseModel], obj_id: Any, what: str, gone: str = "") -> Any:
     """The row whose id is ``obj_id`` (text from a URL), or :class:`NotFound` (the routes' 404)."""
     try:
         number = int(obj_id)
@@ -57,7 +58,7 @@ class ModelAdmin:
     name = ""  # the model's name in permission codenames and URLs
     verbose = ""
     plural = ""
-    model: type[m.BaseModel]
+    model: type[schema.BaseModel]
     description = ""
     editable = True  # has add and change forms
     deletable = True
@@ -66,7 +67,7 @@ class ModelAdmin:
     with_unit = False
     search_fields: tuple[pw.Field, ...] = ()
     ordering: tuple = ()
-    #: Linked ids the log names instead, by form field: ``{"units": m.Unit.code}`` logs unit codes.
+    #: Linked ids the log names instead, by form field: ``{"units": schema.Unit.code}`` logs unit codes.
     logged_names: Mapping[str, pw.Field] = {}
 
     # --- reading ----------------------------------------------------------------------------
@@ -75,7 +76,7 @@ class ModelAdmin:
         return by_id(self.model, obj_id, self.verbose)
 
     def query(self, search: str = "") -> pw.ModelSelect:
-        q = self.model.select(self.model, m.Unit).join(m.Unit) if self.with_unit else self.model.select()
+        q = self.model.select(self.model, schema.Unit).join(schema.Unit) if self.with_unit else self.model.select()
         if search and self.search_fields:
             q = q.where(functools.reduce(operator.or_, (f.contains(search) for f in self.search_fields)))
         return q.order_by(*self.ordering) if self.ordering else q
@@ -156,7 +157,7 @@ class ModelAdmin:
             return form
         before = self.snapshot(obj) if obj is not None else {}
         try:
-            with m.write_transaction():
+            with write_transaction():
                 saved = self.save(actor, obj, data)
                 if obj is None:
                     message = "Added."
@@ -204,14 +205,14 @@ class ModelAdmin:
             raise InvalidValue(" ".join(problems))
         obj_id, obj_repr = obj.id, self.repr(obj)
         message = self.prepare_delete(actor, obj)
-        own = isinstance(obj, m.User) and obj.id == actor.user.id
-        with m.write_transaction():
+        own = isinstance(obj, schema.User) and obj.id == actor.user.id
+        with write_transaction():
             problems = self.delete_problems(actor, obj)  # again, now inside the transaction
             if problems:
                 raise InvalidValue(" ".join(problems))
             obj.delete_instance(recursive=True)
             if own:  # the log keeps the name; the row it would point to is gone
-                actor = Actor(m.User(id=None, username=actor.user.username), actor.settings, actor.perms)
+                actor = Actor(schema.User(id=None, username=actor.user.username), actor.settings, actor.perms)
             log_action(actor, "delete", self.name, obj_id, obj_repr, message or "Deleted.")
         return message or "Deleted."
 
@@ -248,14 +249,14 @@ def _quote(value: str) -> str:
 
 def unit_choices() -> list[tuple[str, str]]:
     """Every unit, as the choices of a select or multi field."""
-    return [(str(u.id), str(u)) for u in m.Unit.select().order_by(m.Unit.code)]
+    return [(str(u.id), str(u)) for u in schema.Unit.select().order_by(schema.Unit.code)]
 
 
 def as_ids(values: Iterable[str]) -> list[int]:
     return [int(v) for v in values]
 
 
-def linked(link_model: type[m.BaseModel], owner_field: str, owner: Any, other_field: str) -> list[str]:
+def linked(link_model: type[schema.BaseModel], owner_field: str, owner: Any, other_field: str) -> list[str]:
     """The owner's link rows (user-group, group-unit, user-permission ...) as form values, in order."""
     other_col = getattr(link_model, other_field)
     query = link_model.select(other_col).where(getattr(link_model, owner_field) == owner).order_by(other_col)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from txm import alarms, manage
-from txm import db as m
+from txm.alarms.email import send_test_email
+from txm.alarms.templates import check_template, render_message
+from txm.db import schema
+from txm import manage
 from txm.admin.actor import Actor
 from txm.admin.base import Column, ModelAdmin, as_ids, linked, set_links, unit_choices
 from txm.admin.forms import Field, sentence
@@ -46,12 +48,12 @@ def channel_list_text(numbers: Sequence[int]) -> str:
 
 class UnitAdmin(ModelAdmin):
     name, verbose, plural = "unit", "unit", "units"
-    model = m.Unit
+    model = schema.Unit
     description = "Tiger meters: code and key for TTP, data fields and labels, graph and report options."
     columns = [Column("Code", lambda u: u.code), Column("Name", lambda u: u.name),
                Column("Data fields", lambda u: u.channels), Column("Reports", lambda u: u.has_reports)]
-    search_fields = (m.Unit.code, m.Unit.name)
-    ordering = (m.Unit.code,)
+    search_fields = (schema.Unit.code, schema.Unit.name)
+    ordering = (schema.Unit.code,)
 
     def fields(self, actor, obj, raw=None):
         fields = [
@@ -61,10 +63,10 @@ class UnitAdmin(ModelAdmin):
             Field("key", "Unit key", required=True, max_length=128, secret=True, group="TTP connection",
                   help="The secret ending every request of the meter; no spaces."),
             Field("name", "Name", max_length=200, group="TTP connection", help="A name for people."),
-            Field("channels", "Number of data fields", "int", required=True, minimum=1, maximum=m.MAX_CHANNELS,
+            Field("channels", "Number of data fields", "int", required=True, minimum=1, maximum=schema.MAX_CHANNELS,
                   group="Data fields",
-                  help=f"Values in each upload, 1 to {m.MAX_CHANNELS}; every upload must send exactly this many."),
-            Field("labels", "Channel labels", max_length=64 * m.MAX_CHANNELS + m.MAX_CHANNELS, group="Data fields",
+                  help=f"Values in each upload, 1 to {schema.MAX_CHANNELS}; every upload must send exactly this many."),
+            Field("labels", "Channel labels", max_length=64 * schema.MAX_CHANNELS + schema.MAX_CHANNELS, group="Data fields",
                   help="Comma-separated, in channel order, e.g. Flow,Temp,Level; empty ones show as ch1, ch2 ... "
                        "No spaces or = < > ; \" ' inside a label."),
             Field("show_labels", "Downloads show labels", "bool", group="Data fields",
@@ -109,11 +111,11 @@ class UnitAdmin(ModelAdmin):
         code = data.get("code") or ""
         if code:
             try:
-                m.check_unit_code(code)
+                schema.check_unit_code(code)
             except InvalidValue:
                 form.add_error("code", "Use letters and digits only (1 to 64), no spaces or signs.")
             else:
-                if self.clashes(obj, m.Unit.code == code):
+                if self.clashes(obj, schema.Unit.code == code):
                     form.add_error("code", f"Another unit already has the code {code!r}.")
         if data.get("key"):
             try:
@@ -157,7 +159,7 @@ class UnitAdmin(ModelAdmin):
         return self.store(obj, values)
 
     def page_context(self, obj):
-        return {"mailing_list": m.MailingList.get_or_none(m.MailingList.unit == obj)}
+        return {"mailing_list": schema.MailingList.get_or_none(schema.MailingList.unit == obj)}
 
     def delete_problems(self, actor, obj):
         return [f"The unit has {records.plural}, and deleting {records.plural} is switched off on this server "
@@ -184,7 +186,7 @@ class UnitAdmin(ModelAdmin):
 
 def user_choices(with_email: bool = False) -> list[tuple[str, str]]:
     out = []
-    for u in m.User.select().order_by(m.User.username):
+    for u in schema.User.select().order_by(schema.User.username):
         label = u.username
         if with_email:
             label += f" <{u.email}>" if u.email else " (no email address: gets no email)"
@@ -194,15 +196,15 @@ def user_choices(with_email: bool = False) -> list[tuple[str, str]]:
 
 class MailingListAdmin(ModelAdmin):
     name, verbose, plural = "mailinglist", "mailing list", "mailing lists"
-    model = m.MailingList
+    model = schema.MailingList
     description = "One per unit: the users who receive the unit's alarm emails."
     columns = [Column("Unit", lambda ml: str(ml.unit)), Column("Name", lambda ml: ml.name),
-               Column("Members", lambda ml: m.MailingListMember.select()
-                      .where(m.MailingListMember.mailing_list == ml).count())]
+               Column("Members", lambda ml: schema.MailingListMember.select()
+                      .where(schema.MailingListMember.mailing_list == ml).count())]
     with_unit = True
-    search_fields = (m.MailingList.name, m.Unit.code)
-    ordering = (m.Unit.code,)
-    logged_names = {"members": m.User.username}
+    search_fields = (schema.MailingList.name, schema.Unit.code)
+    ordering = (schema.Unit.code,)
+    logged_names = {"members": schema.User.username}
 
     def repr(self, obj):
         return f"mailing list of {obj.unit.code}" + (f" ({obj.name})" if obj.name else "")
@@ -220,20 +222,20 @@ class MailingListAdmin(ModelAdmin):
         if obj is None:
             return {"members": []}
         return {"unit": str(obj.unit_id), "name": obj.name,
-                "members": linked(m.MailingListMember, "mailing_list", obj, "user")}
+                "members": linked(schema.MailingListMember, "mailing_list", obj, "user")}
 
     def logged_values(self, obj):
         return {**super().logged_values(obj), "unit": obj.unit.code}
 
     def clean(self, actor, form, data, obj, raw):
         unit = data.get("unit")
-        if unit and self.clashes(obj, m.MailingList.unit == int(unit)):
+        if unit and self.clashes(obj, schema.MailingList.unit == int(unit)):
             form.add_error("unit", "This unit already has a mailing list: change that one.")
 
     def save(self, actor, obj, data):
         obj = self.store(obj, {"unit": int(data["unit"]), "name": data["name"]})
-        set_links(m.MailingListMember, "mailing_list", obj, "user", as_ids(data["members"]))
-        return m.MailingList.get_by_id(obj.id)
+        set_links(schema.MailingListMember, "mailing_list", obj, "user", as_ids(data["members"]))
+        return schema.MailingList.get_by_id(obj.id)
 
 
 #: The data an alarm message is previewed and test-sent with when none is typed: a time and two values.
@@ -242,13 +244,13 @@ SAMPLE_ALARM_DATA = ["2026-01-01 12:00:00", "42.5", "17"]
 
 class AlarmMessageAdmin(ModelAdmin):
     name, verbose, plural = "alarmmessage", "alarm message", "alarm messages"
-    model = m.AlarmMessage
+    model = schema.AlarmMessage
     description = "Subject and text of a unit's alarm emails, per alarm level (Django-style templates)."
     columns = [Column("Unit", lambda a: str(a.unit)), Column("Level", lambda a: a.level),
                Column("Subject", lambda a: a.subject)]
     with_unit = True
-    search_fields = (m.AlarmMessage.subject, m.Unit.code)
-    ordering = (m.Unit.code, m.AlarmMessage.level)
+    search_fields = (schema.AlarmMessage.subject, schema.Unit.code)
+    ordering = (schema.Unit.code, schema.AlarmMessage.level)
 
     def repr(self, obj):
         return f"{obj.unit.code} level {obj.level}"
@@ -280,24 +282,24 @@ class AlarmMessageAdmin(ModelAdmin):
     def clean(self, actor, form, data, obj, raw):
         unit, level = data.get("unit"), data.get("level")
         if unit and level is not None and self.clashes(
-                obj, (m.AlarmMessage.unit == int(unit)) & (m.AlarmMessage.level == level)):
+                obj, (schema.AlarmMessage.unit == int(unit)) & (schema.AlarmMessage.level == level)):
             form.add_error("level", "This unit already has a message for this level.")
         for name in ("subject", "body"):
             if data.get(name):
                 try:
-                    alarms.check_template(data[name])
+                    check_template(data[name])
                 except InvalidValue as exc:
                     form.add_error(name, f"The template does not work: {exc}")
 
     def save(self, actor, obj, data):
         values = {"unit": int(data["unit"]), "level": data["level"], "subject": data["subject"], "body": data["body"]}
-        return m.AlarmMessage.get_by_id(self.store(obj, values).id)
+        return schema.AlarmMessage.get_by_id(self.store(obj, values).id)
 
 
-def preview_alarm_message(unit: m.Unit, level: int, subject: str, body: str,
+def preview_alarm_message(unit: schema.Unit, level: int, subject: str, body: str,
                           data: Sequence[str] | None = None) -> tuple[str, str]:
     """A subject and body template (as typed, saved or not) rendered with sample data."""
-    return alarms.render_message(subject, body, unit, level, list(data if data is not None else SAMPLE_ALARM_DATA))
+    return render_message(subject, body, unit, level, list(data if data is not None else SAMPLE_ALARM_DATA))
 
 
 def sample_data(text: str | None) -> list[str]:
@@ -307,7 +309,7 @@ def sample_data(text: str | None) -> list[str]:
     return [part.strip() for part in text.split(",")]
 
 
-def send_test_alarm_email(actor: Actor, message: m.AlarmMessage, recipients: Sequence[str],
+def send_test_alarm_email(actor: Actor, message: schema.AlarmMessage, recipients: Sequence[str],
                           data: Sequence[str] | None = None) -> list[str]:
     """Send the saved message with sample data to ``recipients``; return the addresses it went to.
 
@@ -320,15 +322,15 @@ def send_test_alarm_email(actor: Actor, message: m.AlarmMessage, recipients: Seq
     for address in addresses:
         if not re.fullmatch(r"[^@\s,;<>]+@[^@\s,;<>]+", address):
             raise InvalidValue(f"{address!r} is not an email address")
-    alarms.send_test_email(actor.settings, message.unit, message.level,
+    send_test_email(actor.settings, message.unit, message.level,
                            list(data if data is not None else SAMPLE_ALARM_DATA), addresses)
     return addresses
 
 
-def mailing_list_addresses(unit: m.Unit) -> list[str]:
+def mailing_list_addresses(unit: schema.Unit) -> list[str]:
     """Email addresses on the unit's mailing list (users without one left out)."""
-    q = (m.User.select(m.User.email).join(m.MailingListMember).join(m.MailingList)
-         .where((m.MailingList.unit == unit) & (m.User.email != "")).order_by(m.User.email))
+    q = (schema.User.select(schema.User.email).join(schema.MailingListMember).join(schema.MailingList)
+         .where((schema.MailingList.unit == unit) & (schema.User.email != "")).order_by(schema.User.email))
     return [u.email for u in q]
 
 
@@ -342,12 +344,12 @@ MAX_VIEW_ROWS = 200
 
 class ViewAdmin(ModelAdmin):
     name, verbose, plural = "view", "multiple-meter view", "multiple-meter views"
-    model = m.View
+    model = schema.View
     description = "Multiple-meter displays: a name, a refresh rate, and the units and channels to show."
     columns = [Column("Name", lambda v: v.name), Column("Refresh (seconds)", lambda v: v.refresh_seconds),
-               Column("Units", lambda v: m.ViewEntry.select().where(m.ViewEntry.view == v).count())]
-    search_fields = (m.View.name,)
-    ordering = (m.View.name,)
+               Column("Units", lambda v: schema.ViewEntry.select().where(schema.ViewEntry.view == v).count())]
+    search_fields = (schema.View.name,)
+    ordering = (schema.View.name,)
 
     def _rows(self, obj, raw):
         if raw is not None and raw.get("rows"):
@@ -355,7 +357,7 @@ class ViewAdmin(ModelAdmin):
                 return max(1, min(MAX_VIEW_ROWS, int(raw.get("rows"))))
             except ValueError:
                 pass
-        existing = 0 if obj is None else m.ViewEntry.select().where(m.ViewEntry.view == obj).count()
+        existing = 0 if obj is None else schema.ViewEntry.select().where(schema.ViewEntry.view == obj).count()
         return min(MAX_VIEW_ROWS, existing + VIEW_SPARE_ROWS)
 
     def fields(self, actor, obj, raw=None):
@@ -382,9 +384,9 @@ class ViewAdmin(ModelAdmin):
         return values
 
     @staticmethod
-    def entries(obj) -> list[m.ViewEntry]:
-        return list(m.ViewEntry.select(m.ViewEntry, m.Unit).join(m.Unit).where(m.ViewEntry.view == obj)
-                    .order_by(m.ViewEntry.position, m.ViewEntry.id))
+    def entries(obj) -> list[schema.ViewEntry]:
+        return list(schema.ViewEntry.select(schema.ViewEntry, schema.Unit).join(schema.Unit).where(schema.ViewEntry.view == obj)
+                    .order_by(schema.ViewEntry.position, schema.ViewEntry.id))
 
     def logged_values(self, obj):
         values = {"name": obj.name, "refresh_seconds": str(obj.refresh_seconds)}
@@ -397,7 +399,7 @@ class ViewAdmin(ModelAdmin):
 
     def clean(self, actor, form, data, obj, raw):
         entries = []
-        units = {u.id: u for u in m.Unit.select()}
+        units = {u.id: u for u in schema.Unit.select()}
         for i in range(1, self._rows(obj, raw) + 1):
             unit_id = data.get(f"entry{i}_unit")
             text = data.get(f"entry{i}_channels") or ""
@@ -419,8 +421,8 @@ class ViewAdmin(ModelAdmin):
 
     def save(self, actor, obj, data):
         obj = self.store(obj, {"name": data["name"], "refresh_seconds": data["refresh_seconds"]})
-        m.ViewEntry.delete().where(m.ViewEntry.view == obj).execute()
+        schema.ViewEntry.delete().where(schema.ViewEntry.view == obj).execute()
         if data["entries"]:
-            m.ViewEntry.insert_many([{"view": obj, "unit": unit, "channels": channels, "position": pos}
+            schema.ViewEntry.insert_many([{"view": obj, "unit": unit, "channels": channels, "position": pos}
                                      for pos, (unit, channels) in enumerate(data["entries"])]).execute()
         return obj

@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
-from txm import db as m
+from txm.db import schema
+from txm.db.sqlite import write_transaction
 from txm import manage
 from txm.admin.actor import Actor, log_action
 from txm.admin.base import Column, ModelAdmin, as_ids, linked, set_links, unit_choices
@@ -69,20 +70,20 @@ def active_superuser_count() -> int:
 
 
 def group_choices() -> list[tuple[str, str]]:
-    return [(str(g.id), g.name) for g in m.Group.select().order_by(m.Group.name)]
+    return [(str(g.id), g.name) for g in schema.Group.select().order_by(schema.Group.name)]
 
 
 class UserAdmin(ModelAdmin):
     name, verbose, plural = "user", "user", "users"
-    model = m.User
+    model = schema.User
     description = "People who log in: staff and superuser status, groups, permissions, units they see."
     columns = [Column("User name", lambda u: u.username), Column("Email", lambda u: u.email),
                Column("Active", lambda u: u.is_active), Column("Staff", lambda u: u.is_staff),
                Column("Superuser", lambda u: u.is_superuser),
                Column("Last login", lambda u: format_timestamp(u.last_login)[:16] if u.last_login else "never")]
-    search_fields = (m.User.username, m.User.email, m.User.first_name, m.User.last_name)
-    ordering = (m.User.username,)
-    logged_names = {"groups": m.Group.name, "units": m.Unit.code}
+    search_fields = (schema.User.username, schema.User.email, schema.User.first_name, schema.User.last_name)
+    ordering = (schema.User.username,)
+    logged_names = {"groups": schema.Group.name, "units": schema.Unit.code}
 
     def fields(self, actor, obj, raw=None):
         limited = not actor.is_superuser
@@ -131,14 +132,14 @@ class UserAdmin(ModelAdmin):
             "username": obj.username, "email": obj.email, "first_name": obj.first_name,
             "last_name": obj.last_name, "is_active": obj.is_active, "is_staff": obj.is_staff,
             "is_superuser": obj.is_superuser,
-            "groups": linked(m.UserGroup, "user", obj, "group"),
-            "permissions": sorted(linked(m.UserPermission, "user", obj, "codename")),
-            "units": linked(m.UserUnit, "user", obj, "unit"),
+            "groups": linked(schema.UserGroup, "user", obj, "group"),
+            "permissions": sorted(linked(schema.UserPermission, "user", obj, "codename")),
+            "units": linked(schema.UserUnit, "user", obj, "unit"),
         }
 
     def clean(self, actor, form, data, obj, raw):
         username = data.get("username") or ""
-        if username and self.clashes(obj, m.User.username == username):
+        if username and self.clashes(obj, schema.User.username == username):
             form.add_error("username", f"A user named {username!r} already exists.")
         email = data.get("email") or ""
         if email and not re.fullmatch(r"[^@\s]+@[^@\s]+", email):
@@ -175,9 +176,9 @@ class UserAdmin(ModelAdmin):
         if obj is None:
             values["password"] = make_password(data["password1"])
         obj = self.store(obj, values)
-        set_links(m.UserGroup, "user", obj, "group", as_ids(data["groups"]))
-        set_links(m.UserPermission, "user", obj, "codename", data["permissions"])
-        set_links(m.UserUnit, "user", obj, "unit", as_ids(data["units"]))
+        set_links(schema.UserGroup, "user", obj, "group", as_ids(data["groups"]))
+        set_links(schema.UserPermission, "user", obj, "codename", data["permissions"])
+        set_links(schema.UserUnit, "user", obj, "unit", as_ids(data["units"]))
         return obj
 
     def delete_problems(self, actor, obj):
@@ -195,7 +196,7 @@ class UserAdmin(ModelAdmin):
                         "from every group and mailing list.")
         return warnings
 
-    def set_password(self, actor: Actor, user: m.User, raw: FormInput) -> Form:
+    def set_password(self, actor: Actor, user: schema.User, raw: FormInput) -> Form:
         """The "change password form": set another user's (or one's own) password; logged, never shown."""
         actor.require("change", "user")
         form, data = read_form(password_fields(), raw)
@@ -206,7 +207,7 @@ class UserAdmin(ModelAdmin):
         if form.errors:
             return form
         _warn_if_weak(form, data["password1"])
-        with m.write_transaction():
+        with write_transaction():
             user.password = make_password(data["password1"])
             user.save()
             log_action(actor, "change", "user", user.id, user.username, "Changed password.")
@@ -233,13 +234,13 @@ def _warn_if_weak(form: Form, password: str) -> None:
 
 class GroupAdmin(ModelAdmin):
     name, verbose, plural = "group", "group", "groups"
-    model = m.Group
+    model = schema.Group
     description = "Groups of users sharing permissions and units."
     columns = [Column("Name", lambda g: g.name),
-               Column("Members", lambda g: m.UserGroup.select().where(m.UserGroup.group == g).count())]
-    search_fields = (m.Group.name,)
-    ordering = (m.Group.name,)
-    logged_names = {"units": m.Unit.code}
+               Column("Members", lambda g: schema.UserGroup.select().where(schema.UserGroup.group == g).count())]
+    search_fields = (schema.Group.name,)
+    ordering = (schema.Group.name,)
+    logged_names = {"units": schema.Unit.code}
 
     def fields(self, actor, obj, raw=None):
         return [
@@ -254,18 +255,18 @@ class GroupAdmin(ModelAdmin):
         if obj is None:
             return {"permissions": [], "units": []}
         return {"name": obj.name,
-                "permissions": sorted(linked(m.GroupPermission, "group", obj, "codename")),
-                "units": linked(m.GroupUnit, "group", obj, "unit")}
+                "permissions": sorted(linked(schema.GroupPermission, "group", obj, "codename")),
+                "units": linked(schema.GroupUnit, "group", obj, "unit")}
 
     def clean(self, actor, form, data, obj, raw):
         name = data.get("name") or ""
-        if name and self.clashes(obj, m.Group.name == name):
+        if name and self.clashes(obj, schema.Group.name == name):
             form.add_error("name", f"A group named {name!r} already exists.")
         if obj is not None:
             data["permissions"] = kept_permissions(actor, data["permissions"], self.initial(obj)["permissions"])
 
     def save(self, actor, obj, data):
         obj = self.store(obj, {"name": data["name"]})
-        set_links(m.GroupPermission, "group", obj, "codename", data["permissions"])
-        set_links(m.GroupUnit, "group", obj, "unit", as_ids(data["units"]))
+        set_links(schema.GroupPermission, "group", obj, "codename", data["permissions"])
+        set_links(schema.GroupUnit, "group", obj, "unit", as_ids(data["units"]))
         return obj

@@ -16,7 +16,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import peewee as pw
 
-from txm import db as m
+from txm.db import schema
+from txm.db.bulk import BATCH_SIZE
+from txm.db.sqlite import between_batches, write_transaction
 from txm.admin.actor import Actor, Forbidden, log_action
 from txm.admin.base import PAGE_SIZE, by_id
 from txm.errors import InvalidValue
@@ -79,7 +81,7 @@ class RecordAdmin:
     verbose: str
     plural: str
     description: str
-    model: type[m.BaseModel]
+    model: type[schema.BaseModel]
     #: Pages go newest first along this indexed column, and their cursors are its values.
     key: pw.Field
     #: The time the From / To filters and "older than" compare.
@@ -136,7 +138,7 @@ class RecordAdmin:
             conditions.append(self.time >= start)
         if end is not None:
             conditions.append(self.time < end)
-        base = self.model.select(self.model, m.Unit).join(m.Unit) if self.rows_of_many_units else self.model.select()
+        base = self.model.select(self.model, schema.Unit).join(schema.Unit) if self.rows_of_many_units else self.model.select()
         if conditions:
             base = base.where(*conditions)
         key = self.key
@@ -168,14 +170,14 @@ class RecordAdmin:
         except ValueError:
             raise InvalidValue(f"page: {text!r} is not {with_article(self.verbose)} number") from None
 
-    def any_of(self, unit: m.Unit) -> bool:
+    def any_of(self, unit: schema.Unit) -> bool:
         """Has the unit any of these records?"""
         return self.model.select().where(self.model.unit == unit).limit(1).exists()
 
     def selected(self, ids: Sequence[Any]) -> list[Any]:
         """The records a "Delete selected" names, with their units, in id order."""
         numbers = selected_ids(ids)
-        return list(self.model.select(self.model, m.Unit).join(m.Unit).where(self.model.id.in_(numbers))
+        return list(self.model.select(self.model, schema.Unit).join(schema.Unit).where(self.model.id.in_(numbers))
                     .order_by(self.model.id))
 
     # --- deleting ---------------------------------------------------------------------------
@@ -200,14 +202,14 @@ class RecordAdmin:
         as the manual says (so it is for a few at a time; the bulk deletion is for many)."""
         self.require_deletion(actor)
         deleted = 0
-        with m.write_transaction():
+        with write_transaction():
             for record in self.selected(ids):
                 record.delete_instance()
                 log_action(actor, "delete", self.name, record.id, self.describe(record), "Deleted (selected).")
                 deleted += 1
         return deleted
 
-    def delete_batches(self, unit: m.Unit, older_than: Optional[dt.datetime] = None) -> tuple[int, Any]:
+    def delete_batches(self, unit: schema.Unit, older_than: Optional[dt.datetime] = None) -> tuple[int, Any]:
         """Delete a unit's records (older than a time, or all) in key-range batches of BATCH_SIZE;
         returns how many went and the latest of them (None when none).
 
@@ -223,18 +225,18 @@ class RecordAdmin:
             latest.unit = unit  # so describing it needs no query once it is gone
         deleted = 0
         while True:
-            with m.write_transaction():
+            with write_transaction():
                 locked_at = time.monotonic()  # the write lock is ours from here
                 boundary = (self.model.select(self.key).where(condition).order_by(self.key)
-                            .offset(m.BATCH_SIZE - 1).limit(1).scalar())
+                            .offset(BATCH_SIZE - 1).limit(1).scalar())
                 if boundary is None:
                     deleted += self.model.delete().where(condition).execute()
                     break
                 deleted += self.model.delete().where(condition & (self.key <= boundary)).execute()
-            m.between_batches(locked_at)
+            between_batches(locked_at)
         return deleted, latest
 
-    def delete_bulk(self, actor: Actor, unit: Optional[m.Unit] = None,
+    def delete_bulk(self, actor: Actor, unit: Optional[schema.Unit] = None,
                     older_than: Optional[dt.datetime] = None) -> BulkResult:
         """ "Delete ALL ..." (``older_than`` None) or "Delete old ..." of a unit or of every unit.
 
@@ -243,7 +245,7 @@ class RecordAdmin:
         self.require_deletion(actor)
         total, latest = 0, None
         key = self.key.name
-        for each in [unit] if unit is not None else list(m.Unit.select().order_by(m.Unit.code)):
+        for each in [unit] if unit is not None else list(schema.Unit.select().order_by(schema.Unit.code)):
             count, newest = self.delete_batches(each, older_than)
             total += count
             if newest is not None and (latest is None or getattr(newest, key) > getattr(latest, key)):
@@ -259,35 +261,35 @@ class RecordAdmin:
         return BulkResult(total, latest_text, message)
 
 
-def sample_name(sample: m.Sample) -> str:
+def sample_name(sample: schema.Sample) -> str:
     return f"{sample.unit.code} sample at {format_timestamp(sample.timestamp)}"
 
 
-def alarm_name(alarm: m.Alarm) -> str:
+def alarm_name(alarm: schema.Alarm) -> str:
     return f"{alarm.unit.code} alarm level {alarm.level} received {format_timestamp(alarm.received)}"
 
 
 SAMPLES = RecordAdmin(
     "sample", "sample", "samples", "Data the units uploaded, per unit: viewed and deleted, never changed.",
-    m.Sample, key=m.Sample.timestamp, time=m.Sample.timestamp, describe=sample_name,
+    schema.Sample, key=schema.Sample.timestamp, time=schema.Sample.timestamp, describe=sample_name,
     list_template="admin/samples.html", detail_name="sample",
-    narrowed_by={"unit": lambda unit: m.Sample.unit == unit}, per_unit=True,
+    narrowed_by={"unit": lambda unit: schema.Sample.unit == unit}, per_unit=True,
     deletion_setting="ALLOW_SAMPLE_DELETION")
 
 ALARMS = RecordAdmin(
     "alarm", "alarm", "alarms",
     "Alarms the units raised, and what became of their emails: viewed and deleted, never changed.",
-    m.Alarm, key=m.Alarm.id, time=m.Alarm.received, describe=alarm_name,
+    schema.Alarm, key=schema.Alarm.id, time=schema.Alarm.received, describe=alarm_name,
     list_template="admin/alarms.html", detail_name="alarm",
-    narrowed_by={"unit": lambda unit: m.Alarm.unit == unit},
+    narrowed_by={"unit": lambda unit: schema.Alarm.unit == unit},
     deletion_setting="ALLOW_ALARM_DELETION", cut_words="received before {} UTC")
 
 LOG = RecordAdmin(
     "logentry", "log entry", "action log", "Every add, change and delete made in this panel: who, when, what.",
-    m.LogEntry, key=m.LogEntry.id, time=m.LogEntry.action_time, describe=lambda entry: f"Log entry {entry.id}",
+    schema.LogEntry, key=schema.LogEntry.id, time=schema.LogEntry.action_time, describe=lambda entry: f"Log entry {entry.id}",
     list_template="admin/log.html", detail_name="entry",
-    narrowed_by={"model": lambda model: m.LogEntry.model == model,
-                 "object": lambda object_id: m.LogEntry.object_id == object_id,
-                 "action": lambda action: m.LogEntry.action == action,
-                 "user": lambda username: m.LogEntry.username == username,
-                 "q": lambda text: m.LogEntry.object_repr.contains(text) | m.LogEntry.change_message.contains(text)})
+    narrowed_by={"model": lambda model: schema.LogEntry.model == model,
+                 "object": lambda object_id: schema.LogEntry.object_id == object_id,
+                 "action": lambda action: schema.LogEntry.action == action,
+                 "user": lambda username: schema.LogEntry.username == username,
+                 "q": lambda text: schema.LogEntry.object_repr.contains(text) | schema.LogEntry.change_message.contains(text)})

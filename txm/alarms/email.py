@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import smtplib
 import socket
 import ssl
@@ -17,16 +18,20 @@ import threading
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import peewee as pw
 
-from txm import db as m
-from txm.alarms.templates import DEFAULT_BODY, DEFAULT_SUBJECT, UnitView, render_message
+from txm.db import schema
+from txm.db.database import close_quietly
+from txm.alarms.templates import DEFAULT_BODY, DEFAULT_SUBJECT, render_message
 from txm.config import Settings
 from txm.errors import ConfigError, InvalidValue, TxmError
 
 log = logging.getLogger("txm.alarms")
+
+#: What no email header may hold (a line break would start another header).
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class EmailError(TxmError):
@@ -39,9 +44,9 @@ class EmailError(TxmError):
         self.permanent = permanent
 
 
-def alarm_message(unit: Any, level: int) -> m.AlarmMessage | None:
+def alarm_message(unit: Any, level: int) -> schema.AlarmMessage | None:
     """The unit's saved alarm message for the level, if any."""
-    return m.AlarmMessage.get_or_none((m.AlarmMessage.unit == unit.id) & (m.AlarmMessage.level == int(level)))
+    return schema.AlarmMessage.get_or_none((schema.AlarmMessage.unit == unit.id) & (schema.AlarmMessage.level == int(level)))
 
 
 def render_alarm_email(unit: Any, level: int, data: list[str], received: dt.datetime | None = None
@@ -208,13 +213,13 @@ class Recipients:
 
 def recipients_of(unit: Any) -> Recipients:
     """The addresses of the unit's mailing list members; users without one (or inactive) skipped."""
-    mailing_list = m.MailingList.get_or_none(m.MailingList.unit == unit.id)
+    mailing_list = schema.MailingList.get_or_none(schema.MailingList.unit == unit.id)
     if mailing_list is None:
         return Recipients([], [], False)
     addresses: list[str] = []
     skipped: list[str] = []
-    members = (m.User.select().join(m.MailingListMember)
-               .where(m.MailingListMember.mailing_list == mailing_list).order_by(m.User.username))
+    members = (schema.User.select().join(schema.MailingListMember)
+               .where(schema.MailingListMember.mailing_list == mailing_list).order_by(schema.User.username))
     for user in members:
         email = (user.email or "").strip()
         if not user.is_active:
@@ -272,9 +277,9 @@ class EmailWorker:
     def run_once(self) -> float:
         """Send every email due now; return the seconds until the next one may be due."""
         while not self._stopping.is_set():
-            now = m.utcnow()
-            due = [row[0] for row in m.Alarm.select(m.Alarm.id).where(self._due(now))
-                   .order_by(m.Alarm.id).limit(CLAIM_BATCH).tuples()]
+            now = schema.utcnow()
+            due = [row[0] for row in schema.Alarm.select(schema.Alarm.id).where(self._due(now))
+                   .order_by(schema.Alarm.id).limit(CLAIM_BATCH).tuples()]
             for alarm_id in due:
                 if self._stopping.is_set():
                     break
@@ -285,20 +290,20 @@ class EmailWorker:
 
     @staticmethod
     def _due(now: dt.datetime):
-        return ((m.Alarm.email_status == "pending")
-                & (m.Alarm.email_next_attempt.is_null() | (m.Alarm.email_next_attempt <= now))
-                & (m.Alarm.email_claimed_until.is_null() | (m.Alarm.email_claimed_until < now)))
+        return ((schema.Alarm.email_status == "pending")
+                & (schema.Alarm.email_next_attempt.is_null() | (schema.Alarm.email_next_attempt <= now))
+                & (schema.Alarm.email_claimed_until.is_null() | (schema.Alarm.email_claimed_until < now)))
 
     def _next_wait(self) -> float:
         """Seconds until a pending email becomes due: a retry's time comes, or a claim (another
         node's) runs out; at most :data:`POLL_SECONDS`."""
-        now = m.utcnow()
-        pending = m.Alarm.email_status == "pending"
-        unclaimed = m.Alarm.email_claimed_until.is_null() | (m.Alarm.email_claimed_until < now)
-        retry = (m.Alarm.select(pw.fn.MIN(m.Alarm.email_next_attempt))
-                 .where(pending & unclaimed & (m.Alarm.email_next_attempt > now)).scalar())
-        claim = (m.Alarm.select(pw.fn.MIN(m.Alarm.email_claimed_until))
-                 .where(pending & (m.Alarm.email_claimed_until >= now)).scalar())
+        now = schema.utcnow()
+        pending = schema.Alarm.email_status == "pending"
+        unclaimed = schema.Alarm.email_claimed_until.is_null() | (schema.Alarm.email_claimed_until < now)
+        retry = (schema.Alarm.select(pw.fn.MIN(schema.Alarm.email_next_attempt))
+                 .where(pending & unclaimed & (schema.Alarm.email_next_attempt > now)).scalar())
+        claim = (schema.Alarm.select(pw.fn.MIN(schema.Alarm.email_claimed_until))
+                 .where(pending & (schema.Alarm.email_claimed_until >= now)).scalar())
         wait = POLL_SECONDS
         for when in (retry, claim):
             if when is not None:
@@ -309,9 +314,9 @@ class EmailWorker:
 
     def _claim(self, alarm_id: int) -> dt.datetime | None:
         """Take the alarm's email for this node; None when another node has it or it is done."""
-        now = m.utcnow()
+        now = schema.utcnow()
         until = now + dt.timedelta(seconds=claim_seconds(self.settings))
-        taken = m.Alarm.update(email_claimed_until=until).where((m.Alarm.id == alarm_id) & self._due(now)).execute()
+        taken = schema.Alarm.update(email_claimed_until=until).where((schema.Alarm.id == alarm_id) & self._due(now)).execute()
         return until if taken == 1 else None
 
     def _finish(self, alarm_id: int, claim: dt.datetime, **values: Any) -> None:
@@ -319,7 +324,7 @@ class EmailWorker:
         (a deadlock, a dropped connection) is tried again: left claimed, the alarm would wait
         for its claim to run out and then be emailed a second time."""
         values["email_claimed_until"] = None
-        query = m.Alarm.update(**values).where((m.Alarm.id == alarm_id) & (m.Alarm.email_claimed_until == claim))
+        query = schema.Alarm.update(**values).where((schema.Alarm.id == alarm_id) & (schema.Alarm.email_claimed_until == claim))
         for attempt in range(1, FINISH_ATTEMPTS + 1):
             try:
                 updated = query.execute()
@@ -328,7 +333,7 @@ class EmailWorker:
                 if attempt == FINISH_ATTEMPTS or self._stopping.is_set():
                     raise
                 log.warning("alarm %d: recording its email failed (%s); trying again", alarm_id, exc)
-                m.close_quietly(self.db)
+                close_quietly(self.db)
                 self._stopping.wait(FINISH_RETRY_SECONDS * attempt)
                 self.db.connect(reuse_if_open=True)
         if updated != 1:
@@ -340,7 +345,7 @@ class EmailWorker:
         claim = self._claim(alarm_id)
         if claim is None:
             return None
-        alarm = m.Alarm.get_or_none(m.Alarm.id == alarm_id)
+        alarm = schema.Alarm.get_or_none(schema.Alarm.id == alarm_id)
         if alarm is None:  # deleted (admin panel) since it was claimed
             return None
         unit = alarm.unit
@@ -374,7 +379,7 @@ class EmailWorker:
             log.warning("alarm %d of unit %s: email attempt %d failed (%s); trying again in %g s",
                         alarm_id, unit.code, attempts, exc.reason, delay)
             self._finish(alarm_id, claim, email_error=exc.reason, email_attempts=attempts,
-                         email_next_attempt=m.utcnow() + dt.timedelta(seconds=delay))
+                         email_next_attempt=schema.utcnow() + dt.timedelta(seconds=delay))
             return "pending"
         note = "; ".join(f"refused {addr}: {why}" for addr, why in refused.items())
         if note:
@@ -382,5 +387,5 @@ class EmailWorker:
         log.info("alarm %d of unit %s level %d: email sent to %d recipient(s)",
                  alarm_id, unit.code, alarm.level, len(found.addresses) - len(refused))
         self._finish(alarm_id, claim, email_status="sent", email_error=note, email_attempts=attempts,
-                     email_sent=m.utcnow())
+                     email_sent=schema.utcnow())
         return "sent"

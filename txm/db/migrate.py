@@ -16,7 +16,10 @@ from urllib.parse import unquote, urlsplit
 
 import peewee as pw
 
-from txm import config, db
+from txm.db import schema
+from txm.db.bulk import BATCH_SIZE
+from txm.db.database import create_tables, fix_sequences, make_database
+from txm import config
 from txm.errors import DatabaseError, InvalidValue, TxmError
 
 _SCHEMES = {"sqlite": "sqlite3", "sqlite3": "sqlite3", "postgresql": "postgresql", "postgres": "postgresql",
@@ -65,7 +68,7 @@ def _connect(settings: config.Settings, create: bool) -> pw.Database:
         if not create and not path.exists():
             raise DatabaseError(f"there is no database at {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
-    database = db.make_database(settings)
+    database = make_database(settings)
     try:
         database.connect(reuse_if_open=True)
     except pw.OperationalError as exc:
@@ -75,12 +78,12 @@ def _connect(settings: config.Settings, create: bool) -> pw.Database:
 
 
 def count_rows(database: pw.Database) -> dict[str, int]:
-    with database.bind_ctx(db.MODELS):
-        return {m._meta.table_name: m.select().count() for m in db.MODELS
+    with database.bind_ctx(schema.MODELS):
+        return {m._meta.table_name: m.select().count() for m in schema.MODELS
                 if database.table_exists(m._meta.table_name)}
 
 
-def migrate(source: config.Settings, destination: config.Settings, batch_size: int = db.BATCH_SIZE,
+def migrate(source: config.Settings, destination: config.Settings, batch_size: int = BATCH_SIZE,
             progress: Optional[Progress] = None) -> list[TableCount]:
     """Copy every txm table from ``source`` to ``destination``; return the verified counts."""
     if source.database_label() == destination.database_label():
@@ -88,18 +91,18 @@ def migrate(source: config.Settings, destination: config.Settings, batch_size: i
     src = _connect(source, create=False)
     dst = _connect(destination, create=True)
     try:
-        with src.bind_ctx(db.MODELS):
-            if not src.table_exists(db.User._meta.table_name):
+        with src.bind_ctx(schema.MODELS):
+            if not src.table_exists(schema.User._meta.table_name):
                 raise DatabaseError(f"the source ({source.database_label()}) has no txm tables")
-        db.create_tables(dst)
+        create_tables(dst)
         busy = {table: n for table, n in count_rows(dst).items() if n}
         if busy:
             raise TxmError(f"the destination ({destination.database_label()}) already holds data "
                            f"({', '.join(f'{t}: {n}' for t, n in sorted(busy.items()))}); "
                            f"migrate into an empty database")
-        for model in db.MODELS:
+        for model in schema.MODELS:
             _copy_table(model, src, dst, batch_size, progress)
-        db.fix_sequences(dst)
+        fix_sequences(dst)
         before, after = count_rows(src), count_rows(dst)
         counts = [TableCount(t, before.get(t, 0), after.get(t, 0)) for t in before]
         wrong = [c for c in counts if c.source != c.destination]

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import peewee as pw
 
-from txm.db import CHANNEL_COLUMNS
+from txm.db.schema import CHANNEL_COLUMNS
 
 #: Most rows per INSERT statement; keeps under every engine's bound-parameter limit.
 ROWS_PER_STATEMENT = 900

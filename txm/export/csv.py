@@ -25,9 +25,11 @@ MariaDB whatever the number of samples.
 
 Scripts::
 
-    from txm import config, db, export
-    db.open_database(config.load_settings())
-    for timestamp, *values in export.rows("M1", start="2026-01-01", end="2026-01-31"):
+    from txm import config
+    from txm.db.database import open_database
+    from txm.export import csv
+    open_database(config.load_settings())
+    for timestamp, *values in csv.rows("M1", start="2026-01-01", end="2026-01-31"):
         ...
 """
 
@@ -44,10 +46,11 @@ from typing import Any, BinaryIO, Iterable, Iterator, Sequence
 
 import peewee as pw
 
-from txm import db as models
+from txm.db import schema
+from txm.db.sqlite import write_transaction
 from txm.errors import InvalidValue, NotFound, TxmError
 from txm.db.dialect import Dialect
-from txm.export.ranges import parse_datetime, parse_range
+from txm.export.ranges import parse_range
 from txm.ttp.parser import format_timestamp
 
 #: Rows read per query.
@@ -62,16 +65,16 @@ TIMESTAMP_COLUMN = "timestamp"
 # --- fields --------------------------------------------------------------------------------------
 
 
-def _unit(unit: models.Unit | str) -> models.Unit:
-    if isinstance(unit, models.Unit):
+def _unit(unit: schema.Unit | str) -> schema.Unit:
+    if isinstance(unit, schema.Unit):
         return unit
-    found = models.Unit.get_or_none(models.Unit.code == unit)
+    found = schema.Unit.get_or_none(schema.Unit.code == unit)
     if found is None:
         raise NotFound(f"there is no unit with code {unit!r}; see txm unit list")
     return found
 
 
-def resolve_fields(unit: models.Unit, spec: str | Sequence[int | str] | None = None) -> list[int]:
+def resolve_fields(unit: schema.Unit, spec: str | Sequence[int | str] | None = None) -> list[int]:
     """The channel numbers (1-based) exported, in order.
 
     ``spec`` empty or None: the unit's report options (``report_fields``; none chosen means
@@ -116,7 +119,7 @@ def resolve_fields(unit: models.Unit, spec: str | Sequence[int | str] | None = N
     return result
 
 
-def header(unit: models.Unit, fields: Sequence[int]) -> list[str]:
+def header(unit: schema.Unit, fields: Sequence[int]) -> list[str]:
     """The header row: ``timestamp`` and the label of each exported channel."""
     labels = unit.channel_labels()
     return [TIMESTAMP_COLUMN, *(labels[n - 1] for n in fields)]
@@ -148,7 +151,7 @@ def settled_last_id(db: pw.Database, after_id: int = 0) -> int:
     kind, p, q = Dialect.of(db)
     cursor = db.cursor()
     if kind != "sqlite":
-        cutoff = models.utcnow() - dt.timedelta(seconds=SETTLE_SECONDS)
+        cutoff = schema.utcnow() - dt.timedelta(seconds=SETTLE_SECONDS)
         cursor.execute(f"SELECT MIN({q}id{q}) FROM {q}sample{q} WHERE {q}id{q} > {p} AND {q}received{q} > {p}",
                        (after_id, cutoff))
         fresh = cursor.fetchone()[0]
@@ -168,7 +171,7 @@ class UnitExport:
     rows are read.
     """
 
-    def __init__(self, db: pw.Database, unit: models.Unit | str, fields: str | Sequence[int | str] | None = None,
+    def __init__(self, db: pw.Database, unit: schema.Unit | str, fields: str | Sequence[int | str] | None = None,
                  start: str | dt.datetime | None = None, end: str | dt.datetime | None = None,
                  after_id: int | None = None, upto_id: int | None = None, page_size: int = PAGE_SIZE):
         self.db = db
@@ -285,19 +288,19 @@ def _take(buffer: io.StringIO) -> str:
 # --- for scripts ---------------------------------------------------------------------------------
 
 
-def rows(unit: models.Unit | str, fields: str | Sequence[int | str] | None = None,
+def rows(unit: schema.Unit | str, fields: str | Sequence[int | str] | None = None,
          start: str | dt.datetime | None = None, end: str | dt.datetime | None = None) -> Iterator[tuple]:
     """A unit's samples as rows ``(timestamp, value, ...)`` in timestamp order, from the bound
     database (:func:`txm.db.open_database`). Arguments as for ``txm export-csv``."""
-    return UnitExport(models.database.obj, unit, fields, start, end).rows()
+    return UnitExport(schema.database.obj, unit, fields, start, end).rows()
 
 
-def csv_text(unit: models.Unit | str, fields: str | Sequence[int | str] | None = None,
+def csv_text(unit: schema.Unit | str, fields: str | Sequence[int | str] | None = None,
              start: str | dt.datetime | None = None, end: str | dt.datetime | None = None,
              with_header: bool = True) -> Iterator[str]:
     """The CSV of a unit's samples, in pieces, from the bound database: what the web
     interface's download and ``txm export-csv`` send."""
-    return UnitExport(models.database.obj, unit, fields, start, end).csv_pages(with_header)
+    return UnitExport(schema.database.obj, unit, fields, start, end).csv_pages(with_header)
 
 
 def iter_pieces(pieces: Iterable[str]) -> Iterator[bytes]:
@@ -326,19 +329,19 @@ def cursor_name(name: str, code: str | None = None) -> str:
 
 def read_cursor(name: str) -> int:
     """The last sample id exported under this cursor name (0: never)."""
-    row = models.ExportCursor.get_or_none(models.ExportCursor.name == name)
+    row = schema.ExportCursor.get_or_none(schema.ExportCursor.name == name)
     return row.last_sample_id if row else 0
 
 
 def save_cursor(name: str, last_id: int) -> None:
     """Move the cursor forward to ``last_id`` (never back)."""
-    with models.write_transaction():
-        row = models.ExportCursor.get_or_none(models.ExportCursor.name == name)
+    with write_transaction():
+        row = schema.ExportCursor.get_or_none(schema.ExportCursor.name == name)
         if row is None:
-            models.ExportCursor.create(name=name, last_sample_id=last_id, updated=models.utcnow())
+            schema.ExportCursor.create(name=name, last_sample_id=last_id, updated=schema.utcnow())
         elif last_id > row.last_sample_id:
             row.last_sample_id = last_id
-            row.updated = models.utcnow()
+            row.updated = schema.utcnow()
             row.save()
 
 
@@ -388,7 +391,7 @@ def export_csv(db: pw.Database, code: str | None, out: BinaryIO | Path | None, *
         raise InvalidValue("--since-last takes every sample stored since the last run; "
                            "it cannot be combined with --from or --to")
     units = ([_unit(code)] if code is not None
-             else list(models.Unit.select().order_by(models.Unit.code)))
+             else list(schema.Unit.select().order_by(schema.Unit.code)))
     name = cursor_name(since_last, code) if since_last else None
     after = upto = None
     if name:

@@ -11,9 +11,10 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
-from txm import db as m
+from txm.db import schema
 from txm.db.dialect import Dialect
 from txm.errors import InvalidValue
+from txm.ttp.parser import format_timestamp
 
 #: How exported timestamps are written, for help texts and the web page.
 TIMESTAMP_FORMAT = "YYYY-MM-DD HH:MM:SS[.ffffff]"
@@ -102,13 +103,13 @@ class DateRange:
     label: str
 
 
-def newest_timestamp(unit: m.Unit) -> dt.datetime | None:
-    row = (m.Sample.select(m.Sample.timestamp).where(m.Sample.unit == unit.id)
-           .order_by(m.Sample.timestamp.desc()).limit(1).tuples().first())
+def newest_timestamp(unit: schema.Unit) -> dt.datetime | None:
+    row = (schema.Sample.select(schema.Sample.timestamp).where(schema.Sample.unit == unit.id)
+           .order_by(schema.Sample.timestamp.desc()).limit(1).tuples().first())
     return Dialect.to_datetime(row[0]) if row else None
 
 
-def resolve_range(unit: m.Unit, preset: str | None = None, start: str | None = None,
+def resolve_range(unit: schema.Unit, preset: str | None = None, start: str | None = None,
                   end: str | None = None) -> DateRange:
     """The range a person asked for: dates (``from``/``to``, see :func:`txm.export.parse_datetime`)
     when either is given, else a preset (default: the last day).

@@ -16,10 +16,8 @@ from typing import Any, Sequence
 
 import peewee as pw
 
-from txm import db as m
-from txm.errors import InvalidValue
+from txm.db import schema
 from txm.db.dialect import Dialect
-from txm.export.ranges import DateRange, parse_range
 
 #: On SQLite, lines reduced to at most this many buckets are read with one range query per bucket
 #: (no sorting; see :func:`_sqlite_bucket_rows`); more buckets (MAX_PLOT_POINTS above twice this)
@@ -38,7 +36,7 @@ class _Sql:
     """Dialect details of the bound database."""
 
     def __init__(self, db: pw.Database | None = None):
-        self.db = db or m.database.obj
+        self.db = db or schema.database.obj
         self.kind, self.p, self.q = Dialect.of(self.db)
 
     def col(self, name: str) -> str:
@@ -47,7 +45,7 @@ class _Sql:
     def stamp(self, value: dt.datetime) -> Any:
         return str(value) if self.kind == "sqlite" else value
 
-    def where(self, unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None) -> tuple[str, list[Any]]:
+    def where(self, unit: schema.Unit, start: dt.datetime | None, end: dt.datetime | None) -> tuple[str, list[Any]]:
         sql, params = [f"{self.col('unit_id')} = {self.p}"], [unit.id]
         if start is not None:
             sql.append(f"{self.col('timestamp')} >= {self.p}")
@@ -118,7 +116,7 @@ def plot_limit(max_plot_points: int, graph_width: int) -> int:
     return max(2, POINTS_PER_PIXEL * max(graph_width, 100))
 
 
-def overview(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, limit: int | None = None,
+def overview(unit: schema.Unit, start: dt.datetime | None, end: dt.datetime | None, limit: int | None = None,
              channels: Sequence[int] | None = None) -> tuple[RangeStats, Series]:
     """Statistics of every channel and (with ``limit``) the graph lines, in one pass over the range.
 
@@ -139,14 +137,14 @@ def overview(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, l
     On SQLite the queries run in one read transaction, so every bucket sees the same snapshot
     even while meters upload (in WAL mode a reader never holds up a writer).
     """
-    db = m.database.obj
+    db = schema.database.obj
     if isinstance(db, pw.SqliteDatabase):
         with db.atomic():
             return _overview(unit, start, end, limit, channels)
     return _overview(unit, start, end, limit, channels)
 
 
-def _overview(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, limit: int | None,
+def _overview(unit: schema.Unit, start: dt.datetime | None, end: dt.datetime | None, limit: int | None,
               channels: Sequence[int] | None) -> tuple[RangeStats, Series]:
     sql = _Sql()
     channels = list(channels or range(1, unit.channels + 1))
@@ -234,7 +232,7 @@ def _overview(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, 
     return stats, Series(lines, total, True, limit)
 
 
-def _sqlite_bucket_rows(sql: _Sql, unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None,
+def _sqlite_bucket_rows(sql: _Sql, unit: schema.Unit, start: dt.datetime | None, end: dt.datetime | None,
                         channels: Sequence[int], shift: Sequence[float], first: dt.datetime, width: int,
                         buckets: int) -> list[tuple]:
     """On SQLite, the rows :func:`overview`'s GROUP BY gives on the other engines: for each bucket
@@ -274,13 +272,13 @@ def _sqlite_bucket_rows(sql: _Sql, unit: m.Unit, start: dt.datetime | None, end:
     return rows
 
 
-def channel_stats(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None,
+def channel_stats(unit: schema.Unit, start: dt.datetime | None, end: dt.datetime | None,
                   channels: Sequence[int] | None = None) -> RangeStats:
     """The statistics part of :func:`overview`."""
     return overview(unit, start, end, None, channels)[0]
 
 
-def series(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, channels: Sequence[int],
+def series(unit: schema.Unit, start: dt.datetime | None, end: dt.datetime | None, channels: Sequence[int],
            limit: int) -> Series:
     """The lines part of :func:`overview`, each with at most ``limit`` points."""
     return overview(unit, start, end, limit, channels)[1]
@@ -296,18 +294,18 @@ class LastSample:
     values: list[float | None]  # every channel, in order
 
 
-def last_sample(unit: m.Unit) -> LastSample | None:
+def last_sample(unit: schema.Unit) -> LastSample | None:
     """The unit's sample with the newest timestamp, or None when it has none."""
-    columns = [m.Sample.timestamp, m.Sample.received,
-               *(getattr(m.Sample, f"ch{n}") for n in range(1, unit.channels + 1))]
-    row = (m.Sample.select(*columns).where(m.Sample.unit == unit.id)
-           .order_by(m.Sample.timestamp.desc()).limit(1).tuples().first())
+    columns = [schema.Sample.timestamp, schema.Sample.received,
+               *(getattr(schema.Sample, f"ch{n}") for n in range(1, unit.channels + 1))]
+    row = (schema.Sample.select(*columns).where(schema.Sample.unit == unit.id)
+           .order_by(schema.Sample.timestamp.desc()).limit(1).tuples().first())
     if row is None:
         return None
     return LastSample(Dialect.to_datetime(row[0]), Dialect.to_datetime(row[1]), [None if v is None else float(v) for v in row[2:]])
 
 
-def last_samples(units: Sequence[m.Unit]) -> dict[int, LastSample | None]:
+def last_samples(units: Sequence[schema.Unit]) -> dict[int, LastSample | None]:
     """:func:`last_sample` of several units (one indexed query each), by unit id."""
     return {unit.id: last_sample(unit) for unit in units}
 
@@ -316,11 +314,11 @@ def is_stale(sample: LastSample | None, stale_seconds: float, now: dt.datetime |
     """True when the unit has no sample or its newest arrived longer ago than ``stale_seconds``."""
     if sample is None:
         return True
-    now = now or m.utcnow()
+    now = now or schema.utcnow()
     return (now - sample.received).total_seconds() > stale_seconds
 
 
-def samples_page(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | None, channels: Sequence[int],
+def samples_page(unit: schema.Unit, start: dt.datetime | None, end: dt.datetime | None, channels: Sequence[int],
                  after: dt.datetime | None = None, limit: int = 1000) -> list[tuple]:
     """Up to ``limit`` samples ``(timestamp, value, ...)`` in timestamp order, after ``after``
     (exclusive; keyset paging on the unique index, so every page costs the same)."""
@@ -336,7 +334,7 @@ def samples_page(unit: m.Unit, start: dt.datetime | None, end: dt.datetime | Non
     return [(Dialect.to_datetime(row[0]), *(None if v is None else float(v) for v in row[1:])) for row in rows]
 
 
-def check_channels(unit: m.Unit, channels: Sequence[int]) -> list[int]:
+def check_channels(unit: schema.Unit, channels: Sequence[int]) -> list[int]:
     """Channel numbers that exist on the unit, in order, without repeats."""
     seen: list[int] = []
     for n in channels:

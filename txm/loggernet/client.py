@@ -38,12 +38,13 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-from txm import db as models
+from txm.db import schema
+from txm.db.database import close_quietly
+from txm.db.samples import SampleStore, UnitRecord
+from txm.db.sqlite import write_transaction
 from txm.config import Settings
 from txm.errors import ConfigError, TxmError
-from txm.db import close_quietly, write_transaction
 from txm.loggernet import records
-from txm.ttp.store import SampleStore, UnitRecord
 
 log = logging.getLogger("txm.loggernet")
 
@@ -71,7 +72,7 @@ def parse_unit_map(entries: list[str]) -> dict[tuple[str, str], str]:
         source, eq, code = entry.partition("=")
         station, dot, table = source.strip().partition(".")
         code = code.strip()
-        if not eq or not dot or not station or not table or not models.UNIT_CODE_RE.match(code):
+        if not eq or not dot or not station or not table or not schema.UNIT_CODE_RE.match(code):
             raise ConfigError(f"LOGGERNET_UNITS entry {entry!r} must be STATION.TABLE=CODE "
                               f"(CODE: letters and digits)")
         mapping[(station, table)] = code
@@ -106,35 +107,35 @@ class RecordStore:
         numbers = [f.number() for f in record.fields if f.numeric]
         self.db.connect(reuse_if_open=True)
         with write_transaction(self.db):
-            source = (models.LoggerNetSource.select()
-                      .where((models.LoggerNetSource.station == record.station)
-                             & (models.LoggerNetSource.table_name == record.table)).first())
+            source = (schema.LoggerNetSource.select()
+                      .where((schema.LoggerNetSource.station == record.station)
+                             & (schema.LoggerNetSource.table_name == record.table)).first())
             if source is None:
                 unit = self._unit_for(record, len(numbers))
-                source = models.LoggerNetSource.create(station=record.station, table_name=record.table, unit=unit)
+                source = schema.LoggerNetSource.create(station=record.station, table_name=record.table, unit=unit)
             elif source.last_record == record.record_number:
                 log.info("record %s/%s %d was stored before (its acknowledgement was lost); acknowledging it again",
                          record.station, record.table, record.record_number)
                 return False
-            unit = models.Unit.get_by_id(source.unit_id)
+            unit = schema.Unit.get_by_id(source.unit_id)
             if len(numbers) > unit.channels and (record.station, record.table) not in self._warned:
                 self._warned.add((record.station, record.table))
                 log.warning("records of %s/%s have %d numeric fields; unit %s keeps the first %d",
                             record.station, record.table, len(numbers), unit.code, unit.channels)
             values = (numbers + [None] * unit.channels)[:unit.channels]
             target = UnitRecord(unit.id, unit.code, unit.key, unit.channels, tuple(unit.labels or ()), False)
-            inserted = self.store.insert_samples(target, [(when, values)], models.utcnow())[0]
-            models.LoggerNetSource.update(last_record=record.record_number, updated=models.utcnow()).where(
-                models.LoggerNetSource.id == source.id).execute()
+            inserted = self.store.insert_samples(target, [(when, values)], schema.utcnow())[0]
+            schema.LoggerNetSource.update(last_record=record.record_number, updated=schema.utcnow()).where(
+                schema.LoggerNetSource.id == source.id).execute()
         if not inserted:
             log.info("unit %s already has a sample at %s; record %s/%s %d acknowledged without storing it",
                      unit.code, record.timestamp, record.station, record.table, record.record_number)
         return inserted
 
-    def _unit_for(self, record: records.Record, numeric: int) -> models.Unit:
+    def _unit_for(self, record: records.Record, numeric: int) -> schema.Unit:
         code = self.unit_map.get((record.station, record.table))
         if code is not None:
-            unit = models.Unit.get_or_none(models.Unit.code == code)
+            unit = schema.Unit.get_or_none(schema.Unit.code == code)
             if unit is not None:
                 return unit
             if not self.auto_create:
@@ -146,12 +147,12 @@ class RecordStore:
         else:
             base = generated_code(record.station, record.table)
             code, n = base, 1
-            while models.Unit.select().where(models.Unit.code == code).exists():
+            while schema.Unit.select().where(schema.Unit.code == code).exists():
                 n += 1
                 code = f"{base[:64 - len(str(n))]}{n}"
-        numeric_fields = [f for f in record.fields if f.numeric][:models.MAX_CHANNELS]
+        numeric_fields = [f for f in record.fields if f.numeric][:schema.MAX_CHANNELS]
         labels = [channel_label(f.name) for f in numeric_fields]
-        unit = models.Unit.create(code=code, key=secrets.token_urlsafe(24), name=f"{record.station} {record.table}"[:200],
+        unit = schema.Unit.create(code=code, key=secrets.token_urlsafe(24), name=f"{record.station} {record.table}"[:200],
                                   channels=max(1, len(numeric_fields)), labels=labels)
         log.info("created unit %s for LoggerNet station %s table %s (%d channel(s))", code, record.station,
                  record.table, unit.channels)

@@ -35,12 +35,13 @@ from typing import Any
 
 import peewee as pw
 
-from txm import db as models
+from txm.db import schema
+from txm.db.database import close_quietly
+from txm.db.sqlite import write_transaction
+from txm.export.csv import settled_last_id
 from txm import net
 from txm.config import Settings
-from txm.errors import ConfigError, TxmError
-from txm.db import close_quietly, write_transaction
-from txm.export import settled_last_id
+from txm.errors import ConfigError
 from txm.loggernet import records
 
 log = logging.getLogger("txm.dataexport")
@@ -298,37 +299,37 @@ class ExportServer:
 
     def _advance(self, sample_id: int) -> None:
         with write_transaction(self.db):
-            cursor = models.ExportCursor.get_or_none(models.ExportCursor.name == CURSOR_NAME)
+            cursor = schema.ExportCursor.get_or_none(schema.ExportCursor.name == CURSOR_NAME)
             if cursor is None:
-                models.ExportCursor.create(name=CURSOR_NAME, last_sample_id=sample_id, updated=models.utcnow())
+                schema.ExportCursor.create(name=CURSOR_NAME, last_sample_id=sample_id, updated=schema.utcnow())
             else:
-                models.ExportCursor.update(last_sample_id=sample_id, updated=models.utcnow()).where(
-                    models.ExportCursor.id == cursor.id).execute()
+                schema.ExportCursor.update(last_sample_id=sample_id, updated=schema.utcnow()).where(
+                    schema.ExportCursor.id == cursor.id).execute()
         self.last_acked = sample_id
 
     def _start_position(self) -> int:
         """The last acknowledged sample id; for the very first session set from EXPORT_START."""
         self.db.connect(reuse_if_open=True)
-        cursor = models.ExportCursor.get_or_none(models.ExportCursor.name == CURSOR_NAME)
+        cursor = schema.ExportCursor.get_or_none(schema.ExportCursor.name == CURSOR_NAME)
         if cursor is not None:
             return cursor.last_sample_id
         start = 0
         if self.settings.EXPORT_START == "newest":
-            query = models.Sample.select(pw.fn.MAX(models.Sample.id))
+            query = schema.Sample.select(pw.fn.MAX(schema.Sample.id))
             unit_ids = self._unit_ids()
             if unit_ids is not None:
-                query = query.where(models.Sample.unit.in_(unit_ids or [0]))
+                query = query.where(schema.Sample.unit.in_(unit_ids or [0]))
             newest = query.scalar()
             start = newest - 1 if newest else 0
-        models.ExportCursor.create(name=CURSOR_NAME, last_sample_id=start, updated=models.utcnow())
+        schema.ExportCursor.create(name=CURSOR_NAME, last_sample_id=start, updated=schema.utcnow())
         return start
 
     def _unit_ids(self) -> list[int] | None:
         """Ids of the EXPORT_UNITS (None: every unit)."""
         if not self.unit_codes:
             return None
-        found = dict(models.Unit.select(models.Unit.code, models.Unit.id)
-                     .where(models.Unit.code.in_(self.unit_codes)).tuples())
+        found = dict(schema.Unit.select(schema.Unit.code, schema.Unit.id)
+                     .where(schema.Unit.code.in_(self.unit_codes)).tuples())
         for code in self.unit_codes:
             if code not in found and code not in self._missing_codes:
                 self._missing_codes.add(code)
@@ -346,7 +347,7 @@ class ExportServer:
             return []
         q = "`" if isinstance(self.db, pw.MySQLDatabase) else '"'
         p = "?" if isinstance(self.db, pw.SqliteDatabase) else "%s"
-        columns = ", ".join(f"{q}{c}{q}" for c in models.CHANNEL_COLUMNS)
+        columns = ", ".join(f"{q}{c}{q}" for c in schema.CHANNEL_COLUMNS)
         sql = (f"SELECT {q}id{q}, {q}unit_id{q}, {q}timestamp{q}, {columns} FROM {q}sample{q} "
                f"WHERE {q}id{q} > {p} AND {q}id{q} <= {p}")
         params: list[Any] = [after, upto]
@@ -375,7 +376,7 @@ class ExportServer:
         """Code and field names of these units, read afresh for every batch (labels may change)."""
         if not unit_ids:
             return
-        for unit in models.Unit.select().where(models.Unit.id.in_(list(unit_ids))):
+        for unit in schema.Unit.select().where(schema.Unit.id.in_(list(unit_ids))):
             self._units[unit.id] = (unit.code, field_names(unit.channel_labels()))
 
 

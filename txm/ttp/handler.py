@@ -54,20 +54,18 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-import importlib
 import logging
 import random
-import threading
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import peewee as pw
 
 from txm.config import Settings
-from txm.db import utcnow
-from txm.ttp.parser import (ProtocolError, Request, Upload, error_reply, format_timestamp, format_value,
-                            parse_upload)
-from txm.ttp.store import SampleStore, UnitRecord
+from txm.db.samples import SampleStore, UnitRecord
+from txm.db.schema import utcnow
+from txm.db.sqlite import SQLITE_CHECKPOINT_PAGES, Checkpointer
+from txm.ttp.parser import ProtocolError, Request, error_reply
 
 log = logging.getLogger("txm.ttp")
 

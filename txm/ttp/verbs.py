@@ -17,7 +17,7 @@ from typing import Iterable
 from txm.alarms.email import EMAILED
 from txm.db import schema
 from txm.db.samples import UnitRecord
-from txm.ttp.handler import OK, Call, Verb
+from txm.ttp.handler import Call, OK, Verb
 from txm.ttp.parser import ProtocolError, Upload, format_timestamp, format_value, parse_alarm, parse_upload
 
 

@@ -16,18 +16,20 @@ from urllib.parse import quote, urlencode
 
 import bottle
 
-from txm import data, export
-from txm import db as m
+from txm.db import schema
+from txm.export.csv import resolve_fields
+from txm.export.ranges import DateRange, parse_datetime, resolve_range
+from txm.export.stats import check_channels, is_stale, last_sample, samples_page
 from txm.config import Settings
 from txm.errors import InvalidValue
 from txm.permissions import can_see_unit, visible_units
 from txm.webcore import LoginRefused, WebCore, format_when
 
 
-def requested_range(unit: m.Unit) -> data.DateRange:
+def requested_range(unit: schema.Unit) -> DateRange:
     """The range a page or API call asks for (``range``, or ``from`` and ``to``)."""
     query = bottle.request.query
-    return data.resolve_range(unit, query.getunicode("range"), query.getunicode("from"),
+    return resolve_range(unit, query.getunicode("range"), query.getunicode("from"),
                               query.getunicode("to"))
 
 
@@ -35,7 +37,7 @@ def add_api_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> Non
     """The ``/api/`` routes on the web interface's app."""
     credentials = CredentialCache()
 
-    def api_user() -> m.User | None:
+    def api_user() -> schema.User | None:
         """The caller: HTTP basic auth when sent, else the session's user; 401 when needed."""
         auth = bottle.request.auth
         if auth is not None:
@@ -53,8 +55,8 @@ def add_api_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> Non
             raise _json_error(401, "log in first, or send HTTP basic authentication", basic=True)
         return user
 
-    def api_unit(user: m.User | None, code: str) -> m.Unit:
-        unit = m.Unit.get_or_none(m.Unit.code == code)
+    def api_unit(user: schema.User | None, code: str) -> schema.Unit:
+        unit = schema.Unit.get_or_none(schema.Unit.code == code)
         if unit is None or not can_see_unit(user, unit, settings.LOGIN_REQUIRED):
             raise _json_error(404, f"there is no unit {code!r} that you may see")
         return unit
@@ -67,7 +69,7 @@ def add_api_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> Non
     @app.get("/api/units/<code>/last", access="public")
     def api_last(code: str):
         unit = api_unit(api_user(), code)
-        sample = data.last_sample(unit)
+        sample = last_sample(unit)
         labels = unit.channel_labels()
         body = {"unit": unit.code, "channels": labels, "timestamp": None, "received": None, "values": None}
         if sample is not None:
@@ -81,8 +83,8 @@ def add_api_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> Non
         query = bottle.request.query
         try:
             chosen = requested_range(unit)
-            channels = export.resolve_fields(unit, query.getunicode("fields") or "all")
-            after = export.parse_datetime(query.getunicode("after"), what="after") if query.get("after") else None
+            channels = resolve_fields(unit, query.getunicode("fields") or "all")
+            after = parse_datetime(query.getunicode("after"), what="after") if query.get("after") else None
             limit = int(query.get("limit") or API_PAGE)
         except InvalidValue as exc:
             raise _json_error(400, str(exc)) from None
@@ -90,7 +92,7 @@ def add_api_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> Non
             raise _json_error(400, f"limit must be a whole number from 1 to {API_PAGE_MAX}") from None
         if not 1 <= limit <= API_PAGE_MAX:
             raise _json_error(400, f"limit must be a whole number from 1 to {API_PAGE_MAX}")
-        rows = data.samples_page(unit, chosen.start, chosen.end, channels, after, limit)
+        rows = samples_page(unit, chosen.start, chosen.end, channels, after, limit)
         labels = unit.channel_labels()
         next_url = None
         if len(rows) == limit:
@@ -103,7 +105,7 @@ def add_api_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> Non
     @app.get("/api/views/<view_id:int>", access="public")
     def api_view(view_id: int):
         user = api_user()
-        view = m.View.get_or_none(m.View.id == view_id)
+        view = schema.View.get_or_none(schema.View.id == view_id)
         if view is None:
             raise _json_error(404, f"there is no view {view_id}")
         return _json(view_data(user, view, settings))
@@ -127,20 +129,20 @@ class CredentialCache:
     def _key(username: str, password: str) -> bytes:
         return hashlib.sha256(f"{username}\0{password}".encode("utf-8", "surrogatepass")).digest()
 
-    def get(self, username: str, password: str) -> m.User | None:
+    def get(self, username: str, password: str) -> schema.User | None:
         key = self._key(username, password)
         with self._lock:
             entry = self._entries.get(key)
         if entry is None or entry[0] < time.monotonic():
             return None
-        user = m.User.get_or_none(m.User.id == entry[1])
+        user = schema.User.get_or_none(schema.User.id == entry[1])
         if user is None or not user.is_active or not hmac.compare_digest(user.password, entry[2]):
             with self._lock:
                 self._entries.pop(key, None)
             return None
         return user
 
-    def put(self, username: str, password: str, user: m.User) -> None:
+    def put(self, username: str, password: str, user: schema.User) -> None:
         with self._lock:
             if len(self._entries) >= self.size:
                 now = time.monotonic()
@@ -155,27 +157,27 @@ API_PAGE = 1000
 API_PAGE_MAX = 10_000
 
 
-def view_data(user: m.User | None, view: m.View, settings: Settings) -> dict[str, Any]:
+def view_data(user: schema.User | None, view: schema.View, settings: Settings) -> dict[str, Any]:
     """What a multiple-meter view shows now: per unit the user may see, the chosen channels'
     newest values, the sample time and whether the unit is stale."""
-    entries = list(m.ViewEntry.select(m.ViewEntry, m.Unit).join(m.Unit).where(m.ViewEntry.view == view.id)
-                   .order_by(m.ViewEntry.position, m.ViewEntry.id))
+    entries = list(schema.ViewEntry.select(schema.ViewEntry, schema.Unit).join(schema.Unit).where(schema.ViewEntry.view == view.id)
+                   .order_by(schema.ViewEntry.position, schema.ViewEntry.id))
     visible = {u.id for u in visible_units(user, settings.LOGIN_REQUIRED).where(
-        m.Unit.id.in_([e.unit_id for e in entries]))} if entries else set()
+        schema.Unit.id.in_([e.unit_id for e in entries]))} if entries else set()
     units = []
-    now = m.utcnow()
+    now = schema.utcnow()
     for entry in entries:
         unit = entry.unit
         if unit.id not in visible:
             continue
         labels = unit.channel_labels()
-        channels = data.check_channels(unit, entry.channels or []) or list(range(1, unit.channels + 1))
-        sample = data.last_sample(unit)
+        channels = check_channels(unit, entry.channels or []) or list(range(1, unit.channels + 1))
+        sample = last_sample(unit)
         units.append({
             "code": unit.code, "name": unit.name,
             "timestamp": format_when(sample.timestamp) if sample else None,
             "received": _utc(sample.received) if sample else None,
-            "stale": data.is_stale(sample, settings.STALE_SECONDS, now),
+            "stale": is_stale(sample, settings.STALE_SECONDS, now),
             "channels": [{"channel": n, "label": labels[n - 1],
                           "value": sample.values[n - 1] if sample else None} for n in channels],
         })
@@ -187,7 +189,7 @@ def _utc(value: Any) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _unit_json(unit: m.Unit) -> dict[str, Any]:
+def _unit_json(unit: schema.Unit) -> dict[str, Any]:
     return {"code": unit.code, "name": unit.name, "channels": unit.channel_labels(),
             "has_reports": unit.has_reports}
 

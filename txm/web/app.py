@@ -16,45 +16,26 @@ Sessions, access checks, CSRF and error pages come from :mod:`txm.webcore`. The 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
-import importlib
-import json
-import logging
-import multiprocessing
-import os
-import signal
-import socket
-import sys
-import threading
-import time
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import bottle
 
-from txm import data, export
-from txm import db as m
 from txm.config import Settings
-from txm.errors import InvalidValue, TxmError
-from txm.graphs import render_graphs, unit_axes
-from txm import httpapps
+from txm.db import schema
+from txm.db.database import open_database
+from txm.errors import InvalidValue
+from txm.export.csv import UnitExport, iter_pieces, resolve_fields
+from txm.export.ranges import PRESETS, TIMESTAMP_FORMAT, DateRange
+from txm.export.stats import overview, plot_limit
 from txm.passwords import DEFAULT_PASSWORD, check_password, make_password, weakness
 from txm.permissions import can_see_unit, visible_units
+from txm.web.api import add_api_routes, requested_range, view_data
+from txm.web.graphs import render_graphs, unit_axes
 from txm.webcore import STATIC, LoginRefused, WebCore, format_when, safe_next
 
-log = logging.getLogger("txm.web")
-
-#: Threads of waitress serving requests in the web process.
-WEB_THREADS = 8
-#: How much lower the web process's CPU priority is than the TTP server's (see ``nice``).
-WEB_NICENESS = 10
 #: Samples per query and per piece of a CSV download.
 CSV_PAGE = 2000
-#: Bytes of a response waitress holds for a slow client before the app's thread waits.
-OUTPUT_WATERMARK = 1 << 20
-#: Seconds ``txm serve`` waits for the web process to be ready.
-START_TIMEOUT = 60.0
 
 
 def make_app(settings: Settings) -> bottle.Bottle:
@@ -64,8 +45,8 @@ def make_app(settings: Settings) -> bottle.Bottle:
     The models must be bound to a database (:func:`txm.db.database.open_database`); when they
     are not, the database the settings name is opened.
     """
-    if m.database.obj is None:
-        m.open_database(settings)
+    if schema.database.obj is None:
+        open_database(settings)
     app = bottle.Bottle()
     core = WebCore(settings)
     core.install(app, default_access="viewer")
@@ -136,7 +117,7 @@ def _account_routes(app: bottle.Bottle, core: WebCore) -> None:
         if error:
             bottle.response.status = 400
             return core.render("password.html", next=target, error=error)
-        m.User.update(password=make_password(new)).where(m.User.id == user.id).execute()
+        schema.User.update(password=make_password(new)).where(schema.User.id == user.id).execute()
         core.session.pop("must_change_password")
         ended = core.end_other_sessions(user)
         warning = weakness(new)
@@ -150,9 +131,9 @@ def _account_routes(app: bottle.Bottle, core: WebCore) -> None:
 
 
 def _page_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> None:
-    def visible_unit(code: str) -> m.Unit:
+    def visible_unit(code: str) -> schema.Unit:
         """The unit with this code if the visitor may see it, else the 404 page."""
-        unit = m.Unit.get_or_none(m.Unit.code == code)
+        unit = schema.Unit.get_or_none(schema.Unit.code == code)
         if unit is None or not can_see_unit(core.user, unit, settings.LOGIN_REQUIRED):
             bottle.abort(404, f"There is no unit {code!r} that you may see.")
         return unit
@@ -160,7 +141,7 @@ def _page_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> None:
     @app.get("/")
     def home():
         units = list(visible_units(core.user, settings.LOGIN_REQUIRED))
-        views = list(m.View.select().order_by(m.View.name))
+        views = list(schema.View.select().order_by(schema.View.name))
         return core.render("home.html", units=units, views=views)
 
     @app.get("/units/<code>")
@@ -171,10 +152,10 @@ def _page_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> None:
     def unit_page(code: str):
         unit = visible_unit(code)
         query = bottle.request.query
-        context: dict[str, Any] = dict(unit=unit, presets=data.PRESETS, error="", range=None, stats=None,
+        context: dict[str, Any] = dict(unit=unit, presets=PRESETS, error="", range=None, stats=None,
                                        graphs=[], series=None, from_text=query.getunicode("from") or "",
                                        to_text=query.getunicode("to") or "", csv_query="",
-                                       timestamp_format=export.TIMESTAMP_FORMAT)
+                                       timestamp_format=TIMESTAMP_FORMAT)
         try:
             chosen = requested_range(unit)
         except InvalidValue as exc:
@@ -182,8 +163,8 @@ def _page_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> None:
             context["error"] = str(exc)
             return core.render("unit.html", **context)
         axes = unit_axes(unit)
-        limit = data.plot_limit(settings.MAX_PLOT_POINTS, unit.graph_width)
-        stats, series = data.overview(unit, chosen.start, chosen.end, limit)
+        limit = plot_limit(settings.MAX_PLOT_POINTS, unit.graph_width)
+        stats, series = overview(unit, chosen.start, chosen.end, limit)
         context.update(range=chosen, stats=stats, series=series, csv_query=_range_query(chosen))
         if stats.count:
             context["graphs"] = render_graphs(unit, series, axes)
@@ -201,11 +182,11 @@ def _page_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> None:
             bottle.abort(400, str(exc))
         # Small pages: pieces of about 100 KB keep the web process's memory flat (large pieces
         # handed between waitress's threads leave the allocator holding megabytes).
-        job = export.UnitExport(m.database.obj, unit, fields, chosen.start, chosen.end, page_size=CSV_PAGE)
+        job = UnitExport(schema.database.obj, unit, fields, chosen.start, chosen.end, page_size=CSV_PAGE)
         bottle.response.content_type = "text/csv; charset=utf-8"
         bottle.response.set_header("Content-Disposition", f'attachment; filename="{_csv_name(unit, chosen)}"')
         bottle.response.set_header("X-Content-Type-Options", "nosniff")
-        return export.iter_pieces(job.csv_pages())
+        return iter_pieces(job.csv_pages())
 
     @app.get("/views/<view_id:int>")
     def view_slash(view_id: int):
@@ -213,17 +194,17 @@ def _page_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> None:
 
     @app.get("/views/<view_id:int>/")
     def view_page(view_id: int):
-        view = m.View.get_or_none(m.View.id == view_id)
+        view = schema.View.get_or_none(schema.View.id == view_id)
         if view is None:
             bottle.abort(404, f"There is no multiple-meter view {view_id}.")
         return core.render("view.html", view=view, live=view_data(core.user, view, settings))
 
-def _report_fields(unit: m.Unit, spec: str | None) -> list[int]:
+def _report_fields(unit: schema.Unit, spec: str | None) -> list[int]:
     """The channels a download asks for, each one the unit's report options allow."""
-    allowed = export.resolve_fields(unit, None)
+    allowed = resolve_fields(unit, None)
     if not spec or not spec.strip():
         return allowed
-    asked = export.resolve_fields(unit, spec)
+    asked = resolve_fields(unit, spec)
     refused = [n for n in asked if n not in allowed]
     if refused:
         labels = unit.channel_labels()
@@ -232,7 +213,7 @@ def _report_fields(unit: m.Unit, spec: str | None) -> list[int]:
     return asked
 
 
-def _range_query(chosen: data.DateRange) -> str:
+def _range_query(chosen: DateRange) -> str:
     """The query string that asks for the same range again."""
     if chosen.preset:
         return urlencode({"range": chosen.preset})
@@ -244,7 +225,7 @@ def _range_query(chosen: data.DateRange) -> str:
     return urlencode(params)
 
 
-def _csv_name(unit: m.Unit, chosen: data.DateRange) -> str:
+def _csv_name(unit: schema.Unit, chosen: DateRange) -> str:
     """``M1_2026-01-01T000000_to_2026-01-31T235959.csv``: the unit and the first and last second
     of the range."""
     def part(value: dt.datetime | None, open_name: str) -> str:

@@ -16,8 +16,8 @@ import pygal
 from pygal.etree import etree
 from pygal.style import Style
 
-from txm import db as m
-from txm.data import Series, check_channels
+from txm.db import schema
+from txm.export.stats import Series, check_channels
 
 STYLE = Style(background="#ffffff", plot_background="#ffffff", foreground="#1d2329",
               foreground_strong="#1d2329", foreground_subtle="#d8dee4", opacity=".9", opacity_hover="1",
@@ -31,7 +31,7 @@ class Axis:
     channels: list[int]
 
 
-def unit_axes(unit: m.Unit) -> list[Axis]:
+def unit_axes(unit: schema.Unit) -> list[Axis]:
     """The unit's axes with channel numbers that exist; one axis of every channel when none are set."""
     axes = []
     for entry in unit.graph_axes or []:
@@ -54,7 +54,7 @@ def _when(value: dt.datetime) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def render_graphs(unit: m.Unit, series: Series, axes: list[Axis]) -> list[str]:
+def render_graphs(unit: schema.Unit, series: Series, axes: list[Axis]) -> list[str]:
     """SVG documents (text, no XML declaration, no scripts) of the unit's graphs."""
     labels = unit.channel_labels()
     width = max(200, min(int(unit.graph_width or 800), 4000))
