@@ -257,7 +257,7 @@ def test_sample_keyset_pages(admin):
 def test_unit_change_takes_effect_for_ttp(admin):
     """The TTP server's unit lookup sees a key changed through the panel at its next pass."""
     unit = registry()["unit"].submit(admin, unit_input()).saved
-    store_db = manage.m.make_database(admin.settings)  # the TTP server's own connection
+    store_db = make_database(admin.settings)  # the TTP server's own connection
     store_db.connect()
     store = SampleStore(store_db)
     try:
