@@ -439,12 +439,9 @@ def _serve(ctx: Context, verbose: bool, ds_port: int | None, early: list[int]) -
 def _setup_logging(verbose: bool) -> None:
     import logging
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("txm")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
+    from txm.logs import log_to_stderr
+
+    log_to_stderr(logging.DEBUG if verbose else logging.INFO)
 
 
 @cli.command("send-ttp")

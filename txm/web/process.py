@@ -14,7 +14,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from typing import Any, Callable
@@ -23,6 +22,7 @@ from txm import net
 from txm.config import Settings
 from txm.db.database import open_database
 from txm.errors import TxmError
+from txm.logs import log_to_stderr
 from txm.web import httpapps
 
 log = logging.getLogger("txm.web")
@@ -238,7 +238,7 @@ def run_web_process(make_site: Callable[[Settings], Any], settings_state: tuple,
         os.nice(WEB_NICENESS)  # on a busy machine the meters' loop gets the CPU first
     except OSError:
         pass
-    _child_logging()
+    log_to_stderr(loggers=("txm", "waitress"))
     try:
         import waitress
 
@@ -277,13 +277,3 @@ def run_web_process(make_site: Callable[[Settings], Any], settings_state: tuple,
     # and the kernel ends the connections and database sessions with the process.
     logging.shutdown()
     os._exit(0)
-
-
-def _child_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("txm", "waitress"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
