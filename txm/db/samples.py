@@ -67,7 +67,6 @@ class SampleStore:
         q = '"' if self.kind != "mysql" else "`"
         self._q = q
         self._insert_sql: dict[tuple[int, int, str], str] = {}
-        self._row_sql: dict[int, str] = {}
         self._last_sql: dict[int, str] = {}
         self._units_sql: dict[int, str] = {}
         self._unit_cache: dict[str, UnitRecord] = {}
