@@ -22,6 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import peewee as pw
 
+from txm.db.dialect import Dialect
 from txm.db.schema import CHANNEL_COLUMNS
 
 #: Most rows per INSERT statement; keeps under every engine's bound-parameter limit.
@@ -61,29 +62,14 @@ class SampleStore:
 
     def __init__(self, database: pw.Database):
         self.db = database
-        self.kind = ("sqlite" if isinstance(database, pw.SqliteDatabase)
-                     else "postgresql" if isinstance(database, pw.PostgresqlDatabase) else "mysql")
-        self.param = "?" if self.kind == "sqlite" else "%s"
-        q = '"' if self.kind != "mysql" else "`"
-        self._q = q
+        self.dialect = Dialect.of(database)
+        self.kind = self.dialect.kind  # read on every upload: one attribute, not two
         self._insert_sql: dict[tuple[int, int, str], str] = {}
         self._last_sql: dict[int, str] = {}
         self._units_sql: dict[int, str] = {}
         self._unit_cache: dict[str, UnitRecord] = {}
         self._data_version: int | None = None
         self._received: tuple[dt.datetime | None, Any] = (None, None)  # the pass's, converted once
-
-    # --- values as each driver wants them -----------------------------------------------------
-
-    def db_timestamp(self, value: dt.datetime) -> Any:
-        """SQLite keeps text in the form peewee writes (``str(datetime)``); others take datetimes."""
-        return str(value) if self.kind == "sqlite" else value
-
-    @staticmethod
-    def py_timestamp(value: Any) -> dt.datetime:
-        if isinstance(value, dt.datetime):
-            return value
-        return dt.datetime.fromisoformat(str(value))
 
     # --- units ----------------------------------------------------------------------------------
 
@@ -125,10 +111,9 @@ class SampleStore:
             chunk = codes[start:start + CODES_PER_QUERY]
             sql = self._units_sql.get(len(chunk))
             if sql is None:
-                q = self._q
-                sql = (f"SELECT {q}id{q}, {q}code{q}, {q}key{q}, {q}channels{q}, {q}labels{q}, "
-                       f"{q}show_labels{q} FROM {q}unit{q} WHERE {q}code{q} IN "
-                       f"({', '.join([self.param] * len(chunk))})")
+                d = self.dialect
+                sql = (f"SELECT {d.idents(['id', 'code', 'key', 'channels', 'labels', 'show_labels'])} "
+                       f"FROM {d.ident('unit')} WHERE {d.ident('code')} IN ({d.markers(len(chunk))})")
                 self._units_sql[len(chunk)] = sql
             cursor.execute(sql, chunk)
             for uid, code, key, channels, labels, show in cursor.fetchall():
@@ -144,16 +129,16 @@ class SampleStore:
     def _insert(self, channels: int, rows: int, returning: str = "timestamp") -> str:
         sql = self._insert_sql.get((channels, rows, returning))
         if sql is None:
-            q = self._q
+            d = self.dialect
             cols = ["unit_id", "timestamp", "received", *CHANNEL_COLUMNS[:channels]]
-            col_sql = ", ".join(f"{q}{c}{q}" for c in cols)
-            row = "(" + ", ".join([self.param] * len(cols)) + ")"
+            col_sql = d.idents(cols)
+            row = f"({d.markers(len(cols))})"
             values = ", ".join([row] * rows)
             if self.kind == "mysql":
-                sql = f"INSERT IGNORE INTO {q}sample{q} ({col_sql}) VALUES {values}"
+                sql = f"INSERT IGNORE INTO {d.ident('sample')} ({col_sql}) VALUES {values}"
             else:
-                sql = (f"INSERT INTO {q}sample{q} ({col_sql}) VALUES {values} "
-                       f"ON CONFLICT ({q}unit_id{q}, {q}timestamp{q}) DO NOTHING RETURNING {q}{returning}{q}")
+                sql = (f"INSERT INTO {d.ident('sample')} ({col_sql}) VALUES {values} "
+                       f"ON CONFLICT ({d.idents(['unit_id', 'timestamp'])}) DO NOTHING RETURNING {d.ident(returning)}")
             if len(self._insert_sql) < 4096:
                 self._insert_sql[(channels, rows, returning)] = sql
         return sql
@@ -161,7 +146,7 @@ class SampleStore:
     def _received_value(self, received: dt.datetime) -> Any:
         """The pass's time as the driver takes it, converted once per pass."""
         if self._received[0] is not received:
-            self._received = (received, self.db_timestamp(received))
+            self._received = (received, self.dialect.stamp(received))
         return self._received[1]
 
     def insert_samples(self, unit: UnitRecord, samples: Sequence[tuple[dt.datetime, Sequence[float]]],
@@ -289,14 +274,13 @@ class SampleStore:
         """The unit's sample with the newest timestamp, or None."""
         sql = self._last_sql.get(unit.channels)
         if sql is None:
-            q = self._q
-            cols = ", ".join(f"{q}{c}{q}" for c in CHANNEL_COLUMNS[:unit.channels])
-            sql = (f"SELECT {q}id{q}, {q}timestamp{q}, {cols} FROM {q}sample{q} WHERE {q}unit_id{q} = {self.param} "
-                   f"ORDER BY {q}timestamp{q} DESC LIMIT 1")
+            d = self.dialect
+            sql = (f"SELECT {d.idents(['id', 'timestamp', *CHANNEL_COLUMNS[:unit.channels]])} FROM {d.ident('sample')} "
+                   f"WHERE {d.ident('unit_id')} = {d.param} ORDER BY {d.ident('timestamp')} DESC LIMIT 1")
             self._last_sql[unit.channels] = sql
         cursor = self.db.cursor()
         cursor.execute(sql, (unit.id,))
         row = cursor.fetchone()
         if row is None:
             return None
-        return StoredSample(row[0], self.py_timestamp(row[1]), tuple(row[2:]))
+        return StoredSample(row[0], Dialect.to_datetime(row[1]), tuple(row[2:]))

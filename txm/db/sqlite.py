@@ -15,6 +15,7 @@ import time
 
 import peewee as pw
 
+from txm.db.dialect import Dialect
 from txm.db.schema import database
 
 log = logging.getLogger("txm.db")
@@ -47,7 +48,7 @@ def between_batches(locked_at: float, db: pw.Database | None = None) -> None:
     PostgreSQL and MySQL lock rows, not the database: nothing to do there.
     """
     db = db if db is not None else database.obj
-    if isinstance(db, pw.SqliteDatabase):
+    if Dialect.of(db).kind == "sqlite":
         held = time.monotonic() - locked_at
         db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         time.sleep(min(BULK_PAUSE_MAX, max(BULK_PAUSE_MIN, held)))
@@ -63,7 +64,7 @@ def write_transaction(db: pw.Database | None = None):
     PostgreSQL and MySQL lock rows as they go. ``db`` defaults to the bound database.
     """
     db = db if db is not None else database.obj
-    if isinstance(db, pw.SqliteDatabase):
+    if Dialect.of(db).kind == "sqlite":
         return db.atomic(lock_type="IMMEDIATE")
     return db.atomic()
 
