@@ -19,6 +19,7 @@ from rich.table import Table
 from txm import __version__, config, manage
 from txm.db import schema
 from txm.db.database import open_database
+from txm.db.samples import newest_sample
 from txm.errors import TxmError
 from txm.passwords import weakness
 
@@ -334,8 +335,7 @@ def unit_show(ctx: Context, code: str) -> None:
     """
     ctx.open_db()
     u = manage.get_unit(code)
-    newest = (schema.Sample.select().where(schema.Sample.unit == u)
-              .order_by(schema.Sample.timestamp.desc()).first())
+    newest = newest_sample(u)
     table = Table(box=None, show_header=False, pad_edge=False)
     for label, value in (("code", u.code), ("name", u.name), ("data fields", str(u.channels)),
                          ("labels", ", ".join(u.channel_labels())),

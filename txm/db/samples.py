@@ -1,4 +1,5 @@
-"""The TTP server's hot-path SQL: units by code, many samples in one statement, the newest sample.
+"""The TTP server's hot-path SQL: units by code, many samples in one statement, the newest sample
+(:func:`newest_sample`, the one query for it, which the pages, the API and ``txm unit show`` use too).
 
 Plain DB-API calls on peewee's connection with precompiled statements: no model object per
 sample. Duplicates are decided by the ``(unit, timestamp)`` unique index in the database, so
@@ -23,6 +24,7 @@ from typing import Any, Iterable, Sequence
 import peewee as pw
 
 from txm.db.dialect import Dialect
+from txm.db import schema
 from txm.db.schema import CHANNEL_COLUMNS
 
 #: Most rows per INSERT statement; keeps under every engine's bound-parameter limit.
@@ -52,9 +54,18 @@ class UnitRecord:
 
 @dataclass(frozen=True, slots=True)
 class StoredSample:
+    """A stored sample as :meth:`SampleStore.newest` reads it."""
+
     id: int
     timestamp: dt.datetime
-    values: tuple[float | None, ...]
+    values: tuple[float | None, ...]  # every channel of the unit, None where it has no value
+    received_as_read: Any  # as the driver gave it; see received
+
+    @property
+    def received(self) -> dt.datetime:
+        """The server's time (naive UTC) the sample arrived. Converted when asked, not when read:
+        the TTP ``dl`` verb, which reads the newest sample on the hot path, never asks."""
+        return Dialect.to_datetime(self.received_as_read)
 
 
 class SampleStore:
@@ -65,7 +76,7 @@ class SampleStore:
         self.dialect = Dialect.of(database)
         self.kind = self.dialect.kind  # read on every upload: one attribute, not two
         self._insert_sql: dict[tuple[int, int, str], str] = {}
-        self._last_sql: dict[int, str] = {}
+        self._newest_sql: dict[int, str] = {}
         self._units_sql: dict[int, str] = {}
         self._unit_cache: dict[str, UnitRecord] = {}
         self._data_version: int | None = None
@@ -270,17 +281,25 @@ class SampleStore:
 
     # --- downloads ------------------------------------------------------------------------------
 
-    def newest(self, unit: UnitRecord) -> StoredSample | None:
-        """The unit's sample with the newest timestamp, or None."""
-        sql = self._last_sql.get(unit.channels)
+    def newest(self, unit: UnitRecord | schema.Unit) -> StoredSample | None:
+        """The unit's sample with the newest timestamp, or None: one seek at the end of the unit's
+        stretch of the ``(unit_id, timestamp)`` index. The statement is kept per channel count."""
+        sql = self._newest_sql.get(unit.channels)
         if sql is None:
             d = self.dialect
-            sql = (f"SELECT {d.idents(['id', 'timestamp', *CHANNEL_COLUMNS[:unit.channels]])} FROM {d.ident('sample')} "
-                   f"WHERE {d.ident('unit_id')} = {d.param} ORDER BY {d.ident('timestamp')} DESC LIMIT 1")
-            self._last_sql[unit.channels] = sql
+            columns = d.idents(["id", "timestamp", "received", *CHANNEL_COLUMNS[:unit.channels]])
+            sql = (f"SELECT {columns} FROM {d.ident('sample')} WHERE {d.ident('unit_id')} = {d.param} "
+                   f"ORDER BY {d.ident('timestamp')} DESC LIMIT 1")
+            self._newest_sql[unit.channels] = sql
         cursor = self.db.cursor()
         cursor.execute(sql, (unit.id,))
         row = cursor.fetchone()
         if row is None:
             return None
-        return StoredSample(row[0], Dialect.to_datetime(row[1]), tuple(row[2:]))
+        return StoredSample(row[0], Dialect.to_datetime(row[1]), tuple(row[3:]), row[2])
+
+
+def newest_sample(unit: UnitRecord | schema.Unit, db: pw.Database | None = None) -> StoredSample | None:
+    """The unit's sample with the newest timestamp, or None, from the bound database (or ``db``):
+    :meth:`SampleStore.newest`, for the date presets, the pages, the API and ``txm unit show``."""
+    return SampleStore(db if db is not None else schema.database.obj).newest(unit)

@@ -18,6 +18,7 @@ import peewee as pw
 
 from txm.db import schema
 from txm.db.dialect import Dialect
+from txm.db.samples import newest_sample
 
 #: On SQLite, lines reduced to at most this many buckets are read with one range query per bucket
 #: (no sorting; see :func:`_sqlite_bucket_rows`); more buckets (MAX_PLOT_POINTS above twice this)
@@ -262,19 +263,12 @@ class LastSample:
 
 
 def last_sample(unit: schema.Unit) -> LastSample | None:
-    """The unit's sample with the newest timestamp, or None when it has none."""
-    columns = [schema.Sample.timestamp, schema.Sample.received,
-               *(getattr(schema.Sample, f"ch{n}") for n in range(1, unit.channels + 1))]
-    row = (schema.Sample.select(*columns).where(schema.Sample.unit == unit.id)
-           .order_by(schema.Sample.timestamp.desc()).limit(1).tuples().first())
-    if row is None:
+    """The unit's sample with the newest timestamp (:func:`txm.db.samples.newest_sample`), or None
+    when it has none."""
+    sample = newest_sample(unit)
+    if sample is None:
         return None
-    return LastSample(Dialect.to_datetime(row[0]), Dialect.to_datetime(row[1]), [None if v is None else float(v) for v in row[2:]])
-
-
-def last_samples(units: Sequence[schema.Unit]) -> dict[int, LastSample | None]:
-    """:func:`last_sample` of several units (one indexed query each), by unit id."""
-    return {unit.id: last_sample(unit) for unit in units}
+    return LastSample(sample.timestamp, sample.received, [None if v is None else float(v) for v in sample.values])
 
 
 def is_stale(sample: LastSample | None, stale_seconds: float, now: dt.datetime | None = None) -> bool:
