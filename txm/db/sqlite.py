@@ -34,8 +34,9 @@ BULK_PAUSE_MAX = 0.05
 
 
 def between_batches(locked_at: float, db: pw.Database | None = None) -> None:
-    """What a bulk writer (the admin panel's deletions) does after committing each batch, whose
-    write transaction held the lock from ``locked_at`` (``time.monotonic()``). SQLite only:
+    """What a bulk writer (:func:`txm.db.bulk.delete_in_batches`) does after committing each
+    batch, whose write transaction held the lock from ``locked_at`` (``time.monotonic()``).
+    SQLite only:
 
     * copy what the write-ahead log holds into the database file now, without waiting for or
       blocking anyone (a passive checkpoint), so that the TTP server's commit does not later
