@@ -148,13 +148,6 @@ def add_unit(code: str, key: str, channels: int, name: str = "", labels: str | S
                          labels=parse_labels(labels, channels), show_labels=show_labels)
 
 
-def get_unit(code: str) -> schema.Unit:
-    unit = schema.Unit.get_or_none(schema.Unit.code == code)
-    if unit is None:
-        raise NotFound(f"there is no unit with code {code!r}; see txm unit list")
-    return unit
-
-
 def sample_count(unit: schema.Unit) -> int:
     return schema.Sample.select().where(schema.Sample.unit == unit).count()
 
@@ -162,7 +155,7 @@ def sample_count(unit: schema.Unit) -> int:
 def remove_unit(code: str) -> int:
     """Delete a unit with all its samples and alarms; return how many samples went. The samples go
     in batches (:func:`txm.db.bulk.delete_in_batches`), so a running txm serve gets the lock in between."""
-    unit = get_unit(code)
+    unit = schema.Unit.by_code(code)
     removed = delete_in_batches(schema.Sample, schema.Sample.unit == unit, schema.Sample.timestamp)
     with write_transaction():
         unit.delete_instance(recursive=True)

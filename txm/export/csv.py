@@ -48,7 +48,7 @@ import peewee as pw
 
 from txm.db import schema
 from txm.db.sqlite import write_transaction
-from txm.errors import InvalidValue, NotFound, TxmError
+from txm.errors import InvalidValue, TxmError
 from txm.db.dialect import Dialect
 from txm.export.ranges import parse_range
 from txm.ttp.parser import format_timestamp
@@ -66,12 +66,7 @@ TIMESTAMP_COLUMN = "timestamp"
 
 
 def _unit(unit: schema.Unit | str) -> schema.Unit:
-    if isinstance(unit, schema.Unit):
-        return unit
-    found = schema.Unit.get_or_none(schema.Unit.code == unit)
-    if found is None:
-        raise NotFound(f"there is no unit with code {unit!r}; see txm unit list")
-    return found
+    return unit if isinstance(unit, schema.Unit) else schema.Unit.by_code(unit)
 
 
 def resolve_fields(unit: schema.Unit, spec: str | Sequence[int | str] | None = None) -> list[int]:
