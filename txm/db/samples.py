@@ -23,8 +23,8 @@ from typing import Any, Iterable, Sequence
 
 import peewee as pw
 
-from txm.db.dialect import Dialect
 from txm.db import schema
+from txm.db.dialect import Dialect
 from txm.db.schema import CHANNEL_COLUMNS
 
 #: Most rows per INSERT statement; keeps under every engine's bound-parameter limit.
