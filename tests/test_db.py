@@ -146,7 +146,7 @@ def test_unreachable_server_is_a_clear_error(tmp_path):
 
 def test_get_unit_not_found(database):
     with pytest.raises(NotFound, match="no unit with code 'X'"):
-        manage.get_unit("X")
+        schema.Unit.by_code("X")
 
 
 def test_sample_ids_are_never_reused(database):

@@ -47,7 +47,7 @@ def test_fields_range_and_report_options(run_cli, units):
     result = run_cli("export-csv", "M1", "--fields", "Temp,1", "--from", "2026-01-01 00:00:01",
                      "--to", "2026-01-01 00:00:01")
     assert result.stdout_bytes.decode() == "timestamp,Temp,Flow\r\n2026-01-01 00:00:01,,1.0\r\n"
-    unit = manage.get_unit("M1")
+    unit = schema.Unit.by_code("M1")
     unit.report_fields = [2]
     unit.save()
     assert run_cli("export-csv", "M1", "--to", "2026-01-01 00:00:00").stdout_bytes.decode() == (

@@ -19,6 +19,7 @@ from rich.table import Table
 from txm import __version__, config, manage
 from txm.db import schema
 from txm.db.database import open_database
+from txm.db.samples import newest_sample
 from txm.errors import TxmError
 from txm.passwords import weakness
 
@@ -333,9 +334,8 @@ def unit_show(ctx: Context, code: str) -> None:
       txm unit show M1
     """
     ctx.open_db()
-    u = manage.get_unit(code)
-    newest = (schema.Sample.select().where(schema.Sample.unit == u)
-              .order_by(schema.Sample.timestamp.desc()).first())
+    u = schema.Unit.by_code(code)
+    newest = newest_sample(u)
     table = Table(box=None, show_header=False, pad_edge=False)
     for label, value in (("code", u.code), ("name", u.name), ("data fields", str(u.channels)),
                          ("labels", ", ".join(u.channel_labels())),
@@ -358,7 +358,7 @@ def unit_remove(ctx: Context, code: str, yes: bool) -> None:
       txm unit remove M1 --yes
     """
     ctx.open_db()
-    count = manage.sample_count(manage.get_unit(code))
+    count = manage.sample_count(schema.Unit.by_code(code))
     if count and not yes:
         if not sys.stdin.isatty():
             raise TxmError(f"unit {code!r} has {count} sample(s); add --yes to delete it with them")

@@ -6,16 +6,15 @@ Each function works on the bound database (see :func:`txm.db.open_database`) and
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Sequence
 
 import peewee as pw
 
 from txm.db import schema
-from txm.db.bulk import BATCH_SIZE
+from txm.db.bulk import delete_in_batches
 from txm.db.database import create_tables, fix_sequences, open_database
-from txm.db.sqlite import between_batches, write_transaction
+from txm.db.sqlite import write_transaction
 from txm.config import Settings
 from txm.errors import InvalidValue, NotFound, TxmError
 from txm.passwords import DEFAULT_PASSWORD, make_password
@@ -149,30 +148,15 @@ def add_unit(code: str, key: str, channels: int, name: str = "", labels: str | S
                          labels=parse_labels(labels, channels), show_labels=show_labels)
 
 
-def get_unit(code: str) -> schema.Unit:
-    unit = schema.Unit.get_or_none(schema.Unit.code == code)
-    if unit is None:
-        raise NotFound(f"there is no unit with code {code!r}; see txm unit list")
-    return unit
-
-
 def sample_count(unit: schema.Unit) -> int:
     return schema.Sample.select().where(schema.Sample.unit == unit).count()
 
 
 def remove_unit(code: str) -> int:
-    """Delete a unit with all its samples and alarms (in batches); return how many samples went."""
-    unit = get_unit(code)
-    removed = 0
-    while True:
-        with write_transaction():
-            locked_at = time.monotonic()
-            ids = [row.id for row in schema.Sample.select(schema.Sample.id).where(schema.Sample.unit == unit)
-                   .limit(BATCH_SIZE)]
-            if not ids:
-                break
-            removed += schema.Sample.delete().where(schema.Sample.id.in_(ids)).execute()
-        between_batches(locked_at)  # a running txm serve gets the lock in between
+    """Delete a unit with all its samples and alarms; return how many samples went. The samples go
+    in batches (:func:`txm.db.bulk.delete_in_batches`), so a running txm serve gets the lock in between."""
+    unit = schema.Unit.by_code(code)
+    removed = delete_in_batches(schema.Sample, schema.Sample.unit == unit, schema.Sample.timestamp)
     with write_transaction():
         unit.delete_instance(recursive=True)
     return removed

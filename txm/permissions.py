@@ -16,6 +16,7 @@ from typing import Optional
 import peewee as pw
 
 from txm.db import schema
+from txm.errors import NotFound
 
 ACTIONS = ("view", "add", "change", "delete")
 #: The models the admin panel manages, by the name used in permission codenames.
@@ -63,3 +64,13 @@ def visible_units(user: Optional[schema.User], login_required: bool = True) -> p
 
 def can_see_unit(user: Optional[schema.User], unit: schema.Unit, login_required: bool = True) -> bool:
     return visible_units(user, login_required).where(schema.Unit.id == unit.id).exists()
+
+
+def visible_unit(user: Optional[schema.User], code: str, login_required: bool = True) -> Optional[schema.Unit]:
+    """The unit with this code if the user may see it; None both when there is none and when they
+    may not see it, so that pages answer the two alike and tell nobody which codes exist."""
+    try:
+        unit = schema.Unit.by_code(code)
+    except NotFound:
+        return None
+    return unit if can_see_unit(user, unit, login_required) else None

@@ -132,10 +132,10 @@ class Panel:
         code = self.query_value("unit") or (bottle.request.forms.getunicode("unit") or "").strip()
         if not code:
             return None
-        unit = schema.Unit.get_or_none(schema.Unit.code == code)
-        if unit is None:
+        try:
+            return schema.Unit.by_code(code)
+        except NotFound:
             bottle.abort(404, f"There is no unit with code {code!r}.")
-        return unit
 
     def date_filters(self) -> tuple[Any, Any, str]:
         """The From and To filters, and what is wrong with them ("" when nothing)."""

@@ -10,15 +10,14 @@ instance.
 from __future__ import annotations
 
 import datetime as dt
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import peewee as pw
 
 from txm.db import schema
-from txm.db.bulk import BATCH_SIZE
-from txm.db.sqlite import between_batches, write_transaction
+from txm.db.bulk import delete_in_batches
+from txm.db.sqlite import write_transaction
 from txm.admin.actor import Actor, Forbidden, log_action
 from txm.admin.base import PAGE_SIZE, by_id
 from txm.errors import InvalidValue
@@ -210,31 +209,16 @@ class RecordAdmin:
         return deleted
 
     def delete_batches(self, unit: schema.Unit, older_than: Optional[dt.datetime] = None) -> tuple[int, Any]:
-        """Delete a unit's records (older than a time, or all) in key-range batches of BATCH_SIZE;
-        returns how many went and the latest of them (None when none).
-
-        Each batch is its own short transaction: find the key of the batch's last row along the
-        ``(unit, key)`` index, then delete that range. No long lock, no huge list of ids; on SQLite
-        :func:`txm.db.between_batches` lets the TTP server take the lock in between.
-        """
+        """Delete a unit's records (older than a time, or all) in key-range batches
+        (:func:`txm.db.bulk.delete_in_batches`); returns how many went and the latest of them
+        (None when none)."""
         condition = self.model.unit == unit
         if older_than is not None:
             condition &= self.time < older_than
         latest = self.model.select().where(condition).order_by(self.key.desc()).first()
         if latest is not None:
             latest.unit = unit  # so describing it needs no query once it is gone
-        deleted = 0
-        while True:
-            with write_transaction():
-                locked_at = time.monotonic()  # the write lock is ours from here
-                boundary = (self.model.select(self.key).where(condition).order_by(self.key)
-                            .offset(BATCH_SIZE - 1).limit(1).scalar())
-                if boundary is None:
-                    deleted += self.model.delete().where(condition).execute()
-                    break
-                deleted += self.model.delete().where(condition & (self.key <= boundary)).execute()
-            between_batches(locked_at)
-        return deleted, latest
+        return delete_in_batches(self.model, condition, self.key), latest
 
     def delete_bulk(self, actor: Actor, unit: Optional[schema.Unit] = None,
                     older_than: Optional[dt.datetime] = None) -> BulkResult:

@@ -31,9 +31,7 @@ def _users(usernames: Iterable[str]) -> list[schema.User]:
 def mailing_list_add(code: str, usernames: Iterable[str]) -> MailingListChange:
     """Put users on the unit's mailing list (created when the unit has none). Nothing changes
     when a unit or user is unknown."""
-    from txm.manage import get_unit
-
-    unit = get_unit(code)
+    unit = schema.Unit.by_code(code)
     users = _users(usernames)
     with write_transaction():
         mailing_list, _ = schema.MailingList.get_or_create(unit=unit, defaults={"name": unit.code})
@@ -47,9 +45,7 @@ def mailing_list_add(code: str, usernames: Iterable[str]) -> MailingListChange:
 
 def mailing_list_remove(code: str, usernames: Iterable[str]) -> MailingListChange:
     """Take users off the unit's mailing list. Nothing changes when a unit or user is unknown."""
-    from txm.manage import get_unit
-
-    unit = get_unit(code)
+    unit = schema.Unit.by_code(code)
     users = _users(usernames)
     mailing_list = schema.MailingList.get_or_none(schema.MailingList.unit == unit)
     removed: list[str] = []
@@ -64,9 +60,7 @@ def mailing_list_remove(code: str, usernames: Iterable[str]) -> MailingListChang
 
 def mailing_list_members(code: str) -> tuple[schema.Unit, list[schema.User]]:
     """The unit and the users on its mailing list, by name."""
-    from txm.manage import get_unit
-
-    unit = get_unit(code)
+    unit = schema.Unit.by_code(code)
     users = list(schema.User.select().join(schema.MailingListMember).join(schema.MailingList)
                  .where(schema.MailingList.unit == unit).order_by(schema.User.username))
     return unit, users

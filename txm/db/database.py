@@ -10,6 +10,7 @@ from typing import Any, Iterable
 import peewee as pw
 
 from txm.config import Settings
+from txm.db.dialect import Dialect
 from txm.db.schema import MODELS, User, database
 from txm.errors import DatabaseError
 
@@ -101,13 +102,14 @@ def create_tables(db: pw.Database, models: Iterable[type[pw.Model]] = MODELS) ->
 
 def fix_sequences(db: pw.Database, models: Iterable[type[pw.Model]] = MODELS) -> None:
     """After rows were inserted with explicit ids, move PostgreSQL's id sequences past them."""
-    if not isinstance(db, pw.PostgresqlDatabase):
+    d = Dialect.of(db)
+    if d.kind != "postgresql":
         return
     for model in models:
         pk = model._meta.primary_key
         if isinstance(pk, pw.AutoField):
-            table = model._meta.table_name
+            table = d.ident(model._meta.table_name)
             db.execute_sql(
-                f"SELECT setval(pg_get_serial_sequence('\"{table}\"', '{pk.column_name}'), "
-                f"COALESCE((SELECT MAX(\"{pk.column_name}\") FROM \"{table}\"), 0) + 1, false)")
+                f"SELECT setval(pg_get_serial_sequence('{table}', '{pk.column_name}'), "
+                f"COALESCE((SELECT MAX({d.ident(pk.column_name)}) FROM {table}), 0) + 1, false)")
 

@@ -1,4 +1,5 @@
-"""The TTP server's hot-path SQL: units by code, many samples in one statement, the newest sample.
+"""The TTP server's hot-path SQL: units by code, many samples in one statement, the newest sample
+(:func:`newest_sample`, the one query for it, which the pages, the API and ``txm unit show`` use too).
 
 Plain DB-API calls on peewee's connection with precompiled statements: no model object per
 sample. Duplicates are decided by the ``(unit, timestamp)`` unique index in the database, so
@@ -22,6 +23,8 @@ from typing import Any, Iterable, Sequence
 
 import peewee as pw
 
+from txm.db import schema
+from txm.db.dialect import Dialect
 from txm.db.schema import CHANNEL_COLUMNS
 
 #: Most rows per INSERT statement; keeps under every engine's bound-parameter limit.
@@ -51,9 +54,18 @@ class UnitRecord:
 
 @dataclass(frozen=True, slots=True)
 class StoredSample:
+    """A stored sample as :meth:`SampleStore.newest` reads it."""
+
     id: int
     timestamp: dt.datetime
-    values: tuple[float | None, ...]
+    values: tuple[float | None, ...]  # every channel of the unit, None where it has no value
+    received_as_read: Any  # as the driver gave it; see received
+
+    @property
+    def received(self) -> dt.datetime:
+        """The server's time (naive UTC) the sample arrived. Converted when asked, not when read:
+        the TTP ``dl`` verb, which reads the newest sample on the hot path, never asks."""
+        return Dialect.to_datetime(self.received_as_read)
 
 
 class SampleStore:
@@ -61,30 +73,14 @@ class SampleStore:
 
     def __init__(self, database: pw.Database):
         self.db = database
-        self.kind = ("sqlite" if isinstance(database, pw.SqliteDatabase)
-                     else "postgresql" if isinstance(database, pw.PostgresqlDatabase) else "mysql")
-        self.param = "?" if self.kind == "sqlite" else "%s"
-        q = '"' if self.kind != "mysql" else "`"
-        self._q = q
+        self.dialect = Dialect.of(database)
+        self.kind = self.dialect.kind  # read on every upload: one attribute, not two
         self._insert_sql: dict[tuple[int, int, str], str] = {}
-        self._row_sql: dict[int, str] = {}
-        self._last_sql: dict[int, str] = {}
+        self._newest_sql: dict[int, str] = {}
         self._units_sql: dict[int, str] = {}
         self._unit_cache: dict[str, UnitRecord] = {}
         self._data_version: int | None = None
         self._received: tuple[dt.datetime | None, Any] = (None, None)  # the pass's, converted once
-
-    # --- values as each driver wants them -----------------------------------------------------
-
-    def db_timestamp(self, value: dt.datetime) -> Any:
-        """SQLite keeps text in the form peewee writes (``str(datetime)``); others take datetimes."""
-        return str(value) if self.kind == "sqlite" else value
-
-    @staticmethod
-    def py_timestamp(value: Any) -> dt.datetime:
-        if isinstance(value, dt.datetime):
-            return value
-        return dt.datetime.fromisoformat(str(value))
 
     # --- units ----------------------------------------------------------------------------------
 
@@ -126,10 +122,9 @@ class SampleStore:
             chunk = codes[start:start + CODES_PER_QUERY]
             sql = self._units_sql.get(len(chunk))
             if sql is None:
-                q = self._q
-                sql = (f"SELECT {q}id{q}, {q}code{q}, {q}key{q}, {q}channels{q}, {q}labels{q}, "
-                       f"{q}show_labels{q} FROM {q}unit{q} WHERE {q}code{q} IN "
-                       f"({', '.join([self.param] * len(chunk))})")
+                d = self.dialect
+                sql = (f"SELECT {d.idents(['id', 'code', 'key', 'channels', 'labels', 'show_labels'])} "
+                       f"FROM {d.ident('unit')} WHERE {d.ident('code')} IN ({d.markers(len(chunk))})")
                 self._units_sql[len(chunk)] = sql
             cursor.execute(sql, chunk)
             for uid, code, key, channels, labels, show in cursor.fetchall():
@@ -145,16 +140,16 @@ class SampleStore:
     def _insert(self, channels: int, rows: int, returning: str = "timestamp") -> str:
         sql = self._insert_sql.get((channels, rows, returning))
         if sql is None:
-            q = self._q
+            d = self.dialect
             cols = ["unit_id", "timestamp", "received", *CHANNEL_COLUMNS[:channels]]
-            col_sql = ", ".join(f"{q}{c}{q}" for c in cols)
-            row = "(" + ", ".join([self.param] * len(cols)) + ")"
+            col_sql = d.idents(cols)
+            row = f"({d.markers(len(cols))})"
             values = ", ".join([row] * rows)
             if self.kind == "mysql":
-                sql = f"INSERT IGNORE INTO {q}sample{q} ({col_sql}) VALUES {values}"
+                sql = f"INSERT IGNORE INTO {d.ident('sample')} ({col_sql}) VALUES {values}"
             else:
-                sql = (f"INSERT INTO {q}sample{q} ({col_sql}) VALUES {values} "
-                       f"ON CONFLICT ({q}unit_id{q}, {q}timestamp{q}) DO NOTHING RETURNING {q}{returning}{q}")
+                sql = (f"INSERT INTO {d.ident('sample')} ({col_sql}) VALUES {values} "
+                       f"ON CONFLICT ({d.idents(['unit_id', 'timestamp'])}) DO NOTHING RETURNING {d.ident(returning)}")
             if len(self._insert_sql) < 4096:
                 self._insert_sql[(channels, rows, returning)] = sql
         return sql
@@ -162,7 +157,7 @@ class SampleStore:
     def _received_value(self, received: dt.datetime) -> Any:
         """The pass's time as the driver takes it, converted once per pass."""
         if self._received[0] is not received:
-            self._received = (received, self.db_timestamp(received))
+            self._received = (received, self.dialect.stamp(received))
         return self._received[1]
 
     def insert_samples(self, unit: UnitRecord, samples: Sequence[tuple[dt.datetime, Sequence[float]]],
@@ -286,18 +281,25 @@ class SampleStore:
 
     # --- downloads ------------------------------------------------------------------------------
 
-    def newest(self, unit: UnitRecord) -> StoredSample | None:
-        """The unit's sample with the newest timestamp, or None."""
-        sql = self._last_sql.get(unit.channels)
+    def newest(self, unit: UnitRecord | schema.Unit) -> StoredSample | None:
+        """The unit's sample with the newest timestamp, or None: one seek at the end of the unit's
+        stretch of the ``(unit_id, timestamp)`` index. The statement is kept per channel count."""
+        sql = self._newest_sql.get(unit.channels)
         if sql is None:
-            q = self._q
-            cols = ", ".join(f"{q}{c}{q}" for c in CHANNEL_COLUMNS[:unit.channels])
-            sql = (f"SELECT {q}id{q}, {q}timestamp{q}, {cols} FROM {q}sample{q} WHERE {q}unit_id{q} = {self.param} "
-                   f"ORDER BY {q}timestamp{q} DESC LIMIT 1")
-            self._last_sql[unit.channels] = sql
+            d = self.dialect
+            columns = d.idents(["id", "timestamp", "received", *CHANNEL_COLUMNS[:unit.channels]])
+            sql = (f"SELECT {columns} FROM {d.ident('sample')} WHERE {d.ident('unit_id')} = {d.param} "
+                   f"ORDER BY {d.ident('timestamp')} DESC LIMIT 1")
+            self._newest_sql[unit.channels] = sql
         cursor = self.db.cursor()
         cursor.execute(sql, (unit.id,))
         row = cursor.fetchone()
         if row is None:
             return None
-        return StoredSample(row[0], self.py_timestamp(row[1]), tuple(row[2:]))
+        return StoredSample(row[0], Dialect.to_datetime(row[1]), tuple(row[3:]), row[2])
+
+
+def newest_sample(unit: UnitRecord | schema.Unit, db: pw.Database | None = None) -> StoredSample | None:
+    """The unit's sample with the newest timestamp, or None, from the bound database (or ``db``):
+    :meth:`SampleStore.newest`, for the date presets, the pages, the API and ``txm unit show``."""
+    return SampleStore(db if db is not None else schema.database.obj).newest(unit)

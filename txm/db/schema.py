@@ -15,7 +15,7 @@ from typing import Any
 
 import peewee as pw
 
-from txm.errors import InvalidValue
+from txm.errors import InvalidValue, NotFound
 
 #: Channels (data fields) a unit may have; the ``sample`` table has one column per channel.
 MAX_CHANNELS = 32
@@ -148,6 +148,15 @@ class Unit(BaseModel):
 
     def __str__(self) -> str:
         return f"{self.code} ({self.name})" if self.name else self.code
+
+    @classmethod
+    def by_code(cls, code: str) -> "Unit":
+        """The unit with this code, or :class:`NotFound`: how every part of txm looks a unit up
+        by the code a person or a page gave."""
+        unit = cls.get_or_none(cls.code == code)
+        if unit is None:
+            raise NotFound(f"there is no unit with code {code!r}; see txm unit list")
+        return unit
 
     def channel_labels(self) -> list[str]:
         """A label for every channel: the configured one, else ``ch<N>``."""

@@ -15,6 +15,7 @@ import time
 
 import peewee as pw
 
+from txm.db.dialect import Dialect
 from txm.db.schema import database
 
 log = logging.getLogger("txm.db")
@@ -33,8 +34,9 @@ BULK_PAUSE_MAX = 0.05
 
 
 def between_batches(locked_at: float, db: pw.Database | None = None) -> None:
-    """What a bulk writer (the admin panel's deletions) does after committing each batch, whose
-    write transaction held the lock from ``locked_at`` (``time.monotonic()``). SQLite only:
+    """What a bulk writer (:func:`txm.db.bulk.delete_in_batches`) does after committing each
+    batch, whose write transaction held the lock from ``locked_at`` (``time.monotonic()``).
+    SQLite only:
 
     * copy what the write-ahead log holds into the database file now, without waiting for or
       blocking anyone (a passive checkpoint), so that the TTP server's commit does not later
@@ -47,7 +49,7 @@ def between_batches(locked_at: float, db: pw.Database | None = None) -> None:
     PostgreSQL and MySQL lock rows, not the database: nothing to do there.
     """
     db = db if db is not None else database.obj
-    if isinstance(db, pw.SqliteDatabase):
+    if Dialect.of(db).kind == "sqlite":
         held = time.monotonic() - locked_at
         db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         time.sleep(min(BULK_PAUSE_MAX, max(BULK_PAUSE_MIN, held)))
@@ -63,7 +65,7 @@ def write_transaction(db: pw.Database | None = None):
     PostgreSQL and MySQL lock rows as they go. ``db`` defaults to the bound database.
     """
     db = db if db is not None else database.obj
-    if isinstance(db, pw.SqliteDatabase):
+    if Dialect.of(db).kind == "sqlite":
         return db.atomic(lock_type="IMMEDIATE")
     return db.atomic()
 

@@ -48,7 +48,7 @@ import peewee as pw
 
 from txm.db import schema
 from txm.db.sqlite import write_transaction
-from txm.errors import InvalidValue, NotFound, TxmError
+from txm.errors import InvalidValue, TxmError
 from txm.db.dialect import Dialect
 from txm.export.ranges import parse_range
 from txm.ttp.parser import format_timestamp
@@ -66,12 +66,7 @@ TIMESTAMP_COLUMN = "timestamp"
 
 
 def _unit(unit: schema.Unit | str) -> schema.Unit:
-    if isinstance(unit, schema.Unit):
-        return unit
-    found = schema.Unit.get_or_none(schema.Unit.code == unit)
-    if found is None:
-        raise NotFound(f"there is no unit with code {unit!r}; see txm unit list")
-    return found
+    return unit if isinstance(unit, schema.Unit) else schema.Unit.by_code(unit)
 
 
 def resolve_fields(unit: schema.Unit, spec: str | Sequence[int | str] | None = None) -> list[int]:
@@ -132,7 +127,7 @@ def _sqlite_stamp(value: Any) -> str:
     """A timestamp read from SQLite as the CSV writes it; the stored text usually is already."""
     if isinstance(value, str) and len(value) in (19, 26) and value[10] == " ":
         return value
-    return format_timestamp(value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value)))
+    return format_timestamp(Dialect.to_datetime(value))
 
 
 def _stamp(value: Any) -> str:
@@ -148,16 +143,17 @@ def settled_last_id(db: pw.Database, after_id: int = 0) -> int:
     and later are left for the next run, because a transaction still open may yet commit a
     smaller id than one already visible. On SQLite every visible id is settled.
     """
-    kind, p, q = Dialect.of(db)
+    d = Dialect.of(db)
+    id_col, table = d.ident("id"), d.ident("sample")
     cursor = db.cursor()
-    if kind != "sqlite":
+    if d.kind != "sqlite":
         cutoff = schema.utcnow() - dt.timedelta(seconds=SETTLE_SECONDS)
-        cursor.execute(f"SELECT MIN({q}id{q}) FROM {q}sample{q} WHERE {q}id{q} > {p} AND {q}received{q} > {p}",
-                       (after_id, cutoff))
+        cursor.execute(f"SELECT MIN({id_col}) FROM {table} WHERE {id_col} > {d.param} "
+                       f"AND {d.ident('received')} > {d.param}", (after_id, cutoff))
         fresh = cursor.fetchone()[0]
         if fresh is not None:
             return max(after_id, int(fresh) - 1)
-    cursor.execute(f"SELECT MAX({q}id{q}) FROM {q}sample{q}")
+    cursor.execute(f"SELECT MAX({id_col}) FROM {table}")
     top = cursor.fetchone()[0]
     return max(after_id, int(top or 0))
 
@@ -184,53 +180,46 @@ class UnitExport:
         self.count = 0
         #: The id of the last sample read, for incremental exports (in id order).
         self.last_id = after_id or 0
-        self._kind, self._p, self._q = Dialect.of(db)
+        self._dialect = Dialect.of(db)
 
     def header(self) -> list[str]:
         return header(self.unit, self.fields)
 
     def _where(self) -> tuple[str, list[Any]]:
-        q, p = self._q, self._p
-        stamp = (lambda v: str(v)) if self._kind == "sqlite" else (lambda v: v)
-        sql = [f"{q}unit_id{q} = {p}"]
-        params: list[Any] = [self.unit.id]
-        if self.start is not None:
-            sql.append(f"{q}timestamp{q} >= {p}")
-            params.append(stamp(self.start))
-        if self.end is not None:
-            sql.append(f"{q}timestamp{q} < {p}")
-            params.append(stamp(self.end))
+        d = self._dialect
+        sql, params = d.samples_where(self.unit.id, self.start, self.end)
         if self.upto_id is not None:
-            sql.append(f"{q}id{q} <= {p}")
+            sql += f" AND {d.ident('id')} <= {d.param}"
             params.append(self.upto_id)
-        return " AND ".join(sql), params
+        return sql, params
 
     def total(self) -> int:
         """How many samples the export holds (one COUNT query; for progress bars)."""
         where, params = self._where()
-        q, p = self._q, self._p
+        d = self._dialect
         if self.after_id is not None:
-            where += f" AND {q}id{q} > {p}"
+            where += f" AND {d.ident('id')} > {d.param}"
             params.append(self.after_id)
         cursor = self.db.cursor()
-        cursor.execute(f"SELECT COUNT(*) FROM {q}sample{q} WHERE {where}", params)
+        cursor.execute(f"SELECT COUNT(*) FROM {d.ident('sample')} WHERE {where}", params)
         return int(cursor.fetchone()[0])
 
     def raw_pages(self, empty_as_text: bool = False) -> Iterator[list[tuple]]:
         """Pages of raw rows as the driver returns them: ``(timestamp, ch...)``, with the
         sample id first for an incremental export. ``empty_as_text`` (SQLite): a missing value
         comes as ``''`` instead of None, ready for the CSV."""
-        q, p = self._q, self._p
+        d = self._dialect
         where, params = self._where()
-        if empty_as_text and self._kind == "sqlite":
-            columns = ", ".join(f"IFNULL({q}ch{n}{q}, '')" for n in self.fields)
+        if empty_as_text and d.kind == "sqlite":
+            columns = ", ".join(f"IFNULL({d.ident(f'ch{n}')}, '')" for n in self.fields)
         else:
-            columns = ", ".join(f"{q}ch{n}{q}" for n in self.fields)
+            columns = d.idents(f"ch{n}" for n in self.fields)
         by_id = self.after_id is not None
-        key = "id" if by_id else "timestamp"
-        base = (f"SELECT {q}id{q}, " if by_id else "SELECT ") + f"{q}timestamp{q}, {columns} FROM {q}sample{q} WHERE {where}"
-        first = base + (f" AND {q}id{q} > {p}" if by_id else "") + f" ORDER BY {q}{key}{q} LIMIT {self.page_size}"
-        following = base + f" AND {q}{key}{q} > {p} ORDER BY {q}{key}{q} LIMIT {self.page_size}"
+        key = d.ident("id" if by_id else "timestamp")
+        base = (f"SELECT {d.ident('id')}, " if by_id else "SELECT ") + (
+            f"{d.ident('timestamp')}, {columns} FROM {d.ident('sample')} WHERE {where}")
+        first = base + (f" AND {key} > {d.param}" if by_id else "") + f" ORDER BY {key} LIMIT {self.page_size}"
+        following = base + f" AND {key} > {d.param} ORDER BY {key} LIMIT {self.page_size}"
         sql, args = first, params + ([self.after_id] if by_id else [])
         cursor = self.db.cursor()
         while True:
@@ -261,7 +250,7 @@ class UnitExport:
             writer.writerow(self.header())
             yield _take(buffer)
         by_id = self.after_id is not None
-        if self._kind == "sqlite":
+        if self._dialect.kind == "sqlite":
             # The stored text is the CSV's timestamp and str() of a float is the shortest exact
             # form, so one %-template per row writes exactly what csv.writer would, twice as fast.
             template = ",".join(["%s"] * (1 + len(self.fields))) + "\r\n"

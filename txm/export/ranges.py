@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from txm.db import schema
-from txm.db.dialect import Dialect
+from txm.db.samples import newest_sample
 from txm.errors import InvalidValue
 from txm.ttp.parser import format_timestamp
 
@@ -103,12 +103,6 @@ class DateRange:
     label: str
 
 
-def newest_timestamp(unit: schema.Unit) -> dt.datetime | None:
-    row = (schema.Sample.select(schema.Sample.timestamp).where(schema.Sample.unit == unit.id)
-           .order_by(schema.Sample.timestamp.desc()).limit(1).tuples().first())
-    return Dialect.to_datetime(row[0]) if row else None
-
-
 def resolve_range(unit: schema.Unit, preset: str | None = None, start: str | None = None,
                   end: str | None = None) -> DateRange:
     """The range a person asked for: dates (``from``/``to``, see :func:`txm.export.parse_datetime`)
@@ -131,11 +125,11 @@ def resolve_range(unit: schema.Unit, preset: str | None = None, start: str | Non
     label, length = PRESETS[preset]
     if length is None:
         return DateRange(None, None, preset, "all samples")
-    newest = newest_timestamp(unit)
+    newest = newest_sample(unit)
     if newest is None:
         return DateRange(None, None, preset, label.lower())
-    hi = newest + dt.timedelta(microseconds=1)
-    return DateRange(hi - length, hi, preset, f"{label.lower()} of data, to {_show(newest)}")
+    hi = newest.timestamp + dt.timedelta(microseconds=1)
+    return DateRange(hi - length, hi, preset, f"{label.lower()} of data, to {_show(newest.timestamp)}")
 
 
 def _show(value: dt.datetime) -> str:

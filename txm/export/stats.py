@@ -18,6 +18,7 @@ import peewee as pw
 
 from txm.db import schema
 from txm.db.dialect import Dialect
+from txm.db.samples import newest_sample
 
 #: On SQLite, lines reduced to at most this many buckets are read with one range query per bucket
 #: (no sorting; see :func:`_sqlite_bucket_rows`); more buckets (MAX_PLOT_POINTS above twice this)
@@ -32,45 +33,10 @@ POINTS_PER_PIXEL = 4
 # --- SQL helpers ----------------------------------------------------------------------------------
 
 
-class _Sql:
-    """Dialect details of the bound database."""
-
-    def __init__(self, db: pw.Database | None = None):
-        self.db = db or schema.database.obj
-        self.kind, self.p, self.q = Dialect.of(self.db)
-
-    def col(self, name: str) -> str:
-        return f"{self.q}{name}{self.q}"
-
-    def stamp(self, value: dt.datetime) -> Any:
-        return str(value) if self.kind == "sqlite" else value
-
-    def where(self, unit: schema.Unit, start: dt.datetime | None, end: dt.datetime | None) -> tuple[str, list[Any]]:
-        sql, params = [f"{self.col('unit_id')} = {self.p}"], [unit.id]
-        if start is not None:
-            sql.append(f"{self.col('timestamp')} >= {self.p}")
-            params.append(self.stamp(start))
-        if end is not None:
-            sql.append(f"{self.col('timestamp')} < {self.p}")
-            params.append(self.stamp(end))
-        return " AND ".join(sql), params
-
-    def fetchall(self, sql: str, params: Sequence[Any]) -> list[tuple]:
-        cursor = self.db.cursor()
-        cursor.execute(sql, list(params))
-        return cursor.fetchall()
-
-    def micros_since(self, origin_marker: str) -> str:
-        """SQL for the whole microseconds from a parameter (a timestamp; on SQLite, the whole
-        microseconds since 1970) to the sample's timestamp."""
-        ts = self.col("timestamp")
-        if self.kind == "sqlite":  # exact integers from the stored text: julianday() and strftime() round
-            return (f"(CAST(strftime('%s', substr({ts}, 1, 19)) AS INTEGER) * 1000000"
-                    f" + CAST(substr({ts}, 21) AS INTEGER)"
-                    f" - {origin_marker})")
-        if self.kind == "postgresql":
-            return f"(EXTRACT(EPOCH FROM ({ts} - CAST({origin_marker} AS TIMESTAMP))) * 1000000)"
-        return f"TIMESTAMPDIFF(MICROSECOND, {origin_marker}, {ts})"
+def _fetchall(db: pw.Database, sql: str, params: Sequence[Any]) -> list[tuple]:
+    cursor = db.cursor()
+    cursor.execute(sql, list(params))
+    return cursor.fetchall()
 
 
 # --- statistics and lines for graphs ------------------------------------------------------------
@@ -138,7 +104,7 @@ def overview(unit: schema.Unit, start: dt.datetime | None, end: dt.datetime | No
     even while meters upload (in WAL mode a reader never holds up a writer).
     """
     db = schema.database.obj
-    if isinstance(db, pw.SqliteDatabase):
+    if Dialect.of(db).kind == "sqlite":
         with db.atomic():
             return _overview(unit, start, end, limit, channels)
     return _overview(unit, start, end, limit, channels)
@@ -146,45 +112,46 @@ def overview(unit: schema.Unit, start: dt.datetime | None, end: dt.datetime | No
 
 def _overview(unit: schema.Unit, start: dt.datetime | None, end: dt.datetime | None, limit: int | None,
               channels: Sequence[int] | None) -> tuple[RangeStats, Series]:
-    sql = _Sql()
+    db = schema.database.obj
+    d = Dialect.of(db)
     channels = list(channels or range(1, unit.channels + 1))
     labels = unit.channel_labels()
-    where, params = sql.where(unit, start, end)
-    ts = sql.col("timestamp")
-    table = sql.col("sample")
-    values = ", ".join(sql.col(f"ch{n}") for n in channels)
+    where, params = d.samples_where(unit.id, start, end)
+    ts = d.ident("timestamp")
+    table = d.ident("sample")
+    values = d.idents(f"ch{n}" for n in channels)
     lines: dict[int, list[tuple[dt.datetime, float | None]]] = {n: [] for n in channels}
-    first_row = sql.fetchall(f"SELECT {ts}, {values} FROM {table} WHERE {where} ORDER BY {ts} LIMIT 1", params)
+    first_row = _fetchall(db, f"SELECT {ts}, {values} FROM {table} WHERE {where} ORDER BY {ts} LIMIT 1", params)
     if not first_row:
         stats = RangeStats(0, None, None, [ChannelStats(n, labels[n - 1]) for n in channels])
         return stats, Series(lines, 0, False, limit or 0)
     first = Dialect.to_datetime(first_row[0][0])
-    last = Dialect.to_datetime(sql.fetchall(f"SELECT {ts} FROM {table} WHERE {where} ORDER BY {ts} DESC LIMIT 1", params)[0][0])
+    last = Dialect.to_datetime(_fetchall(db, f"SELECT {ts} FROM {table} WHERE {where} ORDER BY {ts} DESC LIMIT 1", params)[0][0])
     shift = [float(v) if v is not None else 0.0 for v in first_row[0][1:]]
 
     parts = [f"MIN({ts})", f"MAX({ts})", "COUNT(*)"]
     select_params: list[Any] = []
     for n, k in zip(channels, shift):
-        c = sql.col(f"ch{n}")
-        parts += [f"COUNT({c})", f"MIN({c})", f"MAX({c})", f"SUM({c} - {sql.p})",
-                  f"SUM(({c} - {sql.p}) * ({c} - {sql.p}))"]
+        c = d.ident(f"ch{n}")
+        parts += [f"COUNT({c})", f"MIN({c})", f"MAX({c})", f"SUM({c} - {d.param})",
+                  f"SUM(({c} - {d.param}) * ({c} - {d.param}))"]
         select_params += [k, k, k]
     buckets = max(1, limit // 2) if limit else 1
     aggregates = ", ".join(parts)
     if buckets > 1 and last > first:
         span = (last - first) // dt.timedelta(microseconds=1) + 1
         width = max(1, -(-span // buckets))  # microseconds per bucket, rounded up
-        if sql.kind == "sqlite" and buckets <= SQLITE_RANGE_BUCKETS:
-            rows = _sqlite_bucket_rows(sql, unit, start, end, channels, shift, first, width, buckets)
+        if d.kind == "sqlite" and buckets <= SQLITE_RANGE_BUCKETS:
+            rows = _sqlite_bucket_rows(db, unit, start, end, channels, shift, first, width, buckets)
         else:
             # Offsets are never negative, so SQLite's integer division rounds down as FLOOR does.
-            bucket = (f"{sql.micros_since(sql.p)} / {sql.p}" if sql.kind == "sqlite"
-                      else f"FLOOR({sql.micros_since(sql.p)} / {sql.p})")
-            origin = (first - _EPOCH) // dt.timedelta(microseconds=1) if sql.kind == "sqlite" else sql.stamp(first)
+            bucket = (f"{d.micros_since(d.param)} / {d.param}" if d.kind == "sqlite"
+                      else f"FLOOR({d.micros_since(d.param)} / {d.param})")
+            origin = (first - _EPOCH) // dt.timedelta(microseconds=1) if d.kind == "sqlite" else d.stamp(first)
             query = f"SELECT {aggregates}, {bucket} AS b FROM {table} WHERE {where} GROUP BY b ORDER BY b"
-            rows = sql.fetchall(query, [*select_params, origin, width, *params])
+            rows = _fetchall(db, query, [*select_params, origin, width, *params])
     else:
-        rows = sql.fetchall(f"SELECT {aggregates} FROM {table} WHERE {where}", [*select_params, *params])
+        rows = _fetchall(db, f"SELECT {aggregates} FROM {table} WHERE {where}", [*select_params, *params])
 
     total = sum(int(row[2] or 0) for row in rows)
     stats = RangeStats(total, first, last)
@@ -204,17 +171,17 @@ def _overview(unit: schema.Unit, start: dt.datetime | None, end: dt.datetime | N
             if channel.count == total:
                 channel.first, channel.last = first, last
             else:  # a channel with gaps: seek its first and last value on the index
-                c = sql.col(f"ch{n}")
+                c = d.ident(f"ch{n}")
                 for attr, order in (("first", "ASC"), ("last", "DESC")):
-                    found = sql.fetchall(f"SELECT {ts} FROM {table} WHERE {where} AND {c} IS NOT NULL "
-                                         f"ORDER BY {ts} {order} LIMIT 1", params)
+                    found = _fetchall(db, f"SELECT {ts} FROM {table} WHERE {where} AND {c} IS NOT NULL "
+                                          f"ORDER BY {ts} {order} LIMIT 1", params)
                     setattr(channel, attr, Dialect.to_datetime(found[0][0]))
         stats.channels.append(channel)
 
     if not limit:
         return stats, Series(lines, total, False, 0)
     if total <= limit:
-        for row in sql.fetchall(f"SELECT {ts}, {values} FROM {table} WHERE {where} ORDER BY {ts}", params):
+        for row in _fetchall(db, f"SELECT {ts}, {values} FROM {table} WHERE {where} ORDER BY {ts}", params):
             when = Dialect.to_datetime(row[0])
             for n, value in zip(channels, row[1:]):
                 if value is not None:
@@ -232,7 +199,7 @@ def _overview(unit: schema.Unit, start: dt.datetime | None, end: dt.datetime | N
     return stats, Series(lines, total, True, limit)
 
 
-def _sqlite_bucket_rows(sql: _Sql, unit: schema.Unit, start: dt.datetime | None, end: dt.datetime | None,
+def _sqlite_bucket_rows(db: pw.Database, unit: schema.Unit, start: dt.datetime | None, end: dt.datetime | None,
                         channels: Sequence[int], shift: Sequence[float], first: dt.datetime, width: int,
                         buckets: int) -> list[tuple]:
     """On SQLite, the rows :func:`overview`'s GROUP BY gives on the other engines: for each bucket
@@ -246,16 +213,17 @@ def _sqlite_bucket_rows(sql: _Sql, unit: schema.Unit, start: dt.datetime | None,
     first and last timestamps are two seeks on the index rather than a MIN and a MAX over the
     rows, and the bounds are exact microseconds, as on the other engines.
     """
-    ts, table = sql.col("timestamp"), sql.col("sample")
-    within = f"{sql.col('unit_id')} = ?1 AND {ts} >= ?2 AND {ts} < ?3"
+    d = Dialect.of(db)
+    ts, table = d.ident("timestamp"), d.ident("sample")
+    within = f"{d.ident('unit_id')} = ?1 AND {ts} >= ?2 AND {ts} < ?3"
     parts = [f"(SELECT MIN({ts}) FROM {table} WHERE {within})", f"(SELECT MAX({ts}) FROM {table} WHERE {within})",
              "COUNT(*)"]
     for i, n in enumerate(channels, start=4):
-        c = sql.col(f"ch{n}")
+        c = d.ident(f"ch{n}")
         parts += [f"COUNT({c})", f"MIN({c})", f"MAX({c})", f"SUM({c} - ?{i})", f"SUM(({c} - ?{i}) * ({c} - ?{i}))"]
     query = f"SELECT {', '.join(parts)} FROM {table} WHERE {within}"
     step = dt.timedelta(microseconds=width)
-    cursor = sql.db.cursor()
+    cursor = db.cursor()
     rows = []
     low = first
     for k in range(1, buckets + 1):
@@ -265,7 +233,7 @@ def _sqlite_bucket_rows(sql: _Sql, unit: schema.Unit, start: dt.datetime | None,
         low = high
         if lo >= hi:
             continue
-        cursor.execute(query, [unit.id, sql.stamp(lo), sql.stamp(hi), *shift])
+        cursor.execute(query, [unit.id, d.stamp(lo), d.stamp(hi), *shift])
         row = cursor.fetchone()
         if row is not None and row[2]:
             rows.append(row)
@@ -295,19 +263,12 @@ class LastSample:
 
 
 def last_sample(unit: schema.Unit) -> LastSample | None:
-    """The unit's sample with the newest timestamp, or None when it has none."""
-    columns = [schema.Sample.timestamp, schema.Sample.received,
-               *(getattr(schema.Sample, f"ch{n}") for n in range(1, unit.channels + 1))]
-    row = (schema.Sample.select(*columns).where(schema.Sample.unit == unit.id)
-           .order_by(schema.Sample.timestamp.desc()).limit(1).tuples().first())
-    if row is None:
+    """The unit's sample with the newest timestamp (:func:`txm.db.samples.newest_sample`), or None
+    when it has none."""
+    sample = newest_sample(unit)
+    if sample is None:
         return None
-    return LastSample(Dialect.to_datetime(row[0]), Dialect.to_datetime(row[1]), [None if v is None else float(v) for v in row[2:]])
-
-
-def last_samples(units: Sequence[schema.Unit]) -> dict[int, LastSample | None]:
-    """:func:`last_sample` of several units (one indexed query each), by unit id."""
-    return {unit.id: last_sample(unit) for unit in units}
+    return LastSample(sample.timestamp, sample.received, [None if v is None else float(v) for v in sample.values])
 
 
 def is_stale(sample: LastSample | None, stale_seconds: float, now: dt.datetime | None = None) -> bool:
@@ -322,14 +283,15 @@ def samples_page(unit: schema.Unit, start: dt.datetime | None, end: dt.datetime 
                  after: dt.datetime | None = None, limit: int = 1000) -> list[tuple]:
     """Up to ``limit`` samples ``(timestamp, value, ...)`` in timestamp order, after ``after``
     (exclusive; keyset paging on the unique index, so every page costs the same)."""
-    sql = _Sql()
-    where, params = sql.where(unit, start, end)
-    ts = sql.col("timestamp")
+    db = schema.database.obj
+    d = Dialect.of(db)
+    where, params = d.samples_where(unit.id, start, end)
+    ts = d.ident("timestamp")
     if after is not None:
-        where += f" AND {ts} > {sql.p}"
-        params.append(sql.stamp(after))
-    columns = ", ".join(sql.col(f"ch{n}") for n in channels)
-    rows = sql.fetchall(f"SELECT {ts}, {columns} FROM {sql.col('sample')} WHERE {where} ORDER BY {ts} "
+        where += f" AND {ts} > {d.param}"
+        params.append(d.stamp(after))
+    columns = d.idents(f"ch{n}" for n in channels)
+    rows = _fetchall(db, f"SELECT {ts}, {columns} FROM {d.ident('sample')} WHERE {where} ORDER BY {ts} "
                         f"LIMIT {int(limit)}", params)
     return [(Dialect.to_datetime(row[0]), *(None if v is None else float(v) for v in row[1:])) for row in rows]
 

@@ -25,7 +25,6 @@ every stored sample (``all``) or the newest one (``newest``).
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import logging
 import selectors
 import socket
@@ -37,6 +36,7 @@ import peewee as pw
 
 from txm.db import schema
 from txm.db.database import close_quietly
+from txm.db.dialect import Dialect
 from txm.db.sqlite import write_transaction
 from txm.export.csv import settled_last_id
 from txm import net
@@ -345,16 +345,15 @@ class ExportServer:
         unit_ids = self._unit_ids()
         if unit_ids is not None and not unit_ids:
             return []
-        q = "`" if isinstance(self.db, pw.MySQLDatabase) else '"'
-        p = "?" if isinstance(self.db, pw.SqliteDatabase) else "%s"
-        columns = ", ".join(f"{q}{c}{q}" for c in schema.CHANNEL_COLUMNS)
-        sql = (f"SELECT {q}id{q}, {q}unit_id{q}, {q}timestamp{q}, {columns} FROM {q}sample{q} "
-               f"WHERE {q}id{q} > {p} AND {q}id{q} <= {p}")
+        d = Dialect.of(self.db)
+        id_col = d.ident("id")
+        sql = (f"SELECT {d.idents(['id', 'unit_id', 'timestamp', *schema.CHANNEL_COLUMNS])} FROM {d.ident('sample')} "
+               f"WHERE {id_col} > {d.param} AND {id_col} <= {d.param}")
         params: list[Any] = [after, upto]
         if unit_ids is not None:
-            sql += f" AND {q}unit_id{q} IN ({', '.join([p] * len(unit_ids))})"
+            sql += f" AND {d.ident('unit_id')} IN ({d.markers(len(unit_ids))})"
             params += unit_ids
-        sql += f" ORDER BY {q}id{q} LIMIT {BATCH}"
+        sql += f" ORDER BY {id_col} LIMIT {BATCH}"
         cursor = self.db.cursor()
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -365,7 +364,7 @@ class ExportServer:
         for row in rows:
             sample_id, unit_id, stamp = row[0], row[1], row[2]
             code, names = self._units[unit_id]
-            when = stamp if not isinstance(stamp, str) else dt.datetime.fromisoformat(stamp)
+            when = Dialect.to_datetime(stamp)
             fields = tuple(records.Field(name, "FLOAT", records.format_float(row[3 + i]))
                            for i, name in enumerate(names))
             record = records.Record(code, self.table, records.format_timestamp(when), sample_id, fields)

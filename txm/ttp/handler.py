@@ -15,7 +15,7 @@ A verb is a function ``verb(call: Call) -> str`` returning the reply line withou
   there is none, ``402 Unauthorized`` when the key is wrong (constant-time compare through
   :func:`keys_match`). A code or key changed by any other database connection (admin panel,
   ``txm unit``, another node) takes effect at the next request (see
-  :meth:`~txm.ttp.store.SampleStore.units_for_pass`); a verb should not change units itself;
+  :meth:`~txm.db.samples.SampleStore.units_for_pass`); a verb should not change units itself;
 * ``call.db`` -- the peewee database, inside the pass's transaction. Write with peewee or SQL
   as usual: it is committed with the pass, before any ``OK`` goes out when ``COMMIT_INTERVAL``
   is 1. Each call runs in its own savepoint, so a failing call leaves nothing behind and never

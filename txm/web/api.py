@@ -22,7 +22,7 @@ from txm.export.ranges import DateRange, parse_datetime, resolve_range
 from txm.export.stats import check_channels, is_stale, last_sample, samples_page
 from txm.config import Settings
 from txm.errors import InvalidValue
-from txm.permissions import can_see_unit, visible_units
+from txm.permissions import visible_unit, visible_units
 from txm.webcore import LoginRefused, WebCore, format_when
 
 
@@ -56,8 +56,8 @@ def add_api_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> Non
         return user
 
     def api_unit(user: schema.User | None, code: str) -> schema.Unit:
-        unit = schema.Unit.get_or_none(schema.Unit.code == code)
-        if unit is None or not can_see_unit(user, unit, settings.LOGIN_REQUIRED):
+        unit = visible_unit(user, code, settings.LOGIN_REQUIRED)
+        if unit is None:
             raise _json_error(404, f"there is no unit {code!r} that you may see")
         return unit
 

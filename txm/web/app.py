@@ -29,7 +29,7 @@ from txm.export.csv import UnitExport, iter_pieces, resolve_fields
 from txm.export.ranges import PRESETS, TIMESTAMP_FORMAT, DateRange
 from txm.export.stats import overview, plot_limit
 from txm.passwords import DEFAULT_PASSWORD, check_password, make_password, weakness
-from txm.permissions import can_see_unit, visible_units
+from txm.permissions import visible_unit, visible_units
 from txm.web.api import add_api_routes, requested_range, view_data
 from txm.web.graphs import render_graphs, unit_axes
 from txm.webcore import STATIC, LoginRefused, WebCore, format_when, safe_next
@@ -131,10 +131,10 @@ def _account_routes(app: bottle.Bottle, core: WebCore) -> None:
 
 
 def _page_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> None:
-    def visible_unit(code: str) -> schema.Unit:
+    def unit_or_404(code: str) -> schema.Unit:
         """The unit with this code if the visitor may see it, else the 404 page."""
-        unit = schema.Unit.get_or_none(schema.Unit.code == code)
-        if unit is None or not can_see_unit(core.user, unit, settings.LOGIN_REQUIRED):
+        unit = visible_unit(core.user, code, settings.LOGIN_REQUIRED)
+        if unit is None:
             bottle.abort(404, f"There is no unit {code!r} that you may see.")
         return unit
 
@@ -150,7 +150,7 @@ def _page_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> None:
 
     @app.get("/units/<code>/")
     def unit_page(code: str):
-        unit = visible_unit(code)
+        unit = unit_or_404(code)
         query = bottle.request.query
         context: dict[str, Any] = dict(unit=unit, presets=PRESETS, error="", range=None, stats=None,
                                        graphs=[], series=None, from_text=query.getunicode("from") or "",
@@ -172,7 +172,7 @@ def _page_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> None:
 
     @app.get("/units/<code>/data.csv")
     def unit_csv(code: str):
-        unit = visible_unit(code)
+        unit = unit_or_404(code)
         if not unit.has_reports:
             bottle.abort(403, f"Data downloads are switched off for unit {unit.code}.")
         try:
