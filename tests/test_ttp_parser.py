@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from txm.ttp.parser import (TOO_LONG, Framer, ProtocolError, Request, error_reply, format_timestamp,
-                            format_value, parse_number, parse_request, parse_samples, parse_timestamp)
+from txm.timestamps import format_timestamp
+from txm.ttp.parser import (TOO_LONG, Framer, ProtocolError, Request, error_reply, format_value, parse_number,
+                            parse_request, parse_samples, parse_timestamp)
 
 # --- framing -------------------------------------------------------------------------------------
 

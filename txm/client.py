@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from txm.errors import TxmError
+from txm.timestamps import format_timestamp
 
 
 class TTPConnectionError(TxmError):
@@ -50,10 +51,7 @@ class LastSample:
 
 def format_sample(timestamp: dt.datetime, values: Iterable[float | int | str]) -> str:
     """One sample in upload form: ``<2009-01-16 15:30:45;11;22>`` (microseconds when present)."""
-    stamp = timestamp.strftime("%Y-%m-%d %H:%M:%S")
-    if timestamp.microsecond:
-        stamp += f".{timestamp.microsecond:06d}"
-    parts = [stamp]
+    parts = [format_timestamp(timestamp)]
     for v in values:
         if isinstance(v, float) and v.is_integer() and abs(v) < 1e16:
             parts.append(str(int(v)))

@@ -391,14 +391,6 @@ def format_value(value: float | None) -> str:
     return repr(float(value))
 
 
-def format_timestamp(timestamp: dt.datetime) -> str:
-    """A download timestamp: zero-padded, microseconds only when there are some."""
-    text = timestamp.strftime("%Y-%m-%d %H:%M:%S") if timestamp.year >= 1000 else (
-        f"{timestamp.year:04d}-{timestamp.month:02d}-{timestamp.day:02d} "
-        f"{timestamp.hour:02d}:{timestamp.minute:02d}:{timestamp.second:02d}")
-    return f"{text}.{timestamp.microsecond:06d}" if timestamp.microsecond else text
-
-
 # --- alarms ----------------------------------------------------------------------------------------
 
 #: Most data items an alarm may carry after its level.
