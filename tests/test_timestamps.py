@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 
+import peewee as pw
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from txm.client import format_sample
+from txm.db.samples import SampleStore
 from txm.export.ranges import parse_datetime
 from txm.loggernet import records
 from txm.timestamps import format_timestamp
-from txm.ttp.parser import parse_timestamp
+from txm.ttp.parser import parse_samples, parse_timestamp
 
 YEAR_999 = dt.datetime(999, 1, 2, 3, 4, 5)
 
@@ -47,3 +50,17 @@ def test_the_ttp_client_writes_the_one_form():
 def test_loggernet_records_trim_the_fraction():
     assert records.format_timestamp(dt.datetime(2026, 1, 2, 3, 4, 5, 250000)) == "2026-01-02 03:04:05.25"
     assert records.format_timestamp(YEAR_999) == "0999-01-02 03:04:05"
+
+
+@pytest.mark.parametrize("sent", [
+    "2009-01-16 15:30:45", "2009-01-16 15:30:45.100000", "2009-01-16 15:30:45.000000", "2009-1-16 15:30:45",
+    "09-01-16 15:30:45", " 209-01-16 15:30:45", "2009-01-16 15:30:45.1", "\u0662\u0660\u0660\u0669-01-16 15:30:45",
+    "0999-01-16 15:30:45", "2009-01-16 15:30:45 ",
+])
+def test_the_sample_store_keeps_the_one_form_on_sqlite_whatever_was_sent(sent):
+    (timestamp,) = [s.timestamp for s in parse_samples(f"<{sent};1>", 1)]
+    sqlite, server = SampleStore(pw.SqliteDatabase(None)), SampleStore(pw.PostgresqlDatabase(None))
+    assert sqlite.db_timestamps([timestamp], [sent]) == [format_timestamp(timestamp)]
+    assert sqlite.db_timestamps([timestamp, timestamp], [sent, "2009-01-16 15:30:45"])[0] == format_timestamp(timestamp)
+    assert sqlite.db_timestamps([timestamp]) == [format_timestamp(timestamp)]
+    assert server.db_timestamps([timestamp], [sent]) == [timestamp]

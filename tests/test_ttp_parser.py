@@ -5,12 +5,17 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+import peewee as pw
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from txm.db.samples import SampleStore
 from txm.timestamps import format_timestamp
 from txm.ttp.parser import (TOO_LONG, Framer, ProtocolError, Request, error_reply, format_value, parse_number,
                             parse_request, parse_samples, parse_timestamp)
+
+#: Where uploads are stored as text (the parser's timestamps become the text SQLite keeps).
+SQLITE = SampleStore(pw.SqliteDatabase(None))
 
 # --- framing -------------------------------------------------------------------------------------
 
@@ -316,7 +321,7 @@ def _check_plain(argument: str, channels: int) -> bool:
         return False
     assert careful is not None, argument
     assert plain.samples() == careful
-    assert plain.texts == [str(s.timestamp) for s in careful]  # the text SQLite keeps
+    assert SQLITE.db_timestamps(plain.timestamps, plain.sent) == [str(s.timestamp) for s in careful]  # its text
     return True
 
 
@@ -399,4 +404,4 @@ def test_parse_upload_gives_what_parse_samples_gives(text, channels):
         return
     upload = parse_upload(text, channels)
     assert upload.samples() == samples
-    assert upload.texts is None or upload.texts == [str(s.timestamp) for s in samples]
+    assert SQLITE.db_timestamps(upload.timestamps, upload.sent) == [str(s.timestamp) for s in samples]

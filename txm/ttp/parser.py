@@ -243,16 +243,11 @@ def parse_number(text: str) -> float:
 
 @dataclass(slots=True)
 class Upload:
-    """An upload's samples as parallel lists, in the order sent: what the upload verb stores.
-
-    ``texts`` holds ``str(timestamp)`` of every timestamp when the parser had it for nothing
-    (the meter sent them zero-padded), else None.
-    """
+    """An upload's samples as parallel lists, in the order sent: what the upload verb stores."""
 
     timestamps: list[dt.datetime]
     sent: list[str]
     values: list[tuple[float, ...]]
-    texts: list[str] | None = None
 
     def samples(self) -> list[SampleIn]:
         return list(map(SampleIn, self.timestamps, self.sent, self.values))
@@ -313,9 +308,7 @@ def _parse_plain(argument: str, channels: int | None) -> Upload | None:
             values = list(zip(*[map(float, fields[k::width]) for k in range(1, width)]))
     except ValueError:  # not a real date or not a number: the careful path says why
         return None
-    # str(timestamp) is the text sent, except that it leaves out microseconds of zero.
-    texts = sent if ".000000;" not in argument else [s[:19] if s.endswith(".000000") else s for s in sent]
-    return Upload(timestamps, sent, values, texts)
+    return Upload(timestamps, sent, values)
 
 
 def _parse_fast(argument: str, channels: int | None) -> list[SampleIn] | None:
