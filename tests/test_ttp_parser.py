@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from txm.db.samples import SampleStore
+from txm.framing import TOO_LONG, Framer
 from txm.timestamps import format_timestamp
-from txm.ttp.parser import (TOO_LONG, Framer, ProtocolError, Request, error_reply, format_value, parse_number,
-                            parse_request, parse_samples, parse_timestamp)
+from txm.ttp.parser import (ProtocolError, Request, error_reply, format_value, parse_number, parse_request,
+                            parse_samples, parse_timestamp)
 
 #: Where uploads are stored as text (the parser's timestamps become the text SQLite keeps).
 SQLITE = SampleStore(pw.SqliteDatabase(None))
