@@ -22,7 +22,7 @@ from txm.db.database import close_quietly
 from txm.errors import ConfigError
 from txm.loggernet import records
 from txm.loggernet.client import PullClient, parse_unit_map
-from txm.loggernet.server import CURSOR_NAME, ExportServer
+from txm.loggernet.server import CURSOR_NAME, MAX_ACK_BYTES, ExportServer
 from txm.net import listen
 
 LONG_AGO = dt.datetime(2026, 1, 1)  # "received": settled at once, also on database servers
@@ -167,6 +167,26 @@ def test_server_rtms_format_and_resend_after_the_timeout(settings, source_units)
         assert time.monotonic() - began >= 0.3
         client.send(records.format_ack(records.parse_rtms(line)))
         assert records.parse_rtms(client.record()).record_number == ids[1]
+        client.close()
+
+
+def test_server_ignores_lines_longer_than_max_ack_bytes_however_they_arrive(settings, source_units, caplog):
+    caplog.set_level(logging.INFO, logger="txm.dataexport")
+    ids = sample_ids("M1")
+    with Running(ExportServer(server_settings(settings, EXPORT_RESEND_SECONDS=30), source_units)) as server:
+        client = LineClient(server.port)
+        first = client.record()
+        # the right acknowledgement, but longer than the limit (leading zeros): ignored, even whole
+        client.send(f"M1,Samples,{ids[0]:0{MAX_ACK_BYTES}d}\r\n".encode())
+        for _ in range(3):  # a line without an end yet, in pieces
+            client.send(b"M1,Samples," + b"0" * MAX_ACK_BYTES)
+        client.send(f"{ids[0]}\r\nnonsense\r\n".encode())
+        wait_for(lambda: "not an acknowledgement" in caplog.text, what="the line after them")
+        assert server.acknowledged == 0 and cursor_value() == 0
+        assert caplog.text.count(f"sent a line longer than {MAX_ACK_BYTES} bytes; discarded") == 2
+        client.send(f"M1,Samples,{ids[0]:0{MAX_ACK_BYTES - 11}d}\r\n".encode())  # exactly the limit
+        assert client.record() != first
+        assert server.acknowledged == 1
         client.close()
 
 

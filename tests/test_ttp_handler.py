@@ -166,7 +166,7 @@ def test_random_request_lines_always_get_a_protocol_reply(settings, units):
     from hypothesis import settings as hsettings
     from hypothesis import strategies as st
 
-    from txm.ttp.parser import TOO_LONG, Framer
+    from txm.framing import TOO_LONG, Framer
 
     handler = make_handler(settings, units)
     pieces = st.sampled_from([b"TTP /", b"up/", b"dl/", b"al/", b"A/", b"B/", b"last", b" ka", b" kb", b"<",

@@ -5,11 +5,18 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+import peewee as pw
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from txm.ttp.parser import (TOO_LONG, Framer, ProtocolError, Request, error_reply, format_timestamp,
-                            format_value, parse_number, parse_request, parse_samples, parse_timestamp)
+from txm.db.samples import SampleStore
+from txm.framing import TOO_LONG, Framer
+from txm.timestamps import format_timestamp
+from txm.ttp.parser import (ProtocolError, Request, error_reply, format_value, parse_number, parse_request,
+                            parse_samples, parse_timestamp)
+
+#: Where uploads are stored as text (the parser's timestamps become the text SQLite keeps).
+SQLITE = SampleStore(pw.SqliteDatabase(None))
 
 # --- framing -------------------------------------------------------------------------------------
 
@@ -315,7 +322,7 @@ def _check_plain(argument: str, channels: int) -> bool:
         return False
     assert careful is not None, argument
     assert plain.samples() == careful
-    assert plain.texts == [str(s.timestamp) for s in careful]  # the text SQLite keeps
+    assert SQLITE.db_timestamps(plain.timestamps, plain.sent) == [str(s.timestamp) for s in careful]  # its text
     return True
 
 
@@ -398,4 +405,4 @@ def test_parse_upload_gives_what_parse_samples_gives(text, channels):
         return
     upload = parse_upload(text, channels)
     assert upload.samples() == samples
-    assert upload.texts is None or upload.texts == [str(s.timestamp) for s in samples]
+    assert SQLITE.db_timestamps(upload.timestamps, upload.sent) == [str(s.timestamp) for s in samples]

@@ -238,6 +238,20 @@ def test_api_samples_pages_follow_next(ann):
     assert "not a date" in ann.get("/api/units/M1/samples?from=later", status=400).json["error"]
 
 
+def test_year_999_is_zero_padded_on_pages_and_in_the_api_so_paging_reads_it_back(ann, site):
+    """Fixed: the pages and the JSON API wrote year 999 as ``999-...``, which no date field reads
+    back, so following ``next`` of the API's samples failed with 400 (not a date)."""
+    store_samples(site["M1"], [(dt.datetime(999, 1, 1, 0, i), [1.0, 2.0]) for i in range(3)])
+    first = ann.get("/api/units/M1/samples?from=0999-01-01&to=0999-01-01&limit=2").json
+    assert [s[0] for s in first["samples"]] == ["0999-01-01 00:00:00", "0999-01-01 00:01:00"]
+    assert "after=0999-01-01+00%3A01%3A00" in first["next"]
+    second = ann.get(first["next"]).json
+    assert [s[0] for s in second["samples"]] == ["0999-01-01 00:02:00"] and second["next"] is None
+    page = ann.get("/units/M1/?from=0999-01-01&to=0999-01-01")
+    assert "0999-01-01 00:00:00 to before 0999-01-02 00:00:00" in page.text  # the range
+    assert "3 samples, 0999-01-01 00:00:00 to 0999-01-01 00:02:00" in page.text  # the statistics
+
+
 def test_api_basic_auth_is_remembered_briefly_but_not_past_a_password_change(site):
     web = client(site["settings"])
     auth = _basic("ann", "pass word 1")

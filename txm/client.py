@@ -11,6 +11,7 @@ A reply with an error code raises :class:`TTPReplyError` carrying the code (``ex
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import re
 import socket
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from txm.errors import TxmError
+from txm.framing import Framer
+from txm.timestamps import format_timestamp
 
 
 class TTPConnectionError(TxmError):
@@ -50,10 +53,7 @@ class LastSample:
 
 def format_sample(timestamp: dt.datetime, values: Iterable[float | int | str]) -> str:
     """One sample in upload form: ``<2009-01-16 15:30:45;11;22>`` (microseconds when present)."""
-    stamp = timestamp.strftime("%Y-%m-%d %H:%M:%S")
-    if timestamp.microsecond:
-        stamp += f".{timestamp.microsecond:06d}"
-    parts = [stamp]
+    parts = [format_timestamp(timestamp)]
     for v in values:
         if isinstance(v, float) and v.is_integer() and abs(v) < 1e16:
             parts.append(str(int(v)))
@@ -73,7 +73,8 @@ class TTPClient:
         self.port = port
         self.timeout = timeout
         self._sock: socket.socket | None = None
-        self._buf = b""
+        self._framer = Framer(None, ends="cr")  # replies end with CR (or CR LF)
+        self._replies: collections.deque[bytes] = collections.deque()  # received, not yet returned
 
     def __enter__(self) -> "TTPClient":
         self.connect()
@@ -90,7 +91,8 @@ class TTPClient:
         except OSError as exc:
             raise TTPConnectionError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from None
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._buf = b""
+        self._framer = Framer(None, ends="cr")
+        self._replies.clear()
 
     def close(self) -> None:
         if self._sock is not None:
@@ -113,7 +115,7 @@ class TTPClient:
                 return self._read_reply()
             except (ConnectionError, EOFError) as exc:
                 self.close()
-                if attempt == 2 or self._buf:
+                if attempt == 2 or self._framer.pending or self._replies:
                     raise TTPConnectionError(f"connection to {self.host}:{self.port} broke: {exc}") from None
             except OSError as exc:
                 self.close()
@@ -122,14 +124,12 @@ class TTPClient:
 
     def _read_reply(self) -> str:
         assert self._sock is not None
-        while b"\r" not in self._buf:
+        while not self._replies:
             chunk = self._sock.recv(65536)
             if not chunk:
                 raise EOFError("the server closed the connection without a reply")
-            self._buf += chunk
-        reply, _, rest = self._buf.partition(b"\r")
-        self._buf = rest[1:] if rest[:1] == b"\n" else rest
-        return reply.decode("utf-8", "replace")
+            self._replies.extend(self._framer.feed(chunk))
+        return self._replies.popleft().decode("utf-8", "replace")
 
     @staticmethod
     def check(reply: str) -> str:

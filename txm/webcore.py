@@ -87,6 +87,7 @@ from markupsafe import Markup
 from txm.db import schema
 from txm.config import Settings
 from txm.passwords import DEFAULT_PASSWORD, check_password, make_password, needs_upgrade
+from txm.timestamps import format_timestamp
 
 log = logging.getLogger("txm.web")
 
@@ -189,7 +190,7 @@ class WebCore:
             settings=settings, url=self.url, csrf_field=self.csrf_field, csrf_token=self.csrf_token,
             get_flashed=self.pop_flashes,
         )
-        self.env.filters["when"] = format_when
+        self.env.filters["when"] = _when
         self._last_purge = 0.0
         self._purge_lock = threading.Lock()
 
@@ -465,14 +466,12 @@ class WebCore:
             bottle.abort(403, "This page is for staff users only.")
 
 
-def format_when(value: dt.datetime | None) -> str:
-    """A timestamp as the pages show it: ``2026-11-20 15:30:45`` (microseconds when present)."""
+def _when(value: dt.datetime | str | None) -> str:
+    """The templates' ``when`` filter: :func:`~txm.timestamps.format_timestamp`, and nothing for
+    no value (a channel without values has no first or last time)."""
     if value is None:
         return ""
-    if isinstance(value, str):
-        return value
-    text = value.strftime("%Y-%m-%d %H:%M:%S")
-    return text + (f".{value.microsecond:06d}" if value.microsecond else "")
+    return value if isinstance(value, str) else format_timestamp(value)
 
 
 _DUMMY_HASH = make_password("not a password", salt="txmdummysalt0000000000")

@@ -19,7 +19,7 @@ from txm.admin.base import Column, ModelAdmin, as_ids, linked, set_links, unit_c
 from txm.admin.forms import Field, Form, FormInput, read_form
 from txm.passwords import make_password, weakness
 from txm.permissions import ACTIONS, ALL_PERMISSIONS, PERMISSION_MODELS
-from txm.ttp.parser import format_timestamp
+from txm.timestamps import format_timestamp
 
 
 # --- permissions ---------------------------------------------------------------------------------

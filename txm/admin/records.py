@@ -21,7 +21,7 @@ from txm.db.sqlite import write_transaction
 from txm.admin.actor import Actor, Forbidden, log_action
 from txm.admin.base import PAGE_SIZE, by_id
 from txm.errors import InvalidValue
-from txm.ttp.parser import format_timestamp
+from txm.timestamps import format_timestamp
 
 #: Most samples or alarms one "Delete selected" may name (each one gets its own log entry).
 MAX_SELECTED = 500

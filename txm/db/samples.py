@@ -26,6 +26,7 @@ import peewee as pw
 from txm.db import schema
 from txm.db.dialect import Dialect
 from txm.db.schema import CHANNEL_COLUMNS
+from txm.timestamps import format_timestamp
 
 #: Most rows per INSERT statement; keeps under every engine's bound-parameter limit.
 ROWS_PER_STATEMENT = 900
@@ -33,6 +34,13 @@ ROWS_PER_STATEMENT = 900
 CODES_PER_QUERY = 500
 #: Most units kept between passes (SQLite); the cache starts afresh beyond it.
 UNIT_CACHE_SIZE = 100_000
+
+# SQLite keeps a timestamp as text: str(datetime), txm's one form (txm.timestamps), zero-padded
+# and without microseconds of zero. Meters mostly send exactly that, and such texts are stored as
+# sent. They are told by their shape, all of an upload's at once in C: every ASCII digit made 0,
+# one text a line (the TTP parser also reads other digits, and years of 1 to 3 digits).
+_DIGITS_TO_0 = bytes.maketrans(b"123456789", b"000000000")
+_STORED_SHAPES = (b"0000-00-00 00:00:00\n", b"0000-00-00 00:00:00.000000\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +162,20 @@ class SampleStore:
                 self._insert_sql[(channels, rows, returning)] = sql
         return sql
 
+    def db_timestamps(self, timestamps: Sequence[dt.datetime], sent: Sequence[str] | None = None) -> Sequence[Any]:
+        """The timestamps as the driver takes them: SQLite keeps the one text form, the others
+        take datetimes. ``sent``, the texts they were read from (an upload's, as meters wrote
+        them), saves formatting them when every one already is the text SQLite keeps."""
+        if self.kind != "sqlite":
+            return timestamps
+        if sent is not None:
+            lines = ("\n".join(sent) + "\n").encode()
+            shape = lines.translate(_DIGITS_TO_0)
+            count = len(sent)
+            if shape == _STORED_SHAPES[0] * count or (shape == _STORED_SHAPES[1] * count and b".000000\n" not in lines):
+                return sent
+        return list(map(format_timestamp, timestamps))
+
     def _received_value(self, received: dt.datetime) -> Any:
         """The pass's time as the driver takes it, converted once per pass."""
         if self._received[0] is not received:
@@ -169,19 +191,11 @@ class SampleStore:
 
     def insert_columns(self, unit: UnitRecord, timestamps: Sequence[dt.datetime],
                        values: Sequence[tuple[float, ...]], received: dt.datetime,
-                       texts: Sequence[str] | None = None) -> list[bool]:
-        """:meth:`insert_samples` for samples given as columns (the upload verb's hot path).
-
-        ``texts``, when given, is ``str(timestamp)`` of every timestamp (the form SQLite keeps),
-        which saves converting them here.
-        """
+                       sent: Sequence[str] | None = None) -> list[bool]:
+        """:meth:`insert_samples` for samples given as columns (the upload verb's hot path);
+        ``sent`` as :meth:`db_timestamps` takes it."""
         received_value = self._received_value(received)
-        if self.kind != "sqlite":
-            stamps = timestamps
-        elif texts is not None:
-            stamps = texts
-        else:
-            stamps = list(map(str, timestamps))
+        stamps = self.db_timestamps(timestamps, sent)
         cursor = self.db.cursor()
         if len(stamps) <= ROWS_PER_STATEMENT or self.kind != "sqlite":
             return self._insert_chunks(cursor, unit, stamps, values, received_value)
@@ -226,24 +240,24 @@ class SampleStore:
                 inserted.extend(stamp in went_in for stamp in chunk)
         return inserted
 
-    def insert_one_each(self, samples: Sequence[tuple[UnitRecord, dt.datetime, str | None, tuple[float, ...]]],
+    def insert_one_each(self, samples: Sequence[tuple[UnitRecord, dt.datetime, str, tuple[float, ...]]],
                         received: dt.datetime) -> list[bool]:
         """Insert one sample for each of several *different* units, in as few statements as the
         parameter limit allows; return, per sample, whether it went in (False: a duplicate).
 
-        Each sample is ``(unit, timestamp, text, values)``, ``text`` being ``str(timestamp)`` or
-        None. Units with fewer channels leave the others NULL, as a single upload does.
+        Each sample is ``(unit, timestamp, sent, values)``, ``sent`` being the text the timestamp
+        was read from (see :meth:`db_timestamps`). Units with fewer channels leave the others
+        NULL, as a single upload does.
         """
         received_value = self._received_value(received)
-        sqlite = self.kind == "sqlite"
         cursor = self.db.cursor()
         inserted: list[bool] = []
         for start in range(0, len(samples), ROWS_PER_STATEMENT):
             chunk = samples[start:start + ROWS_PER_STATEMENT]
             channels = max(unit.channels for unit, _, _, _ in chunk)
             params: list[Any] = []
-            for unit, timestamp, text, values in chunk:
-                stamp = (text if text is not None else str(timestamp)) if sqlite else timestamp
+            stamps = self.db_timestamps([sample[1] for sample in chunk], [sample[2] for sample in chunk])
+            for (unit, _, _, values), stamp in zip(chunk, stamps):
                 params += (unit.id, stamp, received_value, *values)
                 if unit.channels < channels:
                     params += (None,) * (channels - unit.channels)

@@ -51,7 +51,7 @@ from txm.db.sqlite import write_transaction
 from txm.errors import InvalidValue, TxmError
 from txm.db.dialect import Dialect
 from txm.export.ranges import parse_range
-from txm.ttp.parser import format_timestamp
+from txm.timestamps import format_timestamp
 
 #: Rows read per query.
 PAGE_SIZE = 10_000

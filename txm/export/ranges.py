@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from txm.db import schema
 from txm.db.samples import newest_sample
 from txm.errors import InvalidValue
-from txm.ttp.parser import format_timestamp
+from txm.timestamps import format_timestamp
 
-#: How exported timestamps are written, for help texts and the web page.
-TIMESTAMP_FORMAT = "YYYY-MM-DD HH:MM:SS[.ffffff]"
 #: Date range presets: name -> (label, length); counted back from the unit's newest sample.
 PRESETS: dict[str, tuple[str, dt.timedelta | None]] = {
     "hour": ("Last hour", dt.timedelta(hours=1)),
@@ -117,7 +115,8 @@ def resolve_range(unit: schema.Unit, preset: str | None = None, start: str | Non
     end = (end or "").strip() or None
     if start or end:
         lo, hi = parse_range(start, end)
-        label = f"{_show(lo) if lo else 'the first sample'} to {_show_end(hi) if hi else 'the newest sample'}"
+        label = (f"{format_timestamp(lo) if lo else 'the first sample'} to "
+                 f"{'before ' + format_timestamp(hi) if hi else 'the newest sample'}")
         return DateRange(lo, hi, None, label)
     preset = (preset or DEFAULT_PRESET).strip().lower()
     if preset not in PRESETS:
@@ -129,13 +128,4 @@ def resolve_range(unit: schema.Unit, preset: str | None = None, start: str | Non
     if newest is None:
         return DateRange(None, None, preset, label.lower())
     hi = newest.timestamp + dt.timedelta(microseconds=1)
-    return DateRange(hi - length, hi, preset, f"{label.lower()} of data, to {_show(newest.timestamp)}")
-
-
-def _show(value: dt.datetime) -> str:
-    text = value.strftime("%Y-%m-%d %H:%M:%S")
-    return text + (f".{value.microsecond:06d}" if value.microsecond else "")
-
-
-def _show_end(value: dt.datetime) -> str:
-    return "before " + _show(value)
+    return DateRange(hi - length, hi, preset, f"{label.lower()} of data, to {format_timestamp(newest.timestamp)}")

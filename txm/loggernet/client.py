@@ -23,7 +23,8 @@ well, so a record whose time the unit already has is acknowledged and not stored
 
 A malformed record, or one that cannot be stored, is logged with the reason and not
 acknowledged (the server sends it again after its resend interval); the connection stays
-open. A line longer than ``LOGGERNET_MAX_RECORD_BYTES`` is discarded the same way.
+open. A line longer than ``LOGGERNET_MAX_RECORD_BYTES`` (its CR LF not counted) is discarded the
+same way.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from txm.db.samples import SampleStore, UnitRecord
 from txm.db.sqlite import write_transaction
 from txm.config import Settings
 from txm.errors import ConfigError, TxmError
+from txm.framing import TOO_LONG, Framer
 from txm.loggernet import records
 
 log = logging.getLogger("txm.loggernet")
@@ -234,8 +236,7 @@ class PullClient:
         return sock
 
     def _session(self, sock: socket.socket, stop: threading.Event) -> None:
-        buffer = b""
-        discarding = False
+        framer = Framer(self.max_bytes + 1, ends="lf", resume=True)  # + 1: the CR of a CR LF
         last_record = time.monotonic()
         while not stop.is_set():
             if time.monotonic() - last_record > self.watchdog:
@@ -255,24 +256,13 @@ class PullClient:
                          self.host, self.port, self.retry_seconds)
                 stop.wait(self.retry_seconds)
                 return
-            buffer += data
-            while True:
-                newline = buffer.find(b"\n")
-                if newline < 0:
-                    if len(buffer) > self.max_bytes:
-                        log.warning("a record from %s:%s is longer than %d bytes; discarded, not acknowledged",
-                                    self.host, self.port, self.max_bytes)
-                        buffer, discarding = b"", True
-                    break
-                line, buffer = buffer[:newline + 1], buffer[newline + 1:]
+            for line in framer.feed(data):
                 last_record = time.monotonic()
-                if discarding or len(line) > self.max_bytes + 2:
-                    if not discarding:
-                        log.warning("a record from %s:%s is longer than %d bytes; discarded, not acknowledged",
-                                    self.host, self.port, self.max_bytes)
-                    discarding = False
+                if line is TOO_LONG:
+                    log.warning("a record from %s:%s is longer than %d bytes; discarded, not acknowledged",
+                                self.host, self.port, self.max_bytes)
                     continue
-                outcome = self.handle_line(line.rstrip(b"\r\n"))
+                outcome = self.handle_line(line.rstrip(b"\r"))
                 if outcome.ack is None:
                     log.warning("record not acknowledged: %s: %r", outcome.reason, line[:120])
                     continue

@@ -37,6 +37,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from txm import timestamps
 from txm.errors import TxmError
 
 FORMATS = ("standard", "rtms")
@@ -112,12 +113,10 @@ class Ack:
 
 
 def format_timestamp(value: dt.datetime) -> str:
-    """``YYYY-MM-DD hh:mm:ss`` with as many fraction digits as the time needs (none, or up to 6)."""
-    text = (f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
-            f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}")
-    if value.microsecond:
-        text += "." + f"{value.microsecond:06d}".rstrip("0")
-    return text
+    """``YYYY-MM-DD hh:mm:ss`` with as many fraction digits as the time needs (none, or up to 6):
+    txm's one form (:func:`txm.timestamps.format_timestamp`) without the fraction's trailing zeros."""
+    text = timestamps.format_timestamp(value)
+    return text.rstrip("0") if value.microsecond else text
 
 
 def parse_timestamp(text: str) -> dt.datetime:

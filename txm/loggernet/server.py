@@ -42,6 +42,7 @@ from txm.export.csv import settled_last_id
 from txm import net
 from txm.config import Settings
 from txm.errors import ConfigError
+from txm.framing import TOO_LONG, Framer
 from txm.loggernet import records
 
 log = logging.getLogger("txm.dataexport")
@@ -52,7 +53,7 @@ CURSOR_NAME = "dataexport"
 POLL_SECONDS = 0.5
 #: Records read from the database at once.
 BATCH = 200
-#: Longest acknowledgement line kept; a longer one is discarded.
+#: Longest acknowledgement line kept (its CR LF not counted); a longer one is discarded.
 MAX_ACK_BYTES = 4096
 #: Seconds a record may take to be written to a client that does not read.
 SEND_TIMEOUT = 10.0
@@ -86,8 +87,7 @@ class Session:
     def __init__(self, sock: socket.socket, peer: Any):
         self.sock = sock
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.buffer = b""
-        self.discarding = False
+        self.framer = Framer(MAX_ACK_BYTES + 1, ends="lf", resume=True)  # + 1: the CR of a CR LF
         self.pending: Pending | None = None
         self.queue: collections.deque[Pending] = collections.deque()
 
@@ -203,19 +203,10 @@ class ExportServer:
         if not data:
             self._end_session("the client closed the connection")
             return
-        session.buffer += data
-        while True:
-            newline = session.buffer.find(b"\n")
-            if newline < 0:
-                if len(session.buffer) > MAX_ACK_BYTES:
-                    log.warning("Data Export client %s sent more than %d bytes without a line end; discarded",
-                                session.peer, MAX_ACK_BYTES)
-                    session.buffer = b""
-                    session.discarding = True
-                return
-            line, session.buffer = session.buffer[:newline + 1], session.buffer[newline + 1:]
-            if session.discarding:
-                session.discarding = False
+        for line in session.framer.feed(data):
+            if line is TOO_LONG:
+                log.warning("Data Export client %s sent a line longer than %d bytes; discarded",
+                            session.peer, MAX_ACK_BYTES)
                 continue
             self._acknowledgement(session, line)
             if self.session is not session:

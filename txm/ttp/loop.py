@@ -2,10 +2,10 @@
 
 The loop only moves bytes. It owns the connections, their buffers and the named limits
 (``MAX_REQUEST_BYTES``, ``MAX_CONNECTIONS``, ``CHANNEL_TIMEOUT``) and the ``MAINTENANCE_INTERVAL``
-sweep. Each pass reads whatever arrived on every ready connection, frames and parses it
-(:mod:`txm.ttp.parser`), hands every complete request of the pass to the handler at once
-(:meth:`txm.ttp.handler.Handler.handle`, which commits them together) and then writes all
-the replies. A connection's replies keep the order of its requests.
+sweep. Each pass reads whatever arrived on every ready connection, frames it (:mod:`txm.framing`)
+and parses it (:mod:`txm.ttp.parser`), hands every complete request of the pass to the handler
+at once (:meth:`txm.ttp.handler.Handler.handle`, which commits them together) and then writes
+all the replies. A connection's replies keep the order of its requests.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import time
 from typing import Any, Callable
 
 from txm.config import Settings
+from txm.framing import TOO_LONG, Framer
 from txm.ttp.handler import Handler
-from txm.ttp.parser import TOO_LONG, Framer, ProtocolError, Request, error_reply, parse_request
+from txm.ttp.parser import ProtocolError, Request, error_reply, parse_request
 
 log = logging.getLogger("txm.ttp")
 

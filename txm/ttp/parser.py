@@ -1,10 +1,9 @@
-"""TTP parsing: bytes in, request objects out. Knows nothing of sockets or databases.
+"""TTP parsing: request lines in, request objects out. Knows nothing of sockets or databases.
 
-Three pieces, each usable alone:
+The lines come from :class:`txm.framing.Framer` (a request ends with CR, CR LF or LF; blank lines
+are skipped; a line longer than ``MAX_REQUEST_BYTES`` is reported once and ends the
+connection). Two pieces, each usable alone:
 
-* :class:`Framer` cuts a byte stream into request lines. A request ends with CR, CR LF or LF;
-  the LF of a CR LF may arrive in the next packet. Blank lines are skipped. A line longer than
-  the limit is reported once (:data:`TOO_LONG`) and the framer stops.
 * :func:`parse_request` turns one line into a :class:`Request`:
   ``TTP /<verb>/<unit code>/<argument> <unit key>``.
 * :func:`parse_samples` turns an upload's argument into :class:`SampleIn` objects, with the
@@ -34,10 +33,6 @@ PHRASES = {
     501: "Not implemented",
 }
 
-#: A complete line that exceeded the size limit (see :meth:`Framer.feed`).
-TOO_LONG = object()
-
-
 class ProtocolError(Exception):
     """A request the protocol cannot accept. ``code`` is the TTP code, ``reason`` is for logs.
 
@@ -63,81 +58,6 @@ def error_reply(code: int, detail: str = "") -> str:
 
 def bad(reason: str) -> ProtocolError:
     return ProtocolError(400, reason)
-
-
-# --- framing -------------------------------------------------------------------------------------
-
-
-class Framer:
-    """Cuts a TCP byte stream into request lines (without terminators).
-
-    ``max_bytes`` bounds one request, terminator excluded. The buffer never holds more than
-    ``max_bytes`` plus one received chunk.
-    """
-
-    __slots__ = ("max_bytes", "_buf", "_skip_lf", "_failed")
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._buf = b""
-        self._skip_lf = False
-        self._failed = False
-
-    @property
-    def pending(self) -> bool:
-        """True while part of a request has arrived but not its end."""
-        return bool(self._buf)
-
-    def feed(self, data: bytes) -> list:
-        """Add received bytes; return the complete lines (bytes), in order.
-
-        When a request exceeds ``max_bytes`` the last item is :data:`TOO_LONG`, and the framer
-        returns nothing more afterwards (the connection is to be closed).
-        """
-        if self._failed or not data:
-            return []
-        if self._skip_lf:
-            self._skip_lf = False
-            if data[0] == 10:  # the LF of a CR LF split across packets
-                data = data[1:]
-                if not data:
-                    return []
-        buf = self._buf + data if self._buf else data
-        lines: list = []
-        start = 0
-        size = len(buf)
-        limit = self.max_bytes
-        find_cr = buf.find
-        while start < size:
-            cr = find_cr(b"\r", start)
-            lf = find_cr(b"\n", start)
-            if cr < 0 and lf < 0:
-                break
-            if cr < 0 or (0 <= lf < cr):
-                end, nxt = lf, lf + 1
-            else:
-                end, nxt = cr, cr + 1
-                if nxt < size:
-                    if buf[nxt] == 10:
-                        nxt += 1
-                else:
-                    self._skip_lf = True
-            if end - start > limit:
-                self._failed = True
-                self._buf = b""
-                lines.append(TOO_LONG)
-                return lines
-            if end > start:
-                lines.append(buf[start:end])
-            start = nxt
-        rest = buf[start:] if start else buf
-        if len(rest) > limit:
-            self._failed = True
-            self._buf = b""
-            lines.append(TOO_LONG)
-            return lines
-        self._buf = rest
-        return lines
 
 
 # --- requests --------------------------------------------------------------------------------------
@@ -243,16 +163,11 @@ def parse_number(text: str) -> float:
 
 @dataclass(slots=True)
 class Upload:
-    """An upload's samples as parallel lists, in the order sent: what the upload verb stores.
-
-    ``texts`` holds ``str(timestamp)`` of every timestamp when the parser had it for nothing
-    (the meter sent them zero-padded), else None.
-    """
+    """An upload's samples as parallel lists, in the order sent: what the upload verb stores."""
 
     timestamps: list[dt.datetime]
     sent: list[str]
     values: list[tuple[float, ...]]
-    texts: list[str] | None = None
 
     def samples(self) -> list[SampleIn]:
         return list(map(SampleIn, self.timestamps, self.sent, self.values))
@@ -313,9 +228,7 @@ def _parse_plain(argument: str, channels: int | None) -> Upload | None:
             values = list(zip(*[map(float, fields[k::width]) for k in range(1, width)]))
     except ValueError:  # not a real date or not a number: the careful path says why
         return None
-    # str(timestamp) is the text sent, except that it leaves out microseconds of zero.
-    texts = sent if ".000000;" not in argument else [s[:19] if s.endswith(".000000") else s for s in sent]
-    return Upload(timestamps, sent, values, texts)
+    return Upload(timestamps, sent, values)
 
 
 def _parse_fast(argument: str, channels: int | None) -> list[SampleIn] | None:
@@ -389,14 +302,6 @@ def format_value(value: float | None) -> str:
     if value.is_integer() and abs(value) < 1e16:
         return str(int(value))
     return repr(float(value))
-
-
-def format_timestamp(timestamp: dt.datetime) -> str:
-    """A download timestamp: zero-padded, microseconds only when there are some."""
-    text = timestamp.strftime("%Y-%m-%d %H:%M:%S") if timestamp.year >= 1000 else (
-        f"{timestamp.year:04d}-{timestamp.month:02d}-{timestamp.day:02d} "
-        f"{timestamp.hour:02d}:{timestamp.minute:02d}:{timestamp.second:02d}")
-    return f"{text}.{timestamp.microsecond:06d}" if timestamp.microsecond else text
 
 
 # --- alarms ----------------------------------------------------------------------------------------

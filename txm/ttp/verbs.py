@@ -17,8 +17,9 @@ from typing import Iterable
 from txm.alarms.email import EMAILED
 from txm.db import schema
 from txm.db.samples import UnitRecord
+from txm.timestamps import format_timestamp
 from txm.ttp.handler import Call, OK, Verb
-from txm.ttp.parser import ProtocolError, Upload, format_timestamp, format_value, parse_alarm, parse_upload
+from txm.ttp.parser import ProtocolError, Upload, format_value, parse_alarm, parse_upload
 
 
 def upload(call: Call) -> str:
@@ -32,7 +33,7 @@ def _store_upload(call: Call, unit: UnitRecord, batch: Upload) -> str:
     duplicates: list[int] = []
     if len(timestamps) == 1 or len(set(timestamps)) == len(timestamps):  # the usual case
         positions: Iterable[int] = range(1, len(timestamps) + 1)
-        inserted = call.store.insert_columns(unit, timestamps, batch.values, call.received, batch.texts)
+        inserted = call.store.insert_columns(unit, timestamps, batch.values, call.received, batch.sent)
     else:  # the same timestamp twice in one request: the second is a duplicate
         seen: set[dt.datetime] = set()
         fresh: list[int] = []
@@ -42,11 +43,10 @@ def _store_upload(call: Call, unit: UnitRecord, batch: Upload) -> str:
             else:
                 seen.add(timestamp)
                 fresh.append(position)
-        texts = batch.texts
         positions = fresh
         inserted = call.store.insert_columns(
             unit, [timestamps[p - 1] for p in fresh], [batch.values[p - 1] for p in fresh], call.received,
-            None if texts is None else [texts[p - 1] for p in fresh])
+            [batch.sent[p - 1] for p in fresh])
     call.wrote = True
     if not all(inserted):
         duplicates.extend(position for position, went_in in zip(positions, inserted) if not went_in)
@@ -75,7 +75,7 @@ def upload_batch(calls: list[Call]) -> list[str | ProtocolError]:
             batch = parse_upload(call.request.argument, unit.channels)
             if len(batch.timestamps) == 1:
                 singles.append((index, unit, batch))
-                samples.append((unit, batch.timestamps[0], batch.texts[0] if batch.texts else None, batch.values[0]))
+                samples.append((unit, batch.timestamps[0], batch.sent[0], batch.values[0]))
             else:
                 outcomes[index] = _store_upload(call, unit, batch)
         except ProtocolError as exc:

@@ -23,7 +23,8 @@ from txm.export.stats import check_channels, is_stale, last_sample, samples_page
 from txm.config import Settings
 from txm.errors import InvalidValue
 from txm.permissions import visible_unit, visible_units
-from txm.webcore import LoginRefused, WebCore, format_when
+from txm.timestamps import format_timestamp
+from txm.webcore import LoginRefused, WebCore
 
 
 def requested_range(unit: schema.Unit) -> DateRange:
@@ -73,7 +74,7 @@ def add_api_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> Non
         labels = unit.channel_labels()
         body = {"unit": unit.code, "channels": labels, "timestamp": None, "received": None, "values": None}
         if sample is not None:
-            body.update(timestamp=format_when(sample.timestamp), received=_utc(sample.received),
+            body.update(timestamp=format_timestamp(sample.timestamp), received=_utc(sample.received),
                         values=sample.values)
         return _json(body)
 
@@ -97,10 +98,10 @@ def add_api_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> Non
         next_url = None
         if len(rows) == limit:
             params = {k: query.getunicode(k) for k in ("range", "from", "to", "fields") if query.get(k)}
-            params.update(after=format_when(rows[-1][0]), limit=str(limit))
+            params.update(after=format_timestamp(rows[-1][0]), limit=str(limit))
             next_url = core.url(f"/api/units/{quote(unit.code)}/samples") + "?" + urlencode(params)
         return _json({"unit": unit.code, "fields": [labels[n - 1] for n in channels],
-                      "samples": [[format_when(r[0]), *r[1:]] for r in rows], "next": next_url})
+                      "samples": [[format_timestamp(r[0]), *r[1:]] for r in rows], "next": next_url})
 
     @app.get("/api/views/<view_id:int>", access="public")
     def api_view(view_id: int):
@@ -175,7 +176,7 @@ def view_data(user: schema.User | None, view: schema.View, settings: Settings) -
         sample = last_sample(unit)
         units.append({
             "code": unit.code, "name": unit.name,
-            "timestamp": format_when(sample.timestamp) if sample else None,
+            "timestamp": format_timestamp(sample.timestamp) if sample else None,
             "received": _utc(sample.received) if sample else None,
             "stale": is_stale(sample, settings.STALE_SECONDS, now),
             "channels": [{"channel": n, "label": labels[n - 1],

@@ -26,13 +26,14 @@ from txm.db import schema
 from txm.db.database import open_database
 from txm.errors import InvalidValue
 from txm.export.csv import UnitExport, iter_pieces, resolve_fields
-from txm.export.ranges import PRESETS, TIMESTAMP_FORMAT, DateRange
+from txm.export.ranges import PRESETS, DateRange
 from txm.export.stats import overview, plot_limit
 from txm.passwords import DEFAULT_PASSWORD, check_password, make_password, weakness
 from txm.permissions import visible_unit, visible_units
+from txm.timestamps import TIMESTAMP_FORMAT, format_timestamp
 from txm.web.api import add_api_routes, requested_range, view_data
 from txm.web.graphs import render_graphs, unit_axes
-from txm.webcore import STATIC, LoginRefused, WebCore, format_when, safe_next
+from txm.webcore import STATIC, LoginRefused, WebCore, safe_next
 
 #: Samples per query and per piece of a CSV download.
 CSV_PAGE = 2000
@@ -219,9 +220,9 @@ def _range_query(chosen: DateRange) -> str:
         return urlencode({"range": chosen.preset})
     params = {}
     if chosen.start is not None:
-        params["from"] = format_when(chosen.start)
+        params["from"] = format_timestamp(chosen.start)
     if chosen.end is not None:
-        params["to"] = format_when(chosen.end - dt.timedelta(microseconds=1))
+        params["to"] = format_timestamp(chosen.end - dt.timedelta(microseconds=1))
     return urlencode(params)
 
 
