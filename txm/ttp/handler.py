@@ -69,6 +69,7 @@ from txm.db.samples import SampleStore, UnitRecord
 from txm.db.schema import utcnow
 from txm.db.sqlite import SQLITE_CHECKPOINT_PAGES, Checkpointer
 from txm.ttp.parser import ProtocolError, Request, error_reply
+from txm.ttp.refusals import RefusalLog
 
 log = logging.getLogger("txm.ttp")
 
@@ -273,6 +274,7 @@ class Handler:
         # else, by every following pass until a commit succeeds (see _held_back).
         self.backlog: list[tuple[Request, dt.datetime]] = []
         self.failures = WriteFailures()
+        self.refusals = RefusalLog(log)
         self.requests_handled = 0
 
     def on_commit(self, event: str, callback: Callable[[], Any]) -> None:
@@ -536,15 +538,15 @@ class Handler:
                     self._uncommitted.append((call.request, received))
         return replies
 
-    @staticmethod
-    def _log_protocol_error(request: Request, exc: ProtocolError) -> None:
-        log.log(logging.DEBUG if exc.code in (404, 406) else logging.INFO,
-                "%s: %d %s", request.describe(), exc.code, exc.reason or exc.args[0])
+    def _log_protocol_error(self, request: Request, exc: ProtocolError) -> None:
+        self.refusals.refused((exc.code, request.code), logging.DEBUG if exc.code in (404, 406) else logging.INFO,
+                              "%s: %d %s", request.describe(), exc.code, exc.reason or exc.args[0])
 
     def _call(self, request: Request, received: dt.datetime) -> str:
         verb = self.verbs.get(request.verb)
         if verb is None:
-            log.info("%s: 501 (no verb %r)", request.describe(), request.verb)
+            self.refusals.refused((501, request.verb), logging.INFO, "%s: 501 (no verb %r)", request.describe(),
+                                  request.verb)
             return error_reply(501)
         call = Call(request, self, received)
         savepoint = self._alone_mode or not (self._savepoint_free and getattr(verb, "ttp_single_statement", False))

@@ -1,8 +1,10 @@
-"""A database that refuses writes for a while (a full disk) loses nothing that was acknowledged.
+"""Faults the TTP server survives without losing what it acknowledged or refusing what it
+should answer: a database that refuses writes for a while (a full disk), another process
+holding SQLite's write lock, a client that sends nothing but refused requests.
 
-The fault is real: ``txm serve`` runs as a subprocess and its file-size limit (``RLIMIT_FSIZE``,
-set from outside with ``prlimit``) is lowered while meters upload, so SQLite's writes fail with
-an I/O error as on a full disk, then raised again.
+The faults are real: for the full disk ``txm serve`` runs as a subprocess and its file-size
+limit (``RLIMIT_FSIZE``, set from outside with ``prlimit``) is lowered while meters upload, so
+SQLite's writes fail with an I/O error as on a full disk, then raised again.
 """
 
 from __future__ import annotations
@@ -133,3 +135,40 @@ def test_readers_and_unknown_verbs_do_not_wait_for_the_write_lock(settings, conf
             other.rollback()
             other.close()
         assert meter.request("TTP /up/M1/<2026-1-1 0:0:1;2> key") == "OK"  # writes go on after
+
+
+# --- a client that sends nothing but refused requests ---------------------------------------------
+
+
+def test_refused_requests_are_summed_up_not_logged_one_by_one(serve_process, settings, config_file):
+    """40,000 refused requests from one client: the first of each kind is in the log, the rest
+    are counted, and the connection's close says how many there were."""
+    write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
+    manage.syncdb(settings)
+    manage.add_unit("M1", "key", 1)
+    schema.database.close()
+    process = serve_process()
+    port = process.wait_ready()
+    lines = (b"GARBAGE\r" * 10_000 + b"TTP /up/M1/<2026-1-1 0:0:0;1> wrong\r" * 10_000
+             + b"TTP /zz/M1/x key\r" * 10_000 + b"TTP /up/M9/<2026-1-1 0:0:0;1> key\r" * 10_000)
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(lines)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while received.count(b"\r") < 40_000:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            received += chunk
+    assert received.count(b"\r") == 40_000
+    assert _wait(lambda: "of its requests were refused" in process.logged(), 10), process.logged()
+    assert process.stop() == 0
+    log = process.logged("INFO").splitlines()
+    text = "\n".join(log)
+    for first in ("400 (request does not start with 'TTP /')", "402 wrong key", "501 (no verb 'zz')", "405 no unit"):
+        assert first in text, first
+    assert "40000 of its requests were refused" in text
+    assert "more refused request(s) left out of the log" in text
+    assert len(log) < 200, f"{len(log)} log lines for one client's refused requests"
