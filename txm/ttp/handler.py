@@ -27,6 +27,9 @@ A verb is a function ``verb(call: Call) -> str`` returning the reply line withou
 * ``call.after_commit(fn)`` -- run ``fn()`` once the pass is committed;
   ``call.announce(event)`` -- run what others registered for ``event`` then (see below).
 
+A verb that never writes says so with ``verb.ttp_writes_nothing = True`` (``dl`` does): a pass
+of such requests (and unknown verbs) does not wait for SQLite's write lock.
+
 A verb may also answer several requests at once: ``verb.ttp_batch(calls) -> list`` receives
 consecutive calls of the verb for *different* units and returns, per call, the reply text or
 the :class:`~txm.ttp.parser.ProtocolError` to answer with; it sets ``call.wrote`` for calls
@@ -66,6 +69,7 @@ from txm.db.samples import SampleStore, UnitRecord
 from txm.db.schema import utcnow
 from txm.db.sqlite import SQLITE_CHECKPOINT_PAGES, Checkpointer
 from txm.ttp.parser import ProtocolError, Request, error_reply
+from txm.ttp.refusals import RefusalLog
 
 log = logging.getLogger("txm.ttp")
 
@@ -77,12 +81,21 @@ MAX_COMMIT_DELAY = 1.0
 BATCH_LIMIT = 500
 #: Attempts at one request, in a transaction of its own, after its pass met a lock conflict.
 CONFLICT_ATTEMPTS = 6
+#: While writes fail (a full disk), seconds between the log's summaries of what was refused.
+FAILURE_SUMMARY_SECONDS = 10.0
 
 #: Error codes of a transaction that lost a lock conflict with another database session:
 #: PostgreSQL SQLSTATEs (deadlock, serialization failure, lock not available) and MySQL error
 #: numbers (deadlock, lock wait timeout).
 _PG_CONFLICTS = frozenset({"40P01", "40001", "55P03"})
 _MYSQL_CONFLICTS = frozenset({1213, 1205})
+#: Errors of a database that cannot store anything now, whatever the statement: SQLite's primary
+#: result codes (out of memory, read-only, I/O error, corrupt, full, cannot open), PostgreSQL's
+#: SQLSTATE classes (connection exception, insufficient resources, system error) and MySQL's error
+#: numbers (error writing a file, disk full, table full, server gone away, connection lost).
+_SQLITE_FAILURES = frozenset({7, 8, 10, 11, 13, 14})
+_PG_FAILURE_CLASSES = frozenset({"08", "53", "58"})
+_MYSQL_FAILURES = frozenset({3, 1021, 1114, 2006, 2013})
 
 OK = "OK"
 
@@ -101,18 +114,43 @@ class PassAborted(Exception):
     statement of the transaction: the pass is redone one request at a time."""
 
 
-def is_lock_conflict(exc: BaseException | None) -> bool:
-    """True when ``exc`` (or what it wraps) is a deadlock or lock timeout from the database."""
+def _causes(exc: BaseException | None):
+    """``exc`` and what it wraps (peewee wraps a driver's exception as its first argument)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if getattr(exc, "pgcode", None) in _PG_CONFLICTS:
-            return True
+        yield exc
         args = getattr(exc, "args", ())
+        exc = args[0] if args and isinstance(args[0], BaseException) else (exc.__cause__ or exc.__context__)
+
+
+def is_lock_conflict(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or what it wraps) is a deadlock or lock timeout from the database."""
+    for cause in _causes(exc):
+        if getattr(cause, "pgcode", None) in _PG_CONFLICTS:
+            return True
+        args = getattr(cause, "args", ())
         if args and isinstance(args[0], int) and args[0] in _MYSQL_CONFLICTS:
             return True
-        # peewee wraps a driver's exception as its first argument
-        exc = args[0] if args and isinstance(args[0], BaseException) else (exc.__cause__ or exc.__context__)
+    return False
+
+
+def is_storage_failure(exc: BaseException | None) -> bool:
+    """True when ``exc`` says the database cannot store anything now (a full disk, an I/O
+    error, a lost connection), rather than that one statement was wrong."""
+    for cause in _causes(exc):
+        code = getattr(cause, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _SQLITE_FAILURES:
+            return True
+        pgcode = getattr(cause, "pgcode", None)
+        if pgcode and pgcode[:2] in _PG_FAILURE_CLASSES:
+            return True
+        if type(cause).__module__.startswith("psycopg2") and type(cause).__name__ in (
+                "OperationalError", "InterfaceError") and not pgcode:
+            return True  # the connection to the server is gone
+        args = getattr(cause, "args", ())
+        if type(cause).__module__.startswith("pymysql") and args and args[0] in _MYSQL_FAILURES:
+            return True
     return False
 
 
@@ -167,6 +205,43 @@ class Call:
 # --- the handler -------------------------------------------------------------------------------
 
 
+class WriteFailures:
+    """What the log says while the database refuses writes: the first failure with its
+    traceback, then a summary every :data:`FAILURE_SUMMARY_SECONDS`, then the recovery."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # monotonic time of the first failure of this spell
+        self.last_try = 0.0
+        self.refused = 0  # requests answered 500 during this spell
+        self._refused_at_summary = 0
+        self._next_summary = 0.0
+
+    def failed(self, exc: BaseException, refused: int, kept: int) -> None:
+        now = time.monotonic()
+        self.last_try = now
+        self.refused += refused
+        if self.since is None:
+            self.since = now
+            self._next_summary = now + FAILURE_SUMMARY_SECONDS
+            log.error("the database refuses writes (%s: %s); answering 500 to new requests and keeping the "
+                      "%d acknowledged one(s) not yet committed, to write again once it takes them",
+                      type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+                      kept, exc_info=exc)
+        elif now >= self._next_summary:
+            log.error("the database still refuses writes after %.0f s (%s): %d request(s) answered 500 in "
+                      "the last %.0f s; %d acknowledged kept to write again", now - self.since, exc,
+                      self.refused - self._refused_at_summary, FAILURE_SUMMARY_SECONDS, kept)
+            self._refused_at_summary = self.refused
+            self._next_summary = now + FAILURE_SUMMARY_SECONDS
+
+    def recovered(self) -> None:
+        assert self.since is not None
+        log.warning("the database takes writes again after %.1f s: %d request(s) were answered 500 meanwhile, "
+                    "and every acknowledged one is stored", time.monotonic() - self.since, self.refused)
+        self.since = None
+        self.refused = self._refused_at_summary = 0
+
+
 class Handler:
     """Answers batches of requests with group commit.
 
@@ -195,6 +270,11 @@ class Handler:
         self._after_commit: list[Callable[[], Any]] = []
         self._listeners: dict[str, list[Callable[[], Any]]] = {}
         self._uncommitted: list[tuple[Request, dt.datetime]] = []  # answered, not yet committed
+        # Writes of requests answered OK whose commit failed: written again, before anything
+        # else, by every following pass until a commit succeeds (see _held_back).
+        self.backlog: list[tuple[Request, dt.datetime]] = []
+        self.failures = WriteFailures()
+        self.refusals = RefusalLog(log)
         self.requests_handled = 0
 
     def on_commit(self, event: str, callback: Callable[[], Any]) -> None:
@@ -213,25 +293,41 @@ class Handler:
                 if self.checkpointer is None:
                     self.checkpointer = Checkpointer(self.db.database)
 
-    def _begin(self) -> None:
+    def _begin(self, write: bool = True) -> None:
         if self._txn is None:
             self.open()
-            # SQLite: take the write lock at BEGIN so the first write never fails on a snapshot
-            # another process committed after our first read.
-            txn = self.db.transaction(lock_type="IMMEDIATE") if self._sqlite else self.db.transaction()
+            # SQLite: a pass that may write takes the write lock at BEGIN, so its first write
+            # never fails on a snapshot another process committed after its first read; a pass
+            # that only reads does not wait for the lock (another process may hold it for long).
+            txn = self.db.transaction(lock_type="IMMEDIATE" if write else "DEFERRED") if self._sqlite \
+                else self.db.transaction()
             txn.__enter__()
             self._txn = txn
             self._txn_started = time.monotonic()
 
+    def _may_write(self, requests: list[Request]) -> bool:
+        """Whether a verb of the pass may write: not when each is a reader (``ttp_writes_nothing``,
+        like ``dl``) or unknown (answered 501)."""
+        verbs = self.verbs
+        for request in requests:
+            verb = verbs.get(request.verb)
+            if verb is not None and not getattr(verb, "ttp_writes_nothing", False):
+                return True
+        return False
+
     def _commit(self) -> None:
         txn, self._txn = self._txn, None
         self._pending_writes = 0
-        self._uncommitted = []
         callbacks, self._after_commit = self._after_commit, []
         if txn is not None:
-            txn.__exit__(None, None, None)  # commits; rolls back and raises on failure
+            try:
+                txn.__exit__(None, None, None)  # commits; rolls back and raises on failure
+            except BaseException:
+                self._txn = None
+                raise  # _uncommitted still holds what the failed commit took: the caller keeps it
             if self.checkpointer is not None:
                 self.checkpointer.committed()
+        self._uncommitted = []
         for fn in callbacks:
             try:
                 fn()
@@ -243,6 +339,7 @@ class Handler:
         self.store.forget_units()
         self._rollback()
         self._uncommitted = []
+        self._after_commit = []
         try:
             self.db.close()
         except Exception:
@@ -265,29 +362,81 @@ class Handler:
         return self._units.get(code)
 
     def handle(self, requests: list[Request]) -> list[str]:
-        """Answer the requests of one pass, in order; commit per ``COMMIT_INTERVAL``."""
+        """Answer the requests of one pass, in order; commit per ``COMMIT_INTERVAL``.
+
+        While an earlier commit's writes wait in :attr:`backlog` (the database refused them: a
+        full disk, an I/O error), they are written again first and the pass is committed before
+        it is answered, whatever ``COMMIT_INTERVAL`` says: nothing more is acknowledged until
+        the database takes writes again. If that commit fails too, the pass is answered 500.
+        """
         if not requests:
             return []
         self.requests_handled += len(requests)
         received = utcnow()
+        recovering = bool(self.backlog)
+        if not recovering and self._txn is None and not self._may_write(requests):
+            return self._read(requests, received)
         earlier = len(self._uncommitted)  # answered in earlier passes, not yet committed
         try:
             try:
                 self._begin()
+                if recovering:
+                    self._replay_backlog()
+                    earlier = len(self._uncommitted)
                 self._units = self.store.units_for_pass({r.code for r in requests})
                 replies = self._answer(requests, received)
-                if self.commit_interval <= 1 or self._pending_writes >= self.commit_interval or (
+                if recovering or self.commit_interval <= 1 or self._pending_writes >= self.commit_interval or (
                         time.monotonic() - self._txn_started >= MAX_COMMIT_DELAY):
                     self._commit()
+                    self._backlog_stored()
             except (LockConflict, PassAborted) as exc:
                 replies = self._one_by_one(requests, received, exc, earlier)
-        except Exception:
-            log.exception("database failure; %d request(s) of this pass answered 500", len(requests))
-            self._abandon()
+        except Exception as exc:
+            # Kept: what was acknowledged and not yet committed; never this pass's own writes,
+            # which are answered 500 (the meter sends them again).
+            self._failed(exc, len(requests), self.backlog if recovering else self._uncommitted[:earlier])
             return [error_reply(500)] * len(requests)
         finally:
             self._units = {}
         return replies
+
+    def _read(self, requests: list[Request], received: dt.datetime) -> list[str]:
+        """A pass that writes nothing: in a read transaction of its own (no write lock to wait
+        for), or in none when no verb is known."""
+        if all(request.verb not in self.verbs for request in requests):
+            return [self._call(request, received) for request in requests]
+        try:
+            self._begin(write=False)
+            self._units = self.store.units_for_pass({r.code for r in requests})
+            replies = [self._call(request, received) for request in requests]
+            self._commit()
+        except Exception as exc:
+            self._failed(exc, len(requests), [])
+            return [error_reply(500)] * len(requests)
+        finally:
+            self._units = {}
+        return replies
+
+    def _replay_backlog(self) -> None:
+        """Write again, in the open transaction, what was acknowledged but never committed."""
+        backlog = self.backlog
+        self._units = self.store.units_for_pass({request.code for request, _ in backlog})
+        for request, when in backlog:
+            self._call(request, when)  # appends it to _uncommitted again: kept if this fails too
+
+    def _failed(self, exc: BaseException, refused: int, acknowledged: list[tuple[Request, dt.datetime]]) -> None:
+        """A transaction failed: keep what was acknowledged for the next pass to write again,
+        drop the connection (SQLite may have left it unusable after an I/O error), and tell
+        the log -- loudly the first time, then in summaries."""
+        self._abandon()
+        self.backlog = list(acknowledged)
+        self.failures.failed(exc, refused, len(self.backlog))
+
+    def _backlog_stored(self) -> None:
+        """A commit that held the whole backlog went through."""
+        self.backlog = []
+        if self.failures.since is not None:
+            self.failures.recovered()
 
     def _one_by_one(self, requests: list[Request], received: dt.datetime, why: Exception,
                     earlier: int) -> list[str]:
@@ -310,6 +459,8 @@ class Handler:
         try:
             for request, when in replay:
                 self._alone(request, when)
+            if self.backlog:
+                self._backlog_stored()
             return [self._alone(request, received) for request in requests]
         finally:
             self._alone_mode = False
@@ -369,6 +520,8 @@ class Handler:
         except Exception as exc:
             if is_lock_conflict(exc):
                 raise LockConflict() from exc  # the whole pass is redone, see _one_by_one
+            if is_storage_failure(exc):
+                raise  # the database itself fails: the whole pass does
             self._undo(cursor, "txm_batch")
             log.warning("a batch of %d request(s) failed (%s: %s); answering them one at a time",
                         len(calls), type(exc).__name__, exc)
@@ -385,15 +538,15 @@ class Handler:
                     self._uncommitted.append((call.request, received))
         return replies
 
-    @staticmethod
-    def _log_protocol_error(request: Request, exc: ProtocolError) -> None:
-        log.log(logging.DEBUG if exc.code in (404, 406) else logging.INFO,
-                "%s: %d %s", request.describe(), exc.code, exc.reason or exc.args[0])
+    def _log_protocol_error(self, request: Request, exc: ProtocolError) -> None:
+        self.refusals.refused((exc.code, request.code), logging.DEBUG if exc.code in (404, 406) else logging.INFO,
+                              "%s: %d %s", request.describe(), exc.code, exc.reason or exc.args[0])
 
     def _call(self, request: Request, received: dt.datetime) -> str:
         verb = self.verbs.get(request.verb)
         if verb is None:
-            log.info("%s: 501 (no verb %r)", request.describe(), request.verb)
+            self.refusals.refused((501, request.verb), logging.INFO, "%s: 501 (no verb %r)", request.describe(),
+                                  request.verb)
             return error_reply(501)
         call = Call(request, self, received)
         savepoint = self._alone_mode or not (self._savepoint_free and getattr(verb, "ttp_single_statement", False))
@@ -421,6 +574,8 @@ class Handler:
         except Exception as exc:
             if is_lock_conflict(exc):
                 raise LockConflict() from exc  # the whole pass is redone, see _one_by_one
+            if is_storage_failure(exc):
+                raise  # the database itself fails (a full disk, a lost connection): the whole pass does
             if cursor is None and not self._sqlite:
                 raise PassAborted() from exc  # the whole pass is redone, see _one_by_one
             if cursor is not None:
@@ -442,28 +597,43 @@ class Handler:
 
     def next_deadline(self) -> float | None:
         """Monotonic time by which :meth:`tick` must run, or None when nothing waits."""
-        if self._txn is None:
-            return None
-        return self._txn_started + MAX_COMMIT_DELAY
+        if self._txn is not None:
+            return self._txn_started + MAX_COMMIT_DELAY
+        if self.backlog:
+            return self.failures.last_try + MAX_COMMIT_DELAY
+        return None
 
     def tick(self) -> None:
-        """Commit an open transaction that has waited long enough."""
-        if self._txn is not None and time.monotonic() - self._txn_started >= MAX_COMMIT_DELAY:
+        """Commit an open transaction that has waited long enough; while writes fail, try the
+        backlog again about once a second even when no meter sends anything."""
+        now = time.monotonic()
+        if self._txn is not None and now - self._txn_started >= MAX_COMMIT_DELAY:
+            self.flush()
+        elif self._txn is None and self.backlog and now - self.failures.last_try >= MAX_COMMIT_DELAY:
             self.flush()
 
     def flush(self) -> None:
-        """Commit whatever is pending now."""
-        if self._txn is None:
+        """Commit whatever is pending now (the backlog of failed commits included)."""
+        if self._txn is None and not self.backlog:
             return
+        acknowledged = self.backlog or self._uncommitted  # while writes fail, no transaction stays open
         try:
+            if self._txn is None:
+                self._begin()
+                self._replay_backlog()
             self._commit()
-        except Exception:
-            log.exception("committing pending uploads failed; they are lost")
-            self._abandon()
+            self._backlog_stored()
+        except Exception as exc:
+            self._failed(exc, 0, acknowledged)
+        finally:
+            self._units = {}
 
     def close(self) -> None:
         """Flush pending commits, stop the checkpointer and close this thread's connection."""
         self.flush()
+        if self.backlog:
+            log.error("stopping with %d acknowledged request(s) the database would not take: their "
+                      "writes are lost", len(self.backlog))
         if self.checkpointer is not None:
             self.checkpointer.stop()
             self.checkpointer = None

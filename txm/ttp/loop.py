@@ -21,6 +21,7 @@ from txm.config import Settings
 from txm.framing import TOO_LONG, Framer
 from txm.ttp.handler import Handler
 from txm.ttp.parser import ProtocolError, Request, error_reply, parse_request
+from txm.ttp.refusals import SUMMARY_AT
 
 log = logging.getLogger("txm.ttp")
 
@@ -41,7 +42,7 @@ _FULL = (error_reply(500) + "\r").encode()
 class Connection:
     """One meter connection: its socket, framer, unsent output and timing."""
 
-    __slots__ = ("sock", "fd", "peer", "framer", "since", "out", "close_after", "eof", "events")
+    __slots__ = ("sock", "fd", "peer", "framer", "since", "out", "close_after", "eof", "events", "refused")
 
     def __init__(self, sock: socket.socket, peer: Any, max_bytes: int, now: float):
         self.sock = sock
@@ -53,6 +54,7 @@ class Connection:
         self.close_after = False  # close once the replies are written
         self.eof = False
         self.events = selectors.EVENT_READ
+        self.refused = 0  # requests answered with an error code
 
     def describe(self) -> str:
         try:
@@ -71,6 +73,7 @@ class Loop:
         ``heartbeat_interval`` seconds on a quiet server (the systemd watchdog: a loop that
         wedges stops calling it)."""
         self.settings = settings
+        self.refusals = handler.refusals
         self.heartbeat = heartbeat
         self.max_wait = min(MAX_WAIT, heartbeat_interval) if heartbeat_interval else MAX_WAIT
         self.handler = handler
@@ -129,6 +132,7 @@ class Loop:
             self.handler.close()
         finally:
             self._shutdown()
+            self.refusals.flush()
 
     # --- one pass ----------------------------------------------------------------------------------
 
@@ -246,15 +250,19 @@ class Loop:
         conn.since = now
         for line in lines:
             if line is TOO_LONG:
-                log.info("%s: 400 (request longer than MAX_REQUEST_BYTES %d); closing",
-                         conn.describe(), self.max_bytes)
+                conn.refused += 1
+                self.refusals.refused((400, conn.peer[0] if isinstance(conn.peer, tuple) else conn.peer, "long"),
+                                      logging.INFO, "%s: 400 (request longer than MAX_REQUEST_BYTES %d); closing",
+                                      conn.describe(), self.max_bytes)
                 items.append((conn, _BAD_REQUEST))
                 conn.close_after = True
                 break
             try:
                 items.append((conn, parse_request(line)))
             except ProtocolError as exc:
-                log.info("%s: 400 (%s)", conn.describe(), exc.reason)
+                conn.refused += 1
+                self.refusals.refused((400, conn.peer[0] if isinstance(conn.peer, tuple) else conn.peer, exc.reason),
+                                      logging.INFO, "%s: 400 (%s)", conn.describe(), exc.reason)
                 items.append((conn, exc.reply()))
             if not self.keep_open:
                 conn.close_after = True
@@ -266,7 +274,12 @@ class Loop:
         replies = iter(self.handler.handle(requests)) if requests else iter(())
         out: dict[Connection, list[str]] = {}
         for conn, item in items:
-            reply = next(replies) if isinstance(item, Request) else item
+            if isinstance(item, Request):
+                reply = next(replies)
+                if reply[0] != "O":  # an error code, not OK
+                    conn.refused += 1
+            else:
+                reply = item
             lst = out.get(conn)
             if lst is None:
                 out[conn] = [reply]
@@ -326,6 +339,8 @@ class Loop:
         if self.connections.get(conn.fd) is not conn:
             return
         del self.connections[conn.fd]
+        if conn.refused >= SUMMARY_AT:
+            log.info("%s: closed; %d of its requests were refused", conn.describe(), conn.refused)
         try:
             self.selector.unregister(conn.sock)
         except (KeyError, ValueError):

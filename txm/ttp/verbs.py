@@ -108,6 +108,7 @@ def download(call: Call) -> str:
 
 
 download.ttp_single_statement = True  # type: ignore[attr-defined]
+download.ttp_writes_nothing = True  # type: ignore[attr-defined]
 
 
 def alarm(call: Call) -> str:
