@@ -177,8 +177,9 @@ def add_record_pages(panel: Panel, records: RecordAdmin) -> None:
         if not problem:
             try:
                 page = records.page(start, end, panel.query_value("before"), panel.query_value("after"), **narrowing)
-            except InvalidValue as exc:
+            except InvalidValue as exc:  # a page cursor no link of the panel gives
                 problem = sentence(str(exc))
+                bottle.response.status = 400
         units = None
         if records.rows_of_many_units:  # the list offers a choice of unit
             units = list(schema.Unit.select(schema.Unit.id, schema.Unit.code, schema.Unit.name).order_by(schema.Unit.code).limit(1000))

@@ -24,6 +24,9 @@ from txm.errors import InvalidValue, NotFound
 
 #: Rows on one page of a list.
 PAGE_SIZE = 50
+#: The largest number an id or a page cursor may be: every engine's BIGINT (a signed 64-bit
+#: integer). A larger one names no record, and the database drivers refuse to send it.
+MAX_ID = 2 ** 63 - 1
 
 
 def by_id(model: type[schema.BaseModel], obj_id: Any, what: str, gone: str = "") -> Any:
@@ -32,6 +35,8 @@ def by_id(model: type[schema.BaseModel], obj_id: Any, what: str, gone: str = "")
         number = int(obj_id)
     except (TypeError, ValueError):
         raise NotFound(f"there is no {what} {obj_id!r}") from None
+    if abs(number) > MAX_ID:
+        raise NotFound(f"there is no {what} with id {number}")
     row = model.get_or_none(model._meta.primary_key == number)
     if row is None:
         raise NotFound(f"there is no {what} with id {number}{gone}")
