@@ -157,14 +157,29 @@ def session_key(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+#: What a browser strips from both ends of a URL (C0 controls and space) ...
+_C0_OR_SPACE = "".join(chr(c) for c in range(0x21))
+#: ... and removes anywhere in it (tab, LF, CR), as the WHATWG URL parser does.
+_TAB_OR_NEWLINE = str.maketrans("", "", "\t\n\r")
+
+
 def safe_next(target: str | None, default: str = "/") -> str:
-    """``target`` when it is a path on this site, else ``default`` (no open redirects)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """``target`` when it is a path on this site, else ``default`` (no open redirects).
+
+    The target is read first as a browser reads a URL: control characters and spaces stripped
+    from both ends, tabs and newlines removed anywhere (``/<TAB>//evil.example`` is
+    ``///evil.example`` to a browser: another site). What remains must be a path: a slash and
+    then no second one, no backslash (a slash to a browser) and no other control character. The
+    path as the browser reads it is returned.
+    """
+    path = (target or "").strip(_C0_OR_SPACE).translate(_TAB_OR_NEWLINE)
+    if (not path.startswith("/") or path.startswith("//") or "\\" in path
+            or any(c < " " or c == "\x7f" for c in path)):
         return default
-    parts = urlsplit(target)
+    parts = urlsplit(path)
     if parts.scheme or parts.netloc:
         return default
-    return target
+    return path
 
 
 class _RequestState:
