@@ -299,6 +299,7 @@ def add_password_page(panel: Panel) -> None:
         who = panel.need("change", "user")
         users = panel.registry["user"]
         user = users.get(obj_id)
+        users.require_password_change(who, user)
         form = Form(password_fields())
         if bottle.request.method == "POST":
             form = users.set_password(who, user, panel.form_input())
@@ -410,6 +411,7 @@ def add_form_pages(panel: Panel) -> None:
     def object_delete(model, obj_id):
         admin, who = admin_for(model, "delete")
         obj = admin.get(obj_id)
+        admin.require_allowed(who, obj)
         problems = admin.delete_problems(who, obj)
         warnings = admin.delete_warnings(who, obj)
         own = model == "user" and obj.id == who.user.id
@@ -439,13 +441,15 @@ def _form_page(panel: Panel, admin: ModelAdmin, who: Actor, obj: Any, form: Form
     if obj is None:
         return panel.render("admin/form.html", who=who, admin=admin, form=form, obj=None, readonly=False,
                             title=f"Add {admin.verbose}", **extra)
-    readonly = not who.may("change", admin.name)
+    refusal = admin.refusal(who, obj) if who.may("change", admin.name) else ""
+    readonly = not who.may("change", admin.name) or bool(refusal)
     if form is None:
         form = admin.new_form(who, obj)
     if readonly:
         for f in form.fields:
             f.readonly = True
     return panel.render("admin/form.html", who=who, admin=admin, form=form, obj=obj, readonly=readonly,
+                        refusal=sentence(refusal),
                         title=f"{'View' if readonly else 'Change'} {admin.verbose}: {admin.repr(obj)}",
                         **{**admin.page_context(obj), **extra})
 
