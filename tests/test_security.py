@@ -1,22 +1,40 @@
-"""Attacks on the web interface and the admin panel, reproduced against the real apps."""
+"""Attacks on the web interface and the admin panel, reproduced against the real apps.
+
+* one staff user taking over another, more powerful one through any route of the panel;
+* a stranger's wrong passwords locking the owner of a user name out (web login and API);
+* out-of-range numbers in the panel's addresses (an answer of 400 or 404, never 500);
+* ``back=`` and ``next=`` values that a browser would follow to another site.
+
+The panel's routes are walked from its own route table (``admin_routes``), so a route added
+later is checked too.
+"""
 
 from __future__ import annotations
 
+import base64
 import html
+import http.cookiejar
 import re
+import urllib.error
+import urllib.parse
+import urllib.request
 
 import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
+from tests.conftest import database_values, write_toml
 from tests.test_admin_web import admin_routes, objects_of_every_model, snapshot_database
 from tests.test_adminpanel import add_samples
+from tests.test_web_serve import web_port
 from tests.webutil import add_user, client, csrf_token, login
 from txm.db import schema
 from txm.permissions import permissions_of
 from txm.serve import make_site
-from txm.webcore import safe_next
+from txm.webcore import LOGIN_FAILURES_PER_ADDRESS, LOGIN_FAILURES_PER_USER, safe_next
 
 A = "/admin"
+STRANGER = "203.0.113.66"
+OWNER = "198.51.100.7"
 
 
 def panel_token(web) -> str:
@@ -137,6 +155,135 @@ def test_a_staff_user_hands_out_only_units_they_see(settings, clerk):
         assert res.status_int == 200 and "not a choice" in res.text, (user.username, res.status)
     assert not schema.UserUnit.select().exists()
     assert permissions_of(me) == set(CLERK_PERMISSIONS)
+
+
+# --- 12: wrong passwords lock out the one who types them, not the owner -----------------------------
+
+
+def basic(username: str, password: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
+
+
+def test_a_strangers_wrong_passwords_do_not_lock_the_owner_out_of_the_pages(settings, database):
+    add_user("ann")
+    stranger = client(settings, address=STRANGER)
+    for _ in range(LOGIN_FAILURES_PER_USER + 2):
+        login(stranger, "ann", "guess", status=401)
+    # From the stranger's address even the right password is refused: guessing stops there ...
+    assert "Too many failed logins" in login(stranger, "ann", status=401).text
+    # ... while the owner, elsewhere, logs in, and that does not lift the stranger's lock.
+    login(client(settings, address=OWNER), "ann")
+    assert "Too many failed logins" in login(client(settings, address=STRANGER), "ann", status=401).text
+
+
+def test_a_strangers_wrong_passwords_do_not_lock_the_owner_out_of_the_api(settings, database):
+    add_user("ann")
+    stranger = client(settings, address=STRANGER)
+    for _ in range(LOGIN_FAILURES_PER_USER + 2):
+        stranger.get("/api/units", headers=basic("ann", "guess"), status=401)
+    res = stranger.get("/api/units", headers=basic("ann", "pass word 1"), status=401)
+    assert "Too many failed logins" in res.json["error"]
+    owner = client(settings, address=OWNER)  # a web process of its own: nothing cached
+    assert owner.get("/api/units", headers=basic("ann", "pass word 1")).json == {"units": []}
+
+
+def test_one_address_cannot_guess_endlessly_at_many_names(settings, database):
+    add_user("ann")
+    stranger = client(settings, address=STRANGER)
+    for i in range(LOGIN_FAILURES_PER_ADDRESS):
+        login(stranger, f"name{i % 7}", "guess", status=401)
+    assert "Too many failed logins" in login(stranger, "ann", status=401).text
+    login(client(settings, address=OWNER), "ann")
+
+
+def test_the_panel_shows_failed_logins_and_unlocks_a_user(settings, database):
+    ann = add_user("ann")
+    stranger = client(settings, address=STRANGER)
+    for _ in range(LOGIN_FAILURES_PER_USER):
+        login(stranger, "ann", "guess", status=401)
+    login(stranger, "bob", "guess", status=401)  # another name's failure stays
+    add_user("boss", is_staff=True, is_superuser=True)
+    boss = client(settings)
+    login(boss, "boss")
+    page = boss.get(f"{A}/user/{ann.id}/")
+    failures = page.text.split('id="login-failures"', 1)[1].split("</section>", 1)[0]
+    assert STRANGER in failures and "locked" in failures and f"{LOGIN_FAILURES_PER_USER} failed" in failures
+    res = boss.post(f"{A}/user/{ann.id}/unlock", {"csrf_token": csrf_token(page)}, status=303)
+    assert res.location.endswith(f"/admin/user/{ann.id}/")
+    assert "failed logins of ann were cleared" in res.follow().text
+    entry = schema.LogEntry.select().order_by(schema.LogEntry.id.desc()).first()
+    assert (entry.action, entry.model, entry.object_id) == ("change", "user", str(ann.id))
+    assert entry.change_message == f"Cleared {LOGIN_FAILURES_PER_USER} failed login(s)."
+    assert [f.username for f in schema.LoginFailure.select()] == ["bob"]
+    login(client(settings, address=STRANGER), "ann")  # the right password works again from there
+    assert 'id="login-failures"' in boss.get(f"{A}/user/{ann.id}/").text
+
+
+def test_txm_user_unlock(settings, database, run_cli):
+    add_user("ann")
+    stranger = client(settings, address=STRANGER)
+    for _ in range(LOGIN_FAILURES_PER_USER):
+        login(stranger, "ANN", "guess", status=401)  # counted whatever the case typed
+    assert "Too many failed logins" in login(stranger, "ann", status=401).text
+    result = run_cli("user", "unlock", "ann")
+    assert f"Cleared {LOGIN_FAILURES_PER_USER} failed login(s) of 'ann'" in result.output
+    login(client(settings, address=STRANGER), "ann")
+    assert "Cleared 0 failed login(s)" in run_cli("user", "unlock", "ann").output
+    assert "no user named 'ghost'" in run_cli("user", "unlock", "ghost", expect=1).output.lower()
+    help_text = run_cli("user", "unlock", "-h").output
+    assert "Example:" in help_text and "txm user unlock" in help_text
+
+
+class Browser:
+    """A urllib client with cookies that does not follow redirects (a script against a real server)."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.cookies = http.cookiejar.CookieJar()
+
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args, **kwargs):
+                return None
+
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies), NoRedirect)
+
+    def request(self, path: str, data: dict | None = None, headers: dict | None = None) -> tuple[int, str]:
+        body = urllib.parse.urlencode(data).encode() if data is not None else None
+        req = urllib.request.Request(self.base + path, data=body, headers=headers or {})
+        try:
+            with self.opener.open(req, timeout=20) as res:
+                return res.status, res.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def login(self, username: str, password: str) -> int:
+        _, page = self.request("/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+        return self.request("/login", {"username": username, "password": password, "next": "/",
+                                       "csrf_token": token})[0]
+
+
+def test_failed_logins_and_lockouts_are_logged_by_txm_serve(serve_process, settings, config_file, database):
+    add_user("ann")
+    schema.database.close()
+    write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
+    process = serve_process()
+    site = Browser(f"http://127.0.0.1:{web_port(process)}")
+    secret = "Wrong-secret-%d"
+    for i in range(LOGIN_FAILURES_PER_USER - 1):
+        assert site.login("ann", secret % i) == 401
+    status, _ = site.request("/api/units", headers=basic("ann", secret % 99))
+    assert status == 401  # the last failure allowed, through the API
+    assert site.login("ann", "pass word 1") == 401  # refused: locked
+    assert process.stop() == 0
+    log = process.logged()
+    failed = [line for line in log.splitlines() if ": failed login for " in line]
+    assert len(failed) == LOGIN_FAILURES_PER_USER, log
+    assert all(" WARNING txm.web: " in line and "'ann'" in line and "127.0.0.1" in line for line in failed), failed
+    assert re.search(r"WARNING txm\.web: user name 'ann' locked out at 127\.0\.0\.1 for 15 minutes after 5 failed "
+                     r"logins", log), log
+    assert re.search(r"WARNING txm\.web: login of 'ann' from 127\.0\.0\.1 refused: too many failed logins", log), log
+    assert "Wrong-secret" not in log and "pass word 1" not in log
 
 
 # --- 14: numbers out of range in the panel's addresses -------------------------------------------------

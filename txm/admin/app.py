@@ -6,7 +6,8 @@ Routes (below the mount point):
 * ``/<model>/`` list (search, paging), ``/<model>/add``, ``/<model>/<id>/`` (change, or read-only
   without the change permission), ``/<model>/<id>/delete`` (a confirmation page, then POST) for
   users, groups, units, mailing lists, alarm messages and views; ``/user/<id>/password`` is the
-  "change password form"; ``/alarmmessage/preview`` and ``/alarmmessage/<id>/test-email``.
+  "change password form", ``/user/<id>/unlock`` (POST) forgets a user's failed logins;
+  ``/alarmmessage/preview`` and ``/alarmmessage/<id>/test-email``.
 * ``/sample/`` and ``/alarm/``: listed per unit with date filters and keyset paging; each record
   viewed at ``/<model>/<id>/`` and deleted singly, selected (``/<model>/delete-selected``), all
   (``/<model>/delete-all``) or old (``/<model>/delete-old``). No route changes a sample or alarm.
@@ -47,6 +48,7 @@ def make_app(settings: Settings) -> bottle.Bottle:
     for records in (SAMPLES, ALARMS, LOG):
         add_record_pages(panel, records)
     add_password_page(panel)
+    add_unlock_action(panel)
     add_alarm_message_actions(panel)
     add_form_pages(panel)  # last: Bottle tries these /<model>/ rules after the more specific ones above
     return panel.app
@@ -311,6 +313,19 @@ def add_password_page(panel: Panel) -> None:
                 panel.go(f"/user/{user.id}/")
         return panel.render("admin/password.html", who=who, form=form, obj=user,
                             title=f"Change password: {user.username}")
+
+
+def add_unlock_action(panel: Panel) -> None:
+    @panel.app.post("/user/<obj_id>/unlock")
+    def user_unlock(obj_id):
+        """Forget the user's failed logins, so that a user locked out logs in again at once."""
+        who = panel.need("change", "user")
+        users = panel.registry["user"]
+        user = users.get(obj_id)
+        count = users.unlock(who, user)
+        panel.core.flash(f"The {count} failed logins of {user.username} were cleared: they may log in again "
+                         f"at once.", "success")
+        panel.go(f"/user/{user.id}/")
 
 
 # --- alarm messages: preview and test email ----------------------------------------------------------

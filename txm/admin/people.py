@@ -23,6 +23,7 @@ from txm.admin.forms import Field, Form, FormInput, read_form
 from txm.passwords import make_password, weakness
 from txm.permissions import ACTIONS, ALL_PERMISSIONS, PERMISSION_MODELS, permissions_of, visible_units
 from txm.ttp.parser import format_timestamp
+from txm.webcore import LOGIN_FAILURE_WINDOW, clear_login_failures, recent_login_failures
 
 
 # --- permissions ---------------------------------------------------------------------------------
@@ -248,6 +249,20 @@ class UserAdmin(ModelAdmin):
         set_links(schema.UserPermission, "user", obj, "codename", data["permissions"])
         set_links(schema.UserUnit, "user", obj, "unit", as_ids(data["units"]))
         return obj
+
+    def page_context(self, obj):
+        return {"login_failures": recent_login_failures(obj.username),
+                "login_failure_minutes": int(LOGIN_FAILURE_WINDOW.total_seconds() // 60)}
+
+    def unlock(self, actor: Actor, user: schema.User) -> int:
+        """Forget the user name's failed logins from every address, so that the user may log in
+        again at once; logged. Returns how many were forgotten."""
+        actor.require("change", "user")
+        self.require_allowed(actor, user)
+        with write_transaction():
+            count = clear_login_failures(user.username)
+            log_action(actor, "change", "user", user.id, user.username, f"Cleared {count} failed login(s).")
+        return count
 
     def delete_problems(self, actor, obj):
         if obj.is_superuser and obj.is_active and active_superuser_count() <= 1:
