@@ -577,6 +577,8 @@ class _CorePlugin:
             environ["txm.web.active"] = True
             _connect()
             try:
+                if _holds_nul():
+                    bottle.abort(400, "The request holds a NUL character, which no field of txm accepts.")
                 core.check_access(access, default_password_ok)
                 if csrf and bottle.request.method in UNSAFE_METHODS:
                     core.check_csrf()
@@ -594,6 +596,16 @@ class _CorePlugin:
             return result
 
         return wrapper
+
+
+def _holds_nul() -> bool:
+    """Does the path, a query or form value, or the basic auth of this request hold a NUL?
+    No text of txm has one, and PostgreSQL refuses it in any query (a 500 otherwise)."""
+    request = bottle.request
+    texts = [request.path, *(part for part in request.auth or () if part)]
+    for items in (request.query.allitems(), request.forms.allitems()):
+        texts += [text for item in items for text in item]
+    return any("\x00" in text for text in texts)
 
 
 def _connect() -> None:
