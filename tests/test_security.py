@@ -210,7 +210,7 @@ def test_the_panel_shows_failed_logins_and_unlocks_a_user(settings, database):
     assert STRANGER in failures and "locked" in failures and f"{LOGIN_FAILURES_PER_USER} failed" in failures
     res = boss.post(f"{A}/user/{ann.id}/unlock", {"csrf_token": csrf_token(page)}, status=303)
     assert res.location.endswith(f"/admin/user/{ann.id}/")
-    assert "failed logins of ann were cleared" in res.follow().text
+    assert f"Cleared {LOGIN_FAILURES_PER_USER} failed login(s) of ann" in res.follow().text
     entry = schema.LogEntry.select().order_by(schema.LogEntry.id.desc()).first()
     assert (entry.action, entry.model, entry.object_id) == ("change", "user", str(ann.id))
     assert entry.change_message == f"Cleared {LOGIN_FAILURES_PER_USER} failed login(s)."

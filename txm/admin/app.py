@@ -323,8 +323,8 @@ def add_unlock_action(panel: Panel) -> None:
         users = panel.registry["user"]
         user = users.get(obj_id)
         count = users.unlock(who, user)
-        panel.core.flash(f"The {count} failed logins of {user.username} were cleared: they may log in again "
-                         f"at once.", "success")
+        panel.core.flash(f"Cleared {count} failed login(s) of {user.username}: they may log in again at once.",
+                         "success")
         panel.go(f"/user/{user.id}/")
 
 
