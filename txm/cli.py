@@ -264,6 +264,29 @@ def user_remove(ctx: Context, name: str) -> None:
     ctx.out.print(f"Removed user {name!r}.")
 
 
+@user.command("unlock")
+@click.argument("name")
+@pass_context
+def user_unlock(ctx: Context, name: str) -> None:
+    """Let a user locked out by failed logins log in again at once.
+
+    Forgets the user name's failed logins from every address. Until then, logins of a name that
+    failed too often from one address are refused from that address for a while; other
+    addresses are not affected (docs/web.md, "Rate limits"). An address refused for its
+    failures at many names stays refused until they age out.
+
+    \b
+    Example:
+      txm user unlock alice
+    """
+    from txm.webcore import clear_login_failures
+
+    ctx.open_db()
+    user = manage.get_user(name)
+    count = clear_login_failures(user.username)
+    ctx.out.print(f"Cleared {count} failed login(s) of {user.username!r}; they may log in again at once.")
+
+
 # --- units -------------------------------------------------------------------------------------
 
 

@@ -75,6 +75,7 @@ import logging
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import quote, urlsplit
@@ -98,9 +99,10 @@ CSRF_HEADER = "X-CSRF-Token"
 RENEW_SLACK = dt.timedelta(hours=1)
 #: Failed logins counted over this window ...
 LOGIN_FAILURE_WINDOW = dt.timedelta(minutes=15)
-#: ... are refused beyond this many for one user name ...
+#: ... are refused beyond this many for one user name from one address (so a stranger's wrong
+#: passwords elsewhere never lock the owner out) ...
 LOGIN_FAILURES_PER_USER = 5
-#: ... or this many from one address.
+#: ... or this many from one address, whatever the names (one address cannot guess endlessly).
 LOGIN_FAILURES_PER_ADDRESS = 20
 #: Expired sessions and old login failures are deleted at most this often (seconds) per process.
 PURGE_INTERVAL = 300.0
@@ -158,14 +160,29 @@ def session_key(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+#: What a browser strips from both ends of a URL (C0 controls and space) ...
+_C0_OR_SPACE = "".join(chr(c) for c in range(0x21))
+#: ... and removes anywhere in it (tab, LF, CR), as the WHATWG URL parser does.
+_TAB_OR_NEWLINE = str.maketrans("", "", "\t\n\r")
+
+
 def safe_next(target: str | None, default: str = "/") -> str:
-    """``target`` when it is a path on this site, else ``default`` (no open redirects)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """``target`` when it is a path on this site, else ``default`` (no open redirects).
+
+    The target is read first as a browser reads a URL: control characters and spaces stripped
+    from both ends, tabs and newlines removed anywhere (``/<TAB>//evil.example`` is
+    ``///evil.example`` to a browser: another site). What remains must be a path: a slash and
+    then no second one, no backslash (a slash to a browser) and no other control character. The
+    path as the browser reads it is returned.
+    """
+    path = (target or "").strip(_C0_OR_SPACE).translate(_TAB_OR_NEWLINE)
+    if (not path.startswith("/") or path.startswith("//") or "\\" in path
+            or any(c < " " or c == "\x7f" for c in path)):
         return default
-    parts = urlsplit(target)
+    parts = urlsplit(path)
     if parts.scheme or parts.netloc:
         return default
-    return target
+    return path
 
 
 class _RequestState:
@@ -301,19 +318,23 @@ class WebCore:
     def authenticate(self, username: str, password: str) -> schema.User:
         """The active user with this name and password, or :class:`LoginRefused` saying why.
 
-        Failures are recorded in ``login_failure``; beyond the limits per user name and per
-        address, attempts are refused without checking the password. A legacy hash is upgraded.
+        Failures are recorded in ``login_failure`` and logged (the name and address, never the
+        password). Beyond the limits for the user name from this address, or for this address
+        whatever the names, attempts are refused without checking the password; failures from
+        other addresses do not count, so nobody locks the owner out from elsewhere. A success
+        clears the name's failures from this address. A legacy hash is upgraded.
         """
         username = (username or "").strip()
         address = self.client_address()
-        since = schema.utcnow() - LOGIN_FAILURE_WINDOW
-        name_key = username.lower()[:150]
-        by_user = schema.LoginFailure.select().where((schema.LoginFailure.username == name_key)
-                                                & (schema.LoginFailure.when >= since)).count()
-        by_address = schema.LoginFailure.select().where((schema.LoginFailure.address == address)
-                                                   & (schema.LoginFailure.when >= since)).count()
-        if by_user >= LOGIN_FAILURES_PER_USER or by_address >= LOGIN_FAILURES_PER_ADDRESS:
-            minutes = int(LOGIN_FAILURE_WINDOW.total_seconds() // 60)
+        name_key = failure_key(username)
+        minutes = int(LOGIN_FAILURE_WINDOW.total_seconds() // 60)
+        here = schema.LoginFailure.select().where((schema.LoginFailure.address == address)
+                                                  & (schema.LoginFailure.when >= schema.utcnow() - LOGIN_FAILURE_WINDOW))
+        by_address = here.count()
+        by_name = here.where(schema.LoginFailure.username == name_key).count()
+        if by_name >= LOGIN_FAILURES_PER_USER or by_address >= LOGIN_FAILURES_PER_ADDRESS:
+            log.warning("login of %r from %s refused: too many failed logins (%d of the name, %d from the address "
+                        "in %d minutes)", username[:150], address, by_name, by_address, minutes)
             raise LoginRefused(f"Too many failed logins; try again in {minutes} minutes.")
         user = schema.User.get_or_none(schema.User.username == username) if username else None
         if user is None:
@@ -323,6 +344,14 @@ class WebCore:
             ok = check_password(password or "", user.password)
         if not ok or not user.is_active:
             schema.LoginFailure.create(username=name_key, address=address)
+            log.warning("failed login for user name %r from %s (%s)", username[:150], address,
+                        "no such user" if user is None else "wrong password" if not ok else "account disabled")
+            if by_name + 1 == LOGIN_FAILURES_PER_USER:
+                log.warning("user name %r locked out at %s for %d minutes after %d failed logins", username[:150],
+                            address, minutes, LOGIN_FAILURES_PER_USER)
+            if by_address + 1 == LOGIN_FAILURES_PER_ADDRESS:
+                log.warning("address %s locked out for %d minutes after %d failed logins", address, minutes,
+                            LOGIN_FAILURES_PER_ADDRESS)
             raise LoginRefused("Wrong user name or password (both are case-sensitive)."
                                if not ok else "This account is disabled.")
         changes: dict[str, Any] = {"last_login": schema.utcnow()}
@@ -331,7 +360,8 @@ class WebCore:
         schema.User.update(**changes).where(schema.User.id == user.id).execute()
         for key, value in changes.items():
             setattr(user, key, value)
-        schema.LoginFailure.delete().where(schema.LoginFailure.username == name_key).execute()
+        schema.LoginFailure.delete().where((schema.LoginFailure.username == name_key)
+                                           & (schema.LoginFailure.address == address)).execute()
         return user
 
     def login(self, user: schema.User, password: str | None = None) -> None:
@@ -466,6 +496,49 @@ class WebCore:
             bottle.abort(403, "This page is for staff users only.")
 
 
+def failure_key(username: str) -> str:
+    """The ``login_failure.username`` a typed user name is counted under, whatever its case."""
+    return (username or "").strip().lower()[:150]
+
+
+@dataclass
+class FailedLogins:
+    """A user name's recent failed logins from one address."""
+
+    address: str
+    count: int
+    latest: dt.datetime
+    #: Logins of the name from this address are refused now (its own failures or the address's).
+    locked: bool
+
+
+def recent_login_failures(username: str) -> list[FailedLogins]:
+    """The failed logins of a user name within :data:`LOGIN_FAILURE_WINDOW`, per address, the
+    latest first."""
+    failure = schema.LoginFailure
+    since = schema.utcnow() - LOGIN_FAILURE_WINDOW
+    rows = list(failure.select(failure.address, pw.fn.COUNT(failure.id), pw.fn.MAX(failure.when))
+                .where((failure.username == failure_key(username)) & (failure.when >= since))
+                .group_by(failure.address).order_by(pw.fn.MAX(failure.when).desc()).tuples())
+    if not rows:
+        return []
+    by_address = dict(failure.select(failure.address, pw.fn.COUNT(failure.id))
+                      .where(failure.address.in_([row[0] for row in rows]) & (failure.when >= since))
+                      .group_by(failure.address).tuples())
+    return [FailedLogins(address, count, latest,
+                         count >= LOGIN_FAILURES_PER_USER or by_address.get(address, 0) >= LOGIN_FAILURES_PER_ADDRESS)
+            for address, count, latest in rows]
+
+
+def clear_login_failures(username: str) -> int:
+    """Forget a user name's failed logins from every address, so that it may log in again at
+    once; returns how many were forgotten. An address refused for its failures at other names
+    stays refused until they are older than :data:`LOGIN_FAILURE_WINDOW`."""
+    deleted = schema.LoginFailure.delete().where(schema.LoginFailure.username == failure_key(username)).execute()
+    log.info("cleared %d failed login(s) of user name %r", deleted, username[:150])
+    return deleted
+
+
 def _when(value: dt.datetime | str | None) -> str:
     """The templates' ``when`` filter: :func:`~txm.timestamps.format_timestamp`, and nothing for
     no value (a channel without values has no first or last time)."""
@@ -503,6 +576,8 @@ class _CorePlugin:
             environ["txm.web.active"] = True
             _connect()
             try:
+                if _holds_nul():
+                    bottle.abort(400, "The request holds a NUL character, which no field of txm accepts.")
                 core.check_access(access, default_password_ok)
                 if csrf and bottle.request.method in UNSAFE_METHODS:
                     core.check_csrf()
@@ -520,6 +595,16 @@ class _CorePlugin:
             return result
 
         return wrapper
+
+
+def _holds_nul() -> bool:
+    """Does the path, a query or form value, or the basic auth of this request hold a NUL?
+    No text of txm has one, and PostgreSQL refuses it in any query (a 500 otherwise)."""
+    request = bottle.request
+    texts = [request.path, *(part for part in request.auth or () if part)]
+    for items in (request.query.allitems(), request.forms.allitems()):
+        texts += [text for item in items for text in item]
+    return any("\x00" in text for text in texts)
 
 
 def _connect() -> None:

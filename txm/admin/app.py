@@ -6,7 +6,8 @@ Routes (below the mount point):
 * ``/<model>/`` list (search, paging), ``/<model>/add``, ``/<model>/<id>/`` (change, or read-only
   without the change permission), ``/<model>/<id>/delete`` (a confirmation page, then POST) for
   users, groups, units, mailing lists, alarm messages and views; ``/user/<id>/password`` is the
-  "change password form"; ``/alarmmessage/preview`` and ``/alarmmessage/<id>/test-email``.
+  "change password form", ``/user/<id>/unlock`` (POST) forgets a user's failed logins;
+  ``/alarmmessage/preview`` and ``/alarmmessage/<id>/test-email``.
 * ``/sample/`` and ``/alarm/``: listed per unit with date filters and keyset paging; each record
   viewed at ``/<model>/<id>/`` and deleted singly, selected (``/<model>/delete-selected``), all
   (``/<model>/delete-all``) or old (``/<model>/delete-old``). No route changes a sample or alarm.
@@ -47,6 +48,7 @@ def make_app(settings: Settings) -> bottle.Bottle:
     for records in (SAMPLES, ALARMS, LOG):
         add_record_pages(panel, records)
     add_password_page(panel)
+    add_unlock_action(panel)
     add_alarm_message_actions(panel)
     add_form_pages(panel)  # last: Bottle tries these /<model>/ rules after the more specific ones above
     return panel.app
@@ -177,8 +179,9 @@ def add_record_pages(panel: Panel, records: RecordAdmin) -> None:
         if not problem:
             try:
                 page = records.page(start, end, panel.query_value("before"), panel.query_value("after"), **narrowing)
-            except InvalidValue as exc:
+            except InvalidValue as exc:  # a page cursor no link of the panel gives
                 problem = sentence(str(exc))
+                bottle.response.status = 400
         units = None
         if records.rows_of_many_units:  # the list offers a choice of unit
             units = list(schema.Unit.select(schema.Unit.id, schema.Unit.code, schema.Unit.name).order_by(schema.Unit.code).limit(1000))
@@ -298,6 +301,7 @@ def add_password_page(panel: Panel) -> None:
         who = panel.need("change", "user")
         users = panel.registry["user"]
         user = users.get(obj_id)
+        users.require_password_change(who, user)
         form = Form(password_fields())
         if bottle.request.method == "POST":
             form = users.set_password(who, user, panel.form_input())
@@ -309,6 +313,19 @@ def add_password_page(panel: Panel) -> None:
                 panel.go(f"/user/{user.id}/")
         return panel.render("admin/password.html", who=who, form=form, obj=user,
                             title=f"Change password: {user.username}")
+
+
+def add_unlock_action(panel: Panel) -> None:
+    @panel.app.post("/user/<obj_id>/unlock")
+    def user_unlock(obj_id):
+        """Forget the user's failed logins, so that a user locked out logs in again at once."""
+        who = panel.need("change", "user")
+        users = panel.registry["user"]
+        user = users.get(obj_id)
+        count = users.unlock(who, user)
+        panel.core.flash(f"Cleared {count} failed login(s) of {user.username}: they may log in again at once.",
+                         "success")
+        panel.go(f"/user/{user.id}/")
 
 
 # --- alarm messages: preview and test email ----------------------------------------------------------
@@ -409,6 +426,7 @@ def add_form_pages(panel: Panel) -> None:
     def object_delete(model, obj_id):
         admin, who = admin_for(model, "delete")
         obj = admin.get(obj_id)
+        admin.require_allowed(who, obj)
         problems = admin.delete_problems(who, obj)
         warnings = admin.delete_warnings(who, obj)
         own = model == "user" and obj.id == who.user.id
@@ -438,13 +456,15 @@ def _form_page(panel: Panel, admin: ModelAdmin, who: Actor, obj: Any, form: Form
     if obj is None:
         return panel.render("admin/form.html", who=who, admin=admin, form=form, obj=None, readonly=False,
                             title=f"Add {admin.verbose}", **extra)
-    readonly = not who.may("change", admin.name)
+    refusal = admin.refusal(who, obj) if who.may("change", admin.name) else ""
+    readonly = not who.may("change", admin.name) or bool(refusal)
     if form is None:
         form = admin.new_form(who, obj)
     if readonly:
         for f in form.fields:
             f.readonly = True
     return panel.render("admin/form.html", who=who, admin=admin, form=form, obj=obj, readonly=readonly,
+                        refusal=sentence(refusal),
                         title=f"{'View' if readonly else 'Change'} {admin.verbose}: {admin.repr(obj)}",
                         **{**admin.page_context(obj), **extra})
 

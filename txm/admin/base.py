@@ -24,6 +24,9 @@ from txm.errors import InvalidValue, NotFound
 
 #: Rows on one page of a list.
 PAGE_SIZE = 50
+#: The largest number an id or a page cursor may be: every engine's BIGINT (a signed 64-bit
+#: integer). A larger one names no record, and the database drivers refuse to send it.
+MAX_ID = 2 ** 63 - 1
 
 
 def by_id(model: type[schema.BaseModel], obj_id: Any, what: str, gone: str = "") -> Any:
@@ -32,6 +35,8 @@ def by_id(model: type[schema.BaseModel], obj_id: Any, what: str, gone: str = "")
         number = int(obj_id)
     except (TypeError, ValueError):
         raise NotFound(f"there is no {what} {obj_id!r}") from None
+    if abs(number) > MAX_ID:
+        raise NotFound(f"there is no {what} with id {number}")
     row = model.get_or_none(model._meta.primary_key == number)
     if row is None:
         raise NotFound(f"there is no {what} with id {number}{gone}")
@@ -94,6 +99,17 @@ class ModelAdmin:
         """What an object's change page shows besides the form (its unit's mailing list ...)."""
         return {}
 
+    def refusal(self, actor: Actor, obj: Any) -> str:
+        """Why the actor may not change or delete this object although they hold the permission
+        to change its model ("" when they may): a user who holds more than the actor."""
+        return ""
+
+    def require_allowed(self, actor: Actor, obj: Any) -> None:
+        """:class:`Forbidden` (the routes' 403) when :meth:`refusal` gives a reason."""
+        reason = self.refusal(actor, obj)
+        if reason:
+            raise Forbidden(reason)
+
     # --- forms: the hooks -------------------------------------------------------------------
 
     def fields(self, actor: Actor, obj: Any, raw: FormInput | None = None) -> list[Field]:
@@ -151,6 +167,8 @@ class ModelAdmin:
         if not self.editable:
             raise Forbidden(f"{self.plural} cannot be added or changed")
         actor.require("add" if obj is None else "change", self.name)
+        if obj is not None:
+            self.require_allowed(actor, obj)
         form, data = read_form(self.fields(actor, obj, raw), raw, self.initial(obj))
         self.clean(actor, form, data, obj, raw)
         if form.errors:
@@ -200,6 +218,7 @@ class ModelAdmin:
         if not self.deletable:
             raise Forbidden(f"{self.plural} cannot be deleted")
         actor.require("delete", self.name)
+        self.require_allowed(actor, obj)
         problems = self.delete_problems(actor, obj)
         if problems:
             raise InvalidValue(" ".join(problems))

@@ -1,9 +1,12 @@
 """Users, groups and the permissions they hold, as the admin panel edits them.
 
 Permissions are offered as a grid of kinds of record and actions; a staff user who is not a
-superuser hands out only what they hold (:func:`grantable_permissions`), and what they may not
-grant stays as it was (:func:`kept_permissions`). The last active superuser cannot be demoted or
-deleted, and taking away one's own access needs a tick.
+superuser hands out only the permissions they hold and the units they see
+(:func:`grantable_permissions`, :func:`grantable_units`), and what they may not grant stays as
+it was (:func:`kept_permissions`, :func:`kept_units`). They change only users who hold nothing
+more than they do (:func:`rights_beyond`), and never another staff member's password or staff
+status. The last active superuser cannot be demoted or deleted, and taking away one's own
+access needs a tick.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from typing import Optional, Sequence
 from txm.db import schema
 from txm.db.sqlite import write_transaction
 from txm import manage
-from txm.admin.actor import Actor, log_action
-from txm.admin.base import Column, ModelAdmin, as_ids, linked, set_links, unit_choices
+from txm.admin.actor import Actor, Forbidden, log_action
+from txm.admin.base import Column, ModelAdmin, as_ids, linked, set_links
 from txm.admin.forms import Field, Form, FormInput, read_form
 from txm.passwords import make_password, weakness
-from txm.permissions import ACTIONS, ALL_PERMISSIONS, PERMISSION_MODELS
+from txm.permissions import ACTIONS, ALL_PERMISSIONS, PERMISSION_MODELS, permissions_of, visible_units
 from txm.timestamps import format_timestamp
+from txm.webcore import LOGIN_FAILURE_WINDOW, clear_login_failures, recent_login_failures
 
 
 # --- permissions ---------------------------------------------------------------------------------
@@ -58,8 +62,48 @@ def grantable_permissions(actor: Actor) -> list[tuple[str, str]]:
 def kept_permissions(actor: Actor, chosen: list[str], held: list[str]) -> list[str]:
     """What a user or group holds after the actor's change: the chosen permissions, and those held
     that the actor may not grant (they are not offered to them, so they stay as they were)."""
-    grantable = {codename for codename, _ in grantable_permissions(actor)}
-    return [p for p in chosen if p in grantable] + [p for p in held if p not in grantable]
+    return _kept(chosen, held, grantable_permissions(actor))
+
+
+def grantable_units(actor: Actor) -> list[tuple[str, str]]:
+    """Units the actor may give a user or group to see: a superuser every unit, anyone else the
+    units they see themselves."""
+    units = schema.Unit.select().order_by(schema.Unit.code) if actor.is_superuser else visible_units(actor.user)
+    return [(str(u.id), str(u)) for u in units]
+
+
+def kept_units(actor: Actor, chosen: list[str], held: list[str]) -> list[str]:
+    """The units a user or group sees after the actor's change (as :func:`kept_permissions`)."""
+    return _kept(chosen, held, grantable_units(actor))
+
+
+def _kept(chosen: list[str], held: list[str], grantable: list[tuple[str, str]]) -> list[str]:
+    offered = {value for value, _ in grantable}
+    return [v for v in chosen if v in offered] + [v for v in held if v not in offered]
+
+
+def rights_beyond(actor: Actor, user: schema.User) -> list[str]:
+    """What ``user`` holds that the actor does not (empty: the actor holds all of it).
+
+    Counted as if the user were active, since whoever may change them may make them active."""
+    if actor.is_superuser:
+        return []
+    if user.is_superuser:
+        return ["superuser status"]
+    as_active = schema.User(id=user.id, is_superuser=False, is_active=True)
+    beyond = []
+    permissions = sorted(permissions_of(as_active) - actor.perms)
+    if permissions:
+        beyond.append("the permission" + ("s " if len(permissions) > 1 else " ") + ", ".join(permissions)
+                      + " that you do not hold")
+    units = _unit_ids(as_active) - _unit_ids(actor.user)
+    if units:
+        beyond.append(f"{len(units)} unit(s) that you do not see")
+    return beyond
+
+
+def _unit_ids(user: schema.User) -> set[int]:
+    return {unit_id for (unit_id,) in visible_units(user).select(schema.Unit.id).tuples()}
 
 
 # --- users ---------------------------------------------------------------------------------------
@@ -87,6 +131,8 @@ class UserAdmin(ModelAdmin):
 
     def fields(self, actor, obj, raw=None):
         limited = not actor.is_superuser
+        # Only a superuser gives or takes away another staff member's staff status.
+        other_staff = limited and obj is not None and obj.is_staff and obj.id != actor.user.id
         fields = [
             Field("username", "User name", required=True, max_length=150, group="Account"),
         ]
@@ -103,8 +149,9 @@ class UserAdmin(ModelAdmin):
             Field("last_name", "Last name", max_length=150, group="Personal"),
             Field("is_active", "Active", "bool", group="Status",
                   help="Unticked: the user cannot log in (use this instead of deleting)."),
-            Field("is_staff", "Staff status (is_staff)", "bool", group="Status",
-                  help="May enter this administration panel."),
+            Field("is_staff", "Staff status (is_staff)", "bool", group="Status", readonly=other_staff,
+                  help="May enter this administration panel."
+                       + (" Only a superuser may change another staff member's." if other_staff else "")),
             Field("is_superuser", "Superuser status (is_superuser)", "bool", group="Status", readonly=limited,
                   help="Has every permission without assigning them."
                        + (" Only a superuser may change this." if limited else "")),
@@ -118,7 +165,7 @@ class UserAdmin(ModelAdmin):
                   help="The user has the permissions and units of these groups too."),
             Field("permissions", "User permissions", "multi", choices=grantable_permissions(actor),
                   group="Permissions", help="What this user may do in the administration panel (needs staff status)."),
-            Field("units", "Units", "multi", choices=unit_choices(), group="Permissions",
+            Field("units", "Units", "multi", choices=grantable_units(actor), group="Permissions",
                   help="Units this user sees on the home page (a superuser and users who may view units "
                        "see all of them)."),
         ]
@@ -152,7 +199,9 @@ class UserAdmin(ModelAdmin):
         if data.get("is_superuser"):
             data["is_staff"] = True
         if obj is not None:
-            data["permissions"] = kept_permissions(actor, data["permissions"], self.initial(obj)["permissions"])
+            held = self.initial(obj)
+            data["permissions"] = kept_permissions(actor, data["permissions"], held["permissions"])
+            data["units"] = kept_units(actor, data["units"], held["units"])
             last = obj.is_superuser and obj.is_active and active_superuser_count() <= 1
             if last and not data.get("is_superuser"):
                 form.add_error("is_superuser", "This is the last active superuser: make another superuser first.")
@@ -167,8 +216,28 @@ class UserAdmin(ModelAdmin):
                 if losing and not data.get("confirm_self"):
                     form.add_error("confirm_self", f"You are taking away your own {' and '.join(losing)} status: "
                                                    f"you may lose access to this panel. Tick this box to confirm.")
-            if not actor.is_superuser and obj.is_superuser:
-                form.add_error("__all__", "Only a superuser may change a superuser's account.")
+
+    def refusal(self, actor, obj):
+        if obj.id == actor.user.id:
+            return ""
+        beyond = rights_beyond(actor, obj)
+        if beyond:
+            return (f"only a superuser may change or delete the account of {obj.username!r}, who holds "
+                    f"{' and '.join(beyond)}")
+        return ""
+
+    def password_refusal(self, actor: Actor, user: schema.User) -> str:
+        """Why the actor may not set this user's password ("" when they may)."""
+        reason = self.refusal(actor, user)
+        if not reason and not actor.is_superuser and user.is_staff and user.id != actor.user.id:
+            reason = "only a superuser may set another staff member's password"
+        return reason
+
+    def require_password_change(self, actor: Actor, user: schema.User) -> None:
+        actor.require("change", "user")
+        reason = self.password_refusal(actor, user)
+        if reason:
+            raise Forbidden(reason)
 
     def save(self, actor, obj, data):
         values = {k: data[k] for k in ("username", "email", "first_name", "last_name", "is_active", "is_staff",
@@ -181,11 +250,23 @@ class UserAdmin(ModelAdmin):
         set_links(schema.UserUnit, "user", obj, "unit", as_ids(data["units"]))
         return obj
 
+    def page_context(self, obj):
+        return {"login_failures": recent_login_failures(obj.username),
+                "login_failure_minutes": int(LOGIN_FAILURE_WINDOW.total_seconds() // 60)}
+
+    def unlock(self, actor: Actor, user: schema.User) -> int:
+        """Forget the user name's failed logins from every address, so that the user may log in
+        again at once; logged. Returns how many were forgotten."""
+        actor.require("change", "user")
+        self.require_allowed(actor, user)
+        with write_transaction():
+            count = clear_login_failures(user.username)
+            log_action(actor, "change", "user", user.id, user.username, f"Cleared {count} failed login(s).")
+        return count
+
     def delete_problems(self, actor, obj):
         if obj.is_superuser and obj.is_active and active_superuser_count() <= 1:
             return ["This is the last active superuser and cannot be deleted: make another superuser first."]
-        if obj.is_superuser and not actor.is_superuser:
-            return ["Only a superuser may delete a superuser."]
         return []
 
     def delete_warnings(self, actor, obj):
@@ -198,10 +279,8 @@ class UserAdmin(ModelAdmin):
 
     def set_password(self, actor: Actor, user: schema.User, raw: FormInput) -> Form:
         """The "change password form": set another user's (or one's own) password; logged, never shown."""
-        actor.require("change", "user")
+        self.require_password_change(actor, user)
         form, data = read_form(password_fields(), raw)
-        if user.is_superuser and not actor.is_superuser:
-            form.add_error("__all__", "Only a superuser may change a superuser's password.")
         if not form.errors and data["password1"] != data["password2"]:
             form.add_error("password2", "The two passwords differ.")
         if form.errors:
@@ -247,7 +326,7 @@ class GroupAdmin(ModelAdmin):
             Field("name", "Name", required=True, max_length=150),
             Field("permissions", "Permissions", "multi", choices=grantable_permissions(actor),
                   help="What the group's members may do in the administration panel."),
-            Field("units", "Units", "multi", choices=unit_choices(),
+            Field("units", "Units", "multi", choices=grantable_units(actor),
                   help="Units the group's members see on the home page."),
         ]
 
@@ -263,7 +342,9 @@ class GroupAdmin(ModelAdmin):
         if name and self.clashes(obj, schema.Group.name == name):
             form.add_error("name", f"A group named {name!r} already exists.")
         if obj is not None:
-            data["permissions"] = kept_permissions(actor, data["permissions"], self.initial(obj)["permissions"])
+            held = self.initial(obj)
+            data["permissions"] = kept_permissions(actor, data["permissions"], held["permissions"])
+            data["units"] = kept_units(actor, data["units"], held["units"])
 
     def save(self, actor, obj, data):
         obj = self.store(obj, {"name": data["name"]})

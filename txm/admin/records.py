@@ -19,7 +19,7 @@ from txm.db import schema
 from txm.db.bulk import delete_in_batches
 from txm.db.sqlite import write_transaction
 from txm.admin.actor import Actor, Forbidden, log_action
-from txm.admin.base import PAGE_SIZE, by_id
+from txm.admin.base import MAX_ID, PAGE_SIZE, by_id
 from txm.errors import InvalidValue
 from txm.timestamps import format_timestamp
 
@@ -165,9 +165,13 @@ class RecordAdmin:
         if isinstance(self.key, pw.DateTimeField):
             return parse_when(text, "page")
         try:
-            return int(text)
+            number = int(text)
         except ValueError:
-            raise InvalidValue(f"page: {text!r} is not {with_article(self.verbose)} number") from None
+            number = None
+        if number is None or abs(number) > MAX_ID:
+            raise InvalidValue(f"page: {text!r} is not {with_article(self.verbose)} number; "
+                               f"the Newer and Older links give the right ones")
+        return number
 
     def any_of(self, unit: schema.Unit) -> bool:
         """Has the unit any of these records?"""
