@@ -24,7 +24,7 @@ import peewee as pw
 
 from txm.db import schema
 from txm.db.database import close_quietly
-from txm.alarms.templates import DEFAULT_BODY, DEFAULT_SUBJECT, render_message
+from txm.alarms.templates import render_default_message, render_message
 from txm.config import Settings
 from txm.errors import ConfigError, InvalidValue, TxmError
 
@@ -54,8 +54,9 @@ def render_alarm_email(unit: Any, level: int, data: list[str], received: dt.date
     """(subject, body) of the email for an alarm: from the unit's alarm message for the level,
     or the built-in default when it has none.
 
-    A saved template that fails while rendering does not stop the email: the default message is
-    sent instead, with a line saying what went wrong, and the failure is logged.
+    A saved template that fails while rendering (in the sandbox, or beyond the rendering
+    process's memory or time) does not stop the email: the default message is sent instead, with
+    a line saying what went wrong, and the failure is logged.
     """
     message = alarm_message(unit, level)
     if message is not None:
@@ -64,9 +65,9 @@ def render_alarm_email(unit: Any, level: int, data: list[str], received: dt.date
         except InvalidValue as exc:
             log.warning("alarm message of unit %s level %d failed (%s); sending the default message",
                         unit.code, level, exc)
-            subject, body = render_message(DEFAULT_SUBJECT, DEFAULT_BODY, unit, level, data, received)
+            subject, body = render_default_message(unit, level, data, received)
             return subject, body + f"\n(The alarm message for level {level} failed: {exc})\n"
-    return render_message(DEFAULT_SUBJECT, DEFAULT_BODY, unit, level, data, received)
+    return render_default_message(unit, level, data, received)
 
 
 # --- sending -------------------------------------------------------------------------------------
