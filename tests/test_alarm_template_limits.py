@@ -240,6 +240,29 @@ def test_the_preview_of_a_runaway_template_says_what_went_wrong_in_time(web, uni
     assert "Level 7, 42.5" in page.text.split('id="preview"')[1]
 
 
+def test_the_preview_needs_the_right_to_write_alarm_messages(settings, unit):
+    message = schema.AlarmMessage.create(unit=unit, level=7, subject="s", body="b")
+
+    def staff(name: str, *codenames: str):
+        user = add_user(name, is_staff=True)
+        for codename in codenames:
+            schema.UserPermission.create(user=user, codename=codename)
+        web = client(settings)
+        login(web, name)
+        return web
+
+    viewer = staff("viewer", "view_alarmmessage")
+    assert "Preview (does not save)" not in viewer.get(f"/admin/alarmmessage/{message.id}/").text
+    preview(viewer, unit, "{{ level }}", message.id, status=403)
+    preview(viewer, unit, "{{ level }}", status=403)
+    adder = staff("adder", "add_alarmmessage")
+    assert 'id="preview"' in preview(adder, unit, "{{ level }}").text  # a new message
+    preview(adder, unit, "{{ level }}", message.id, status=403)  # not a saved one
+    editor = staff("editor", "change_alarmmessage")
+    assert "Preview (does not save)" in editor.get(f"/admin/alarmmessage/{message.id}/").text
+    assert 'id="preview"' in preview(editor, unit, "{{ level }}", message.id).text
+
+
 # --- a real txm serve ----------------------------------------------------------------------------------
 
 

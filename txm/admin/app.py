@@ -319,12 +319,13 @@ def add_alarm_message_actions(panel: Panel) -> None:
 
     @panel.app.post("/alarmmessage/preview")
     def alarm_message_preview():
-        """Render the subject and message as typed (saved or not) with sample data; nothing is saved."""
-        who = panel.need("view", "alarmmessage")
+        """Render the subject and message as typed (saved or not) with sample data; nothing is saved.
+
+        Only for who may write alarm messages (add a new one, change a saved one): rendering runs
+        a template, and what a template costs is for its authors to spend."""
         raw = panel.form_input()
         obj = messages.get(raw.get("_id")) if raw.get("_id") else None
-        if obj is None:
-            who.require("add", "alarmmessage")
+        who = panel.need("add" if obj is None else "change", "alarmmessage")
         form, data = read_form(messages.fields(who, obj, raw), raw, messages.initial(obj))
         sample = sample_data(raw.get("sample_data"))
         preview, problem = None, ""
