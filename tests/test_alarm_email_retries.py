@@ -16,6 +16,7 @@ import time
 import pytest
 
 from tests.smtp import SilentServer, SMTPServer, closed_port
+from tests.webutil import add_user, client, csrf_token, login
 from txm import config, manage
 from txm.alarms.email import EmailWorker, POLL_SECONDS, retry_delay
 from txm.alarms.mailing_lists import mailing_list_add
@@ -199,3 +200,110 @@ def test_the_retry_settings_and_their_defaults(settings, people, caplog):
     caplog.set_level(logging.WARNING, logger="txm")
     EmailWorker(settings.replace(ALARM_EMAIL_ATTEMPTS=6), schema.database)
     assert "ALARM_EMAIL_ATTEMPTS 6 gives up an alarm email after about 25 min, before ALARM_EMAIL_MAX_AGE (1 day)" in caplog.text
+
+
+# --- the admin panel ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def panel(settings, people):
+    schema.database.connect(reuse_if_open=True)
+    yield lambda: client(settings)
+    schema.database.close()
+
+
+def staff(panel, name: str, *codenames: str):
+    user = add_user(name, is_staff=True)
+    for codename in codenames:
+        schema.UserPermission.create(user=user, codename=codename)
+    web = panel()
+    login(web, name)
+    return web
+
+
+def test_the_backlog_on_the_index_and_the_alarm_list(panel):
+    unit = schema.Unit.get(code="M1")
+    oldest = schema.Alarm.create(unit=unit, level=2, data=["oldest"], received=ago(hours=3, minutes=5),
+                                 email_attempts=40, email_error="cannot reach the SMTP server 127.0.0.1:25")
+    for minutes in (30, 1):
+        schema.Alarm.create(unit=unit, level=2, data=["waiting"], received=ago(minutes=minutes))
+    for status in ("failed", "failed", "sent", "none"):
+        schema.Alarm.create(unit=unit, level=3, data=["done"], received=ago(hours=30), email_status=status)
+    web = staff(panel, "clerk", "view_alarm")
+    for page in (web.get("/admin/"), web.get("/admin/alarm/")):
+        backlog = page.text.split('id="alarm-backlog"', 1)[1].split("</p>", 1)[0]
+        assert "3 alarm emails waiting to be sent" in backlog
+        assert f'/admin/alarm/{oldest.id}/' in backlog and "received 3 h 5 min ago" in backlog
+        assert "cannot reach the SMTP server 127.0.0.1:25" in backlog
+        assert "2 alarm emails failed" in backlog
+    failed = web.get("/admin/alarm/", {"email": "failed"}).text
+    assert failed.count("<td>failed</td>") == 2 and "<td>sent</td>" not in failed
+    # Nothing waiting: the index says nothing about it.
+    schema.Alarm.update(email_status="sent").where(schema.Alarm.email_status == "pending").execute()
+    assert "waiting to be sent" not in web.get("/admin/").text
+
+
+def test_staff_send_a_failed_alarm_email_again_and_it_goes(serve, meter, panel):
+    port = closed_port()
+    server = serve(port)
+    meter(server, "2;lost in the outage")
+    wait_until(lambda: alarms()[0].email_attempts >= 1, "a failed attempt")
+    change(alarms()[0].id, received=ago(days=2), email_next_attempt=schema.utcnow())
+    meter(server, "2;wake up")
+    wait_until(lambda: alarms()[0].email_status == "failed", "the old alarm failed")
+    failed = alarms()[0]
+    schema.database.connect(reuse_if_open=True)
+
+    viewer = staff(panel, "viewer", "view_alarm")
+    assert "Send the email again" not in viewer.get(f"/admin/alarm/{failed.id}/").text
+    page = viewer.get("/admin/")
+    viewer.post("/admin/alarm/send-again", {"ids": str(failed.id), "csrf_token": csrf_token(page)}, status=403)
+
+    clerk = staff(panel, "clerk", "change_alarm")
+    detail = clerk.get(f"/admin/alarm/{failed.id}/")
+    assert "Send the email again" in detail.text
+    clerk.post("/admin/alarm/send-again", {"ids": str(failed.id)}, status=403)  # no CSRF token
+    assert alarms()[0].email_status == "failed"
+    with smtp_on(port) as smtp:
+        answer = clerk.post("/admin/alarm/send-again", {"ids": str(failed.id), "csrf_token": csrf_token(detail),
+                                                        "back": f"/admin/alarm/{failed.id}/"}, status=303)
+        assert answer.location.endswith(f"/admin/alarm/{failed.id}/")
+        assert "The email of 1 alarm will be sent again" in clerk.get(answer.location).text
+        entry = schema.LogEntry.select().order_by(schema.LogEntry.id.desc()).first()
+        assert (entry.username, entry.action, entry.model, entry.object_id) == ("clerk", "change", "alarm", str(failed.id))
+        assert "Email to be sent again" in entry.change_message and "ALARM_EMAIL_MAX_AGE" in entry.change_message
+        schema.database.close()
+        # The worker looks at least every POLL_SECONDS: the email goes out then (with the
+        # younger alarm's, still being retried).
+        got = smtp.wait_for(2, timeout=POLL_SECONDS + TIMEOUT)
+        wait_until(lambda: alarms()[0].email_status == "sent", "the alarm marked sent")
+    assert data_of(got) == ["lost in the outage", "wake up"]
+
+
+def test_only_failed_alarm_emails_are_sent_again_and_each_is_logged(panel):
+    unit = schema.Unit.get(code="M1")
+    failed = [schema.Alarm.create(unit=unit, level=2, data=[str(n)], email_status="failed", email_error="554 no")
+              for n in range(2)]
+    sent = schema.Alarm.create(unit=unit, level=2, data=["sent"], email_status="sent")
+    boss = staff(panel, "boss", "view_alarm", "change_alarm")
+    listing = boss.get("/admin/alarm/")
+    assert "Send selected failed emails again" in listing.text
+    answer = boss.post("/admin/alarm/send-again", {"ids": [str(a.id) for a in (*failed, sent)],
+                                                   "csrf_token": csrf_token(listing), "back": "/admin/alarm/"},
+                       status=303)
+    assert "The emails of 2 alarms will be sent again" in boss.get(answer.location).text
+    assert [a.email_status for a in alarms()] == ["pending", "pending", "sent"]
+    assert [a.email_next_attempt for a in alarms()[:2]] == [None, None]
+    logged = schema.LogEntry.select().where(schema.LogEntry.model == "alarm").order_by(schema.LogEntry.id)
+    assert [e.object_id for e in logged] == [str(a.id) for a in failed]
+
+
+def test_the_right_to_send_alarm_emails_again_can_be_given(settings, people):
+    from txm.admin.actor import Actor
+    from txm.admin.people import grantable_permissions
+
+    schema.database.connect(reuse_if_open=True)
+    boss = add_user("boss", is_staff=True, is_superuser=True)
+    offered = dict(grantable_permissions(Actor.of(boss, settings)))
+    assert offered["change_alarm"] == "Can change alarm"
+    assert "add_alarm" not in offered
