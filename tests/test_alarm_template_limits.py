@@ -18,12 +18,12 @@ import pytest
 
 from tests.conftest import database_values, write_toml
 from tests.smtp import SMTPServer
-from tests.test_ttp_server import Meter
 from tests.webutil import add_user, client, csrf_token, login
 from txm import manage
 from txm.alarms.email import render_alarm_email
 from txm.alarms.mailing_lists import mailing_list_add
 from txm.alarms.renderer import RENDER_KILL_SECONDS, default_process
+from txm.client import TTPClient
 from txm.alarms.templates import UnitView, _context, render_in_sandbox, render_message
 from txm.db import schema
 from txm.errors import InvalidValue
@@ -206,6 +206,18 @@ def test_a_killed_rendering_process_is_replaced_at_the_next_render(unit):
     assert render_message("{{ unit.code }}", "{{ level }}", unit, 4, []) == ("M1", "4")
 
 
+def test_without_a_rendering_process_the_email_still_goes_with_the_default_message(unit, monkeypatch):
+    import sys
+
+    schema.AlarmMessage.create(unit=unit, level=2, subject=NORMAL_SUBJECT, body=NORMAL_BODY)
+    default_process().close()
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    subject, body = render_alarm_email(unit, 2, DATA)
+    assert subject == "Alarm level 2 from unit M1 (North tank)"
+    assert body.endswith("(The alarm message for level 2 failed: the template rendering process could not start: "
+                         "No such file or directory)\n")
+
+
 # --- the admin panel's preview ----------------------------------------------------------------------
 
 
@@ -280,19 +292,19 @@ def test_txm_serve_stays_small_and_answers_meters_while_alarm_messages_run_away(
             **database_values(settings), "DS_PORT": 0, "BIND_ADDRESS": "127.0.0.1", "EMAIL_HOST": "127.0.0.1",
             "EMAIL_PORT": smtp.port, "DEFAULT_FROM_EMAIL": "txm@example.com"})
         server = serve_process(path=path)
-        meter = Meter(server.wait_ready())
+        meter = TTPClient(port=server.wait_ready(), timeout=30)
         pid = server.proc.pid
-        assert meter.ask("TTP /al/M1/<9;warm up> s3cret") == "OK"
+        assert meter.request("TTP /al/M1/<9;warm up> s3cret") == "OK"
         assert smtp.wait_for(1)[0].message["Subject"] == "fine 9"
         peak_before = max(status_bytes("VmHWM", pid), status_bytes("VmRSS", pid))
-        assert meter.ask("TTP /al/M1/<7;memory> s3cret") == "OK"
-        assert meter.ask("TTP /al/M1/<8;time> s3cret") == "OK"
+        assert meter.request("TTP /al/M1/<7;memory> s3cret") == "OK"
+        assert meter.request("TTP /al/M1/<8;time> s3cret") == "OK"
         slowest, second = 0.0, 0
         deadline = time.monotonic() + 30
         while len(smtp.messages) < 3 and time.monotonic() < deadline:
             second += 1
             start = time.monotonic()
-            assert meter.ask(f"TTP /up/M1/<2026-1-1 0:{second // 60}:{second % 60};{second};1> s3cret") == "OK"
+            assert meter.request(f"TTP /up/M1/<2026-1-1 0:{second // 60}:{second % 60};{second};1> s3cret") == "OK"
             slowest = max(slowest, time.monotonic() - start)
             time.sleep(0.05)
         got = smtp.wait_for(3)

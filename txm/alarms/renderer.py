@@ -39,7 +39,7 @@ from typing import Any
 
 try:
     import resource
-except ImportError:  # pragma: no cover - not on Windows: the wall-clock kill still holds
+except ImportError:  # pragma: no cover - not a Unix system: the wall-clock kill still holds
     resource = None  # type: ignore[assignment]
 
 from txm.errors import InvalidValue
@@ -119,9 +119,12 @@ class TemplateProcess:
         # The working folder is the one txm is imported from, so ``-m`` finds this same txm and
         # nothing else of whatever folder txm serve runs in. No file descriptor but the pipes
         # is inherited (close_fds): the child never holds the TTP or HTTP port.
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "txm.alarms.renderer", str(self.memory_bytes)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(package_root), close_fds=True)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "txm.alarms.renderer", str(self.memory_bytes)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(package_root), close_fds=True)
+        except OSError as exc:  # no Python to start (a broken installation), no processes left
+            raise InvalidValue(f"the template rendering process could not start: {exc.strerror or exc}") from None
         self.started += 1
         os.set_blocking(self._proc.stdin.fileno(), False)
         self._selector = selectors.DefaultSelector()
