@@ -181,11 +181,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("EMAIL_TIMEOUT", "email", FLOAT, 30.0, "Seconds to wait for the SMTP server.", 0.1),
     Setting("ALARM_EMAIL_MIN_INTERVAL", "email", FLOAT, 0.0,
             "Least seconds between two alarm emails for the same unit and level; 0 sends every one.", 0),
-    Setting("ALARM_EMAIL_ATTEMPTS", "email", INT, 6,
-            "Attempts at sending an alarm email before it is marked failed (permanent SMTP refusals fail at once).", 1),
+    Setting("ALARM_EMAIL_MAX_AGE", "email", FLOAT, 86400.0,
+            "Seconds an alarm email is tried again after SMTP failures, counted from the alarm's arrival (a day); "
+            "the first attempt that fails after that marks it failed. Permanent SMTP refusals fail at once.", 1),
+    Setting("ALARM_EMAIL_ATTEMPTS", "email", INT, 0,
+            "Most attempts at sending an alarm email before it is marked failed, however young the alarm; "
+            "0: no such count, ALARM_EMAIL_MAX_AGE decides.", 0),
     Setting("ALARM_EMAIL_RETRY_DELAY", "email", FLOAT, 60.0,
-            "Seconds before the first new attempt after an SMTP failure; each later one waits twice as long (at most an hour).",
-            0.01),
+            "Seconds before the first new attempt after an SMTP failure; each later one waits twice as long, "
+            "at most 10 minutes (or this delay, if longer).", 0.01),
     # database
     Setting("DATABASE_ENGINE", "database", STR, "sqlite3", "Database engine.",
             choices=("sqlite3", "postgresql", "mysql"),

@@ -10,7 +10,9 @@ Routes (below the mount point):
   ``/alarmmessage/preview`` and ``/alarmmessage/<id>/test-email``.
 * ``/sample/`` and ``/alarm/``: listed per unit with date filters and keyset paging; each record
   viewed at ``/<model>/<id>/`` and deleted singly, selected (``/<model>/delete-selected``), all
-  (``/<model>/delete-all``) or old (``/<model>/delete-old``). No route changes a sample or alarm.
+  (``/<model>/delete-all``) or old (``/<model>/delete-old``). No route changes a sample or alarm,
+  but ``/alarm/send-again``: failed alarm emails are sent again. The index and the alarm list
+  show the alarm emails not sent yet.
 * ``/logentry/``: the action log, filtered; ``/logentry/<id>/`` one entry. Never edited.
 
 Only an active staff user enters (the web core checks it and sends an anonymous visitor to the
@@ -30,12 +32,14 @@ import bottle
 
 from txm.db import schema
 from txm.admin.actor import Actor, Forbidden
+from txm.admin.alarm_emails import backlog_context, send_alarm_emails_again
 from txm.admin.base import ModelAdmin
 from txm.admin.forms import Form, FormInput, read_form, sentence
 from txm.admin.meters import preview_alarm_message, sample_data, send_test_alarm_email
 from txm.admin.people import password_fields, permission_grid
 from txm.admin.records import ALARMS, LOG, SAMPLES, Page, RecordAdmin, parse_when, selected_ids, with_article
 from txm.admin.registry import FORM_MODELS, registry, visible_sections
+from txm.alarms.email import POLL_SECONDS
 from txm.config import Settings
 from txm.errors import InvalidValue, NotFound, TxmError
 from txm.webcore import WebCore, safe_next
@@ -50,6 +54,7 @@ def make_app(settings: Settings) -> bottle.Bottle:
     add_password_page(panel)
     add_unlock_action(panel)
     add_alarm_message_actions(panel)
+    add_alarm_email_actions(panel)
     add_form_pages(panel)  # last: Bottle tries these /<model>/ rules after the more specific ones above
     return panel.app
 
@@ -155,8 +160,9 @@ def add_index(panel: Panel) -> None:
     def index():
         who = panel.actor()
         recent = schema.LogEntry.select().where(schema.LogEntry.user == who.user).order_by(schema.LogEntry.id.desc()).limit(10)
+        backlog = backlog_context() if who.may("view", "alarm") else {}
         return panel.render("admin/index.html", who=who, sections=visible_sections(who), recent=list(recent),
-                            title="Administration")
+                            title="Administration", **backlog)
 
 
 # --- samples, alarms, the action log -----------------------------------------------------------------
@@ -185,10 +191,11 @@ def add_record_pages(panel: Panel, records: RecordAdmin) -> None:
         units = None
         if records.rows_of_many_units:  # the list offers a choice of unit
             units = list(schema.Unit.select(schema.Unit.id, schema.Unit.code, schema.Unit.name).order_by(schema.Unit.code).limit(1000))
+        emails = {**backlog_context(), "can_resend": who.may("change", "alarm")} if records is ALARMS else {}
         return panel.render(records.list_template, who=who, unit=unit, units=units, page=page,
                             problem=problem, filters=filters, can_delete=records.deletion_allowed(who),
                             models=[(key, admin.plural) for key, admin in panel.registry.items()],  # the log's "What"
-                            title=records.plural.capitalize() + (f" of {unit.code}" if unit else ""))
+                            title=records.plural.capitalize() + (f" of {unit.code}" if unit else ""), **emails)
 
     @app.get(f"/{name}/<obj_id>/")
     def record_detail(obj_id):
@@ -197,7 +204,8 @@ def add_record_pages(panel: Panel, records: RecordAdmin) -> None:
         # A sample or alarm is about its unit; a log entry about the object it names.
         about = {"unit": record.unit} if records.of_a_unit else {"object_url": _object_url(panel, record)}
         return panel.render(f"admin/{name}.html", who=who, can_delete=records.deletion_allowed(who),
-                            title=records.describe(record), **{records.detail_name: record}, **about)
+                            can_resend=who.may("change", "alarm"), title=records.describe(record),
+                            **{records.detail_name: record}, **about)
 
     if not records.deletable:
         return
@@ -336,12 +344,13 @@ def add_alarm_message_actions(panel: Panel) -> None:
 
     @panel.app.post("/alarmmessage/preview")
     def alarm_message_preview():
-        """Render the subject and message as typed (saved or not) with sample data; nothing is saved."""
-        who = panel.need("view", "alarmmessage")
+        """Render the subject and message as typed (saved or not) with sample data; nothing is saved.
+
+        Only for who may write alarm messages (add a new one, change a saved one): rendering runs
+        a template, and what a template costs is for its authors to spend."""
         raw = panel.form_input()
         obj = messages.get(raw.get("_id")) if raw.get("_id") else None
-        if obj is None:
-            who.require("add", "alarmmessage")
+        who = panel.need("add" if obj is None else "change", "alarmmessage")
         form, data = read_form(messages.fields(who, obj, raw), raw, messages.initial(obj))
         sample = sample_data(raw.get("sample_data"))
         preview, problem = None, ""
@@ -372,6 +381,29 @@ def add_alarm_message_actions(panel: Panel) -> None:
         else:
             panel.core.flash(f"A test email was sent to {', '.join(sent_to)}.", "success")
         panel.go(f"/alarmmessage/{message.id}/")
+
+
+# --- alarm emails: sending failed ones again -----------------------------------------------------------
+
+
+def add_alarm_email_actions(panel: Panel) -> None:
+    @panel.app.post("/alarm/send-again")
+    def alarm_send_again():
+        """Send the failed emails of the selected alarms (or of one alarm) again."""
+        who = panel.need("change", "alarm")
+        forms = bottle.request.forms
+        back = safe_next(forms.getunicode("back") or "", panel.link("/alarm/"))
+        try:
+            count = send_alarm_emails_again(who, forms.getall("ids"))
+        except InvalidValue as exc:
+            panel.core.flash(sentence(str(exc)), "error")
+        else:
+            if count:
+                panel.core.flash(f"The email{'s' if count != 1 else ''} of {count} alarm{'s' if count != 1 else ''} "
+                                 f"will be sent again within {POLL_SECONDS:g} seconds.", "success")
+            else:
+                panel.core.flash("None of the selected alarms has a failed email: nothing to send again.", "warning")
+        bottle.redirect(back, 303)
 
 
 # --- the pages of the models edited through forms ------------------------------------------------------

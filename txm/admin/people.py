@@ -47,9 +47,10 @@ def permission_grid(choices: Sequence[tuple[str, str]]) -> list[tuple[str, list[
     return rows
 
 
-#: Permissions that mean nothing in the panel: samples and alarms are never added or changed there,
-#: and the log is only read. They are not offered (a user who holds one keeps it).
-IDLE_PERMISSIONS = frozenset({"add_sample", "change_sample", "add_alarm", "change_alarm", "add_logentry",
+#: Permissions that mean nothing in the panel: samples and alarms are never added there, samples
+#: never changed (``change_alarm`` sends a failed alarm email again), and the log is only read.
+#: They are not offered (a user who holds one keeps it).
+IDLE_PERMISSIONS = frozenset({"add_sample", "change_sample", "add_alarm", "add_logentry",
                               "change_logentry", "delete_logentry"})
 
 

@@ -269,7 +269,8 @@ ALARMS = RecordAdmin(
     "Alarms the units raised, and what became of their emails: viewed and deleted, never changed.",
     schema.Alarm, key=schema.Alarm.id, time=schema.Alarm.received, describe=alarm_name,
     list_template="admin/alarms.html", detail_name="alarm",
-    narrowed_by={"unit": lambda unit: schema.Alarm.unit == unit},
+    narrowed_by={"unit": lambda unit: schema.Alarm.unit == unit,
+                 "email": lambda status: schema.Alarm.email_status == status},
     deletion_setting="ALLOW_ALARM_DELETION", cut_words="received before {} UTC")
 
 LOG = RecordAdmin(

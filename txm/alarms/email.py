@@ -24,7 +24,7 @@ import peewee as pw
 
 from txm.db import schema
 from txm.db.database import close_quietly
-from txm.alarms.templates import DEFAULT_BODY, DEFAULT_SUBJECT, render_message
+from txm.alarms.templates import render_default_message, render_message
 from txm.config import Settings
 from txm.errors import ConfigError, InvalidValue, TxmError
 
@@ -36,12 +36,14 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 class EmailError(TxmError):
     """An email could not be sent. ``permanent`` is true when trying again cannot help
-    (the server refused the sender, every recipient, or the login)."""
+    (the server refused the sender, every recipient, or the login); ``server_wide`` when the
+    server could not be reached or talked to at all, so every other email would fail too."""
 
-    def __init__(self, reason: str, permanent: bool = False):
+    def __init__(self, reason: str, permanent: bool = False, server_wide: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
+        self.server_wide = server_wide
 
 
 def alarm_message(unit: Any, level: int) -> schema.AlarmMessage | None:
@@ -54,8 +56,9 @@ def render_alarm_email(unit: Any, level: int, data: list[str], received: dt.date
     """(subject, body) of the email for an alarm: from the unit's alarm message for the level,
     or the built-in default when it has none.
 
-    A saved template that fails while rendering does not stop the email: the default message is
-    sent instead, with a line saying what went wrong, and the failure is logged.
+    A saved template that fails while rendering (in the sandbox, or beyond the rendering
+    process's memory or time) does not stop the email: the default message is sent instead, with
+    a line saying what went wrong, and the failure is logged.
     """
     message = alarm_message(unit, level)
     if message is not None:
@@ -64,9 +67,9 @@ def render_alarm_email(unit: Any, level: int, data: list[str], received: dt.date
         except InvalidValue as exc:
             log.warning("alarm message of unit %s level %d failed (%s); sending the default message",
                         unit.code, level, exc)
-            subject, body = render_message(DEFAULT_SUBJECT, DEFAULT_BODY, unit, level, data, received)
+            subject, body = render_default_message(unit, level, data, received)
             return subject, body + f"\n(The alarm message for level {level} failed: {exc})\n"
-    return render_message(DEFAULT_SUBJECT, DEFAULT_BODY, unit, level, data, received)
+    return render_default_message(unit, level, data, received)
 
 
 # --- sending -------------------------------------------------------------------------------------
@@ -143,13 +146,14 @@ def smtp_send(settings: Settings, message: EmailMessage) -> dict[str, str]:
         raise EmailError(f"the SMTP server {where} answered {_reply_text(exc.smtp_code, exc.smtp_error)}",
                          exc.smtp_code >= 500) from None
     except smtplib.SMTPServerDisconnected as exc:
-        raise EmailError(f"the SMTP server {where} closed the connection: {exc or 'no reason given'}") from None
+        raise EmailError(f"the SMTP server {where} closed the connection: {exc or 'no reason given'}",
+                         server_wide=True) from None
     except ssl.SSLError as exc:
-        raise EmailError(f"TLS with the SMTP server {where} failed: {exc.reason or exc}") from None
+        raise EmailError(f"TLS with the SMTP server {where} failed: {exc.reason or exc}", server_wide=True) from None
     except (socket.timeout, TimeoutError):
-        raise EmailError(f"the SMTP server {where} did not answer within {timeout:g} s") from None
+        raise EmailError(f"the SMTP server {where} did not answer within {timeout:g} s", server_wide=True) from None
     except OSError as exc:
-        raise EmailError(f"cannot reach the SMTP server {where}: {exc.strerror or exc}") from None
+        raise EmailError(f"cannot reach the SMTP server {where}: {exc.strerror or exc}", server_wide=True) from None
     except smtplib.SMTPException as exc:
         raise EmailError(f"sending through the SMTP server {where} failed: {exc}") from None
     return {addr: _reply_text(code, text) for addr, (code, text) in (refused or {}).items()}
@@ -189,8 +193,9 @@ CLAIM_BATCH = 50
 #: Tries at recording an email's outcome in the database, and the first pause between them.
 FINISH_ATTEMPTS = 5
 FINISH_RETRY_SECONDS = 0.5
-#: Longest wait before a failed email is tried again.
-MAX_RETRY_DELAY = 3600.0
+#: Longest wait before a failed email is tried again (unless ALARM_EMAIL_RETRY_DELAY is longer):
+#: once the SMTP server is back, no email waits longer than this.
+MAX_RETRY_DELAY = 600.0
 
 
 def claim_seconds(settings: Settings) -> float:
@@ -200,8 +205,35 @@ def claim_seconds(settings: Settings) -> float:
 
 
 def retry_delay(settings: Settings, attempts: int) -> float:
-    """Seconds to wait after the ``attempts``-th failed attempt: the delay doubles each time."""
-    return min(MAX_RETRY_DELAY, settings.ALARM_EMAIL_RETRY_DELAY * 2 ** max(0, attempts - 1))
+    """Seconds to wait after the ``attempts``-th failed attempt: the delay doubles each time, up
+    to :data:`MAX_RETRY_DELAY` (or ALARM_EMAIL_RETRY_DELAY, when that is longer)."""
+    first = settings.ALARM_EMAIL_RETRY_DELAY
+    return min(max(MAX_RETRY_DELAY, first), first * 2 ** min(64, max(0, attempts - 1)))
+
+
+def retry_span(settings: Settings, attempts: int, enough: float) -> float:
+    """Seconds from the first of ``attempts`` attempts to the last (no more than ``enough``)."""
+    span = 0.0
+    for done in range(1, attempts):
+        span += retry_delay(settings, done)
+        if span >= enough:
+            break
+    return span
+
+
+def describe_seconds(seconds: float) -> str:
+    """A span of time for people: ``45 s``, ``25 min``, ``3 h 5 min``, ``1 day``, ``2 days 3 h``."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes = whole // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h" + (f" {minutes} min" if minutes else "")
+    days, hours = divmod(hours, 24)
+    return f"{days} day{'s' if days != 1 else ''}" + (f" {hours} h" if hours else "")
 
 
 @dataclass
@@ -246,6 +278,14 @@ class EmailWorker:
         self._stopping = threading.Event()  # run()'s stop event once it runs
         self.description = (f"Alarm emails through {settings.EMAIL_HOST}:{settings.EMAIL_PORT}"
                             + (" (STARTTLS)" if settings.EMAIL_USE_TLS else " (TLS)" if settings.EMAIL_USE_SSL else ""))
+        self._server_down = False  # the last attempt could not reach the SMTP server
+        count, max_age = settings.ALARM_EMAIL_ATTEMPTS, settings.ALARM_EMAIL_MAX_AGE
+        if count and retry_span(settings, count, max_age) < max_age:
+            # Most likely a value from an older configuration file, where 6 was the default.
+            log.warning("ALARM_EMAIL_ATTEMPTS %d gives up an alarm email after about %s, before ALARM_EMAIL_MAX_AGE "
+                        "(%s): an SMTP outage longer than that loses alarm emails; set it to 0 (or leave it out) to "
+                        "retry for ALARM_EMAIL_MAX_AGE", count, describe_seconds(retry_span(settings, count, max_age)),
+                        describe_seconds(max_age))
 
     def wake(self) -> None:
         """Look for due emails now (``txm serve`` calls this once an alarm is committed)."""
@@ -275,18 +315,45 @@ class EmailWorker:
             log.debug("closing the database failed", exc_info=True)
 
     def run_once(self) -> float:
-        """Send every email due now; return the seconds until the next one may be due."""
+        """Send every email due now; return the seconds until the next one may be due.
+
+        When the SMTP server cannot be reached, the look ends there: the other due emails are
+        tried at the next look (each alarm's own retries grow meanwhile), so a backlog never
+        waits out the SMTP timeout once per email. When an email goes through, the emails
+        waiting for a later retry are due at once: the server is back.
+        """
+        released = False
         while not self._stopping.is_set():
             now = schema.utcnow()
+            # Fewest attempts first: a new alarm is not kept behind a backlog of retries, and
+            # while the server is down each look tries the email tried least.
             due = [row[0] for row in schema.Alarm.select(schema.Alarm.id).where(self._due(now))
-                   .order_by(schema.Alarm.id).limit(CLAIM_BATCH).tuples()]
+                   .order_by(schema.Alarm.email_attempts, schema.Alarm.id).limit(CLAIM_BATCH).tuples()]
+            again = len(due) == CLAIM_BATCH
             for alarm_id in due:
                 if self._stopping.is_set():
                     break
-                self.process(alarm_id)
-            if len(due) < CLAIM_BATCH:
+                status = self.process(alarm_id)
+                if status == "sent" and not released:
+                    released = True
+                    again = self._release_retries() or again
+                elif status in ("pending", "failed") and self._server_down:
+                    return self._next_wait()
+            if not again:
                 break
         return self._next_wait()
+
+    def _release_retries(self) -> bool:
+        """Emails waiting for a later retry are due now (the SMTP server just took one)."""
+        now = schema.utcnow()
+        waiting = ((schema.Alarm.email_status == "pending") & (schema.Alarm.email_next_attempt > now)
+                   & (schema.Alarm.email_claimed_until.is_null() | (schema.Alarm.email_claimed_until < now)))
+        if not schema.Alarm.select().where(waiting).exists():  # no write (no lock) when nothing waits
+            return False
+        released = schema.Alarm.update(email_next_attempt=now).where(waiting).execute()
+        if released:
+            log.info("the SMTP server took an email: %d email(s) waiting for a retry are sent now", released)
+        return released > 0
 
     @staticmethod
     def _due(now: dt.datetime):
@@ -358,6 +425,7 @@ class EmailWorker:
             self._finish(alarm_id, claim, email_status="none", email_error=why)
             return "none"
         attempts = alarm.email_attempts + 1
+        self._server_down = False
         try:
             try:
                 subject, body = render_alarm_email(unit, alarm.level, list(alarm.data or []), alarm.received)
@@ -369,10 +437,12 @@ class EmailWorker:
                 raise EmailError(f"the email could not be made: {type(exc).__name__}: {exc}", True) from None
             refused = smtp_send(self.settings, message)
         except EmailError as exc:
-            if exc.permanent or attempts >= self.settings.ALARM_EMAIL_ATTEMPTS:
+            self._server_down = exc.server_wide
+            given_up = self._given_up(alarm, attempts, exc)
+            if given_up:
                 log.error("alarm %d of unit %s: email failed after %d attempt(s): %s",
-                          alarm_id, unit.code, attempts, exc.reason)
-                self._finish(alarm_id, claim, email_status="failed", email_error=exc.reason,
+                          alarm_id, unit.code, attempts, given_up)
+                self._finish(alarm_id, claim, email_status="failed", email_error=given_up,
                              email_attempts=attempts)
                 return "failed"
             delay = retry_delay(self.settings, attempts)
@@ -389,3 +459,50 @@ class EmailWorker:
         self._finish(alarm_id, claim, email_status="sent", email_error=note, email_attempts=attempts,
                      email_sent=schema.utcnow())
         return "sent"
+
+    def _given_up(self, alarm: schema.Alarm, attempts: int, exc: EmailError) -> str:
+        """Why the email is not tried again after this failure (its ``email_error``); "" while it is."""
+        if exc.permanent:
+            return exc.reason
+        count, max_age = self.settings.ALARM_EMAIL_ATTEMPTS, self.settings.ALARM_EMAIL_MAX_AGE
+        if count and attempts >= count:
+            return f"{exc.reason} (given up after {attempts} attempt(s): ALARM_EMAIL_ATTEMPTS)"
+        if (schema.utcnow() - alarm.received).total_seconds() >= max_age:
+            return (f"{exc.reason} (not sent within ALARM_EMAIL_MAX_AGE ({describe_seconds(max_age)}) of the "
+                    f"alarm: given up after {attempts} attempt(s))")
+        return ""
+
+
+# --- the backlog, and sending again ----------------------------------------------------------------
+
+
+@dataclass
+class Backlog:
+    """The alarm emails not sent yet (``pending``), the oldest of them, and how many failed."""
+
+    waiting: int
+    oldest: schema.Alarm | None
+    failed: int
+
+
+def email_backlog() -> Backlog:
+    """What the admin panel shows of alarm emails still owed (a few indexed queries)."""
+    pending = schema.Alarm.email_status == "pending"
+    oldest = (schema.Alarm.select(schema.Alarm, schema.Unit).join(schema.Unit).where(pending)
+              .order_by(schema.Alarm.received, schema.Alarm.id).first())
+    return Backlog(schema.Alarm.select().where(pending).count() if oldest is not None else 0, oldest,
+                   schema.Alarm.select().where(schema.Alarm.email_status == "failed").count())
+
+
+def send_again(alarm_ids: Sequence[int]) -> list[schema.Alarm]:
+    """Make the emails of these alarms pending again, where they failed; return those alarms
+    (as they were). Each gets one more attempt at the email worker's next look (within
+    :data:`POLL_SECONDS`), and is retried after that only while younger than ALARM_EMAIL_MAX_AGE
+    (or until ALARM_EMAIL_ATTEMPTS, when that is set)."""
+    failed = (schema.Alarm.id.in_(list(alarm_ids))) & (schema.Alarm.email_status == "failed")
+    alarms = list(schema.Alarm.select(schema.Alarm, schema.Unit).join(schema.Unit).where(failed)
+                  .order_by(schema.Alarm.id))
+    if alarms:
+        (schema.Alarm.update(email_status="pending", email_next_attempt=None, email_claimed_until=None)
+         .where(failed & schema.Alarm.id.in_([a.id for a in alarms])).execute())
+    return alarms

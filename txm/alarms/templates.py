@@ -6,7 +6,9 @@ manual shows (``{{ level }}``, ``{{ unit.name }}``, ``{{ data.0 }}``,
 (:class:`AlarmTemplates`). A template sees only ``level`` (int), ``data`` (list of text),
 ``received`` (text) and ``unit``, a :class:`UnitView` holding plain values: never the database
 model and never the unit's key. No template can reach Python internals, files or the database,
-nor exhaust the server's memory or time. docs/alarms.md is the reference for administrators.
+nor exhaust the server's memory or time: :func:`render_message` renders in a separate process
+with its own memory and time limits (:mod:`txm.alarms.renderer`), where the sandbox runs
+(:func:`render_in_sandbox`). docs/alarms.md is the reference for administrators.
 
 Nothing here touches the database; :func:`txm.alarms.render_alarm_email` picks the unit's saved
 message (or the default) and renders it with :func:`render_message`.
@@ -14,7 +16,9 @@ message (or the default) and renders it with :func:`render_message`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
 import re
 import sys
 import time
@@ -28,6 +32,7 @@ import jinja2.sandbox
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from txm.alarms import renderer
 from txm.errors import InvalidValue
 
 #: Longest rendered subject; a longer one is cut (a subject is one line).
@@ -109,7 +114,10 @@ class _DjangoFilterArguments(Extension):
 MAX_TEMPLATE_VALUE = 100_000
 #: Largest whole number a template may build, in bits.
 MAX_TEMPLATE_INT_BITS = 4096
-#: Seconds a template may take to render.
+#: Widest a % format field (width or precision) or a ``tojson`` indent may be.
+MAX_TEMPLATE_WIDTH = 1000
+#: Seconds a template (its subject and body together) may take to render, counted inside the
+#: sandbox; the rendering process is killed a little later (renderer.RENDER_KILL_SECONDS).
 RENDER_SECONDS = 2.0
 
 #: Attributes of plain values (text, numbers, lists, dicts) a template may use: none builds a
@@ -123,7 +131,8 @@ _SAFE_VALUE_ATTRIBUTES = frozenset({
     "items", "keys", "values", "get",
 })
 _PLAIN_TYPES = (str, int, float, bool, list, tuple, dict, type(None))
-_PERCENT_FIELD_RE = re.compile(r"%[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+#: What follows a ``%`` and its ``(mapping key)``: flags, width, precision.
+_PERCENT_SPEC_RE = re.compile(r"[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
 
 
 class TemplateTooBig(jinja2.sandbox.SecurityError):
@@ -140,12 +149,26 @@ def _check_size(size: int) -> None:
 
 
 def _check_percent(template: Any) -> None:
-    """``"%1000000000s" % x`` would build a huge text: widths and precisions are kept small."""
-    if isinstance(template, str):
-        for width, precision in _PERCENT_FIELD_RE.findall(template):
-            for number in (width, precision):
-                if number == "*" or (number and int(number) > 1000):
-                    raise TemplateTooBig("a % format width or precision over 1000")
+    """``"%1000000000s" % x`` would build a huge text: widths and precisions are kept small.
+
+    Each field is read as Python reads it: ``%``, then a ``(mapping key)`` (whose parentheses
+    may nest), then flags, width and precision, so ``"%(a)1000000000s"`` is seen too.
+    """
+    if not isinstance(template, str):
+        return
+    start = template.find("%")
+    while start != -1:
+        at = start + 1
+        if template.startswith("(", at):
+            depth, at = 1, at + 1
+            while at < len(template) and depth:
+                depth += {"(": 1, ")": -1}.get(template[at], 0)
+                at += 1
+        spec = _PERCENT_SPEC_RE.match(template, at)
+        for number in spec.groups():
+            if number == "*" or (number and int(number) > MAX_TEMPLATE_WIDTH):
+                raise TemplateTooBig(f"a % format width or precision over {MAX_TEMPLATE_WIDTH}")
+        start = template.find("%", spec.end() + 1)  # past the conversion character (``%%`` too)
 
 
 def _bounded_center(value: Any, width: int = 80) -> str:
@@ -171,6 +194,36 @@ def _bounded_replace(eval_ctx, s: str, old: str, new: str, count: int | None = N
         times = min(times, count)
     _check_size(len(text) + times * max(0, len(new) - len(old)))
     return jinja2.filters.do_replace(eval_ctx, s, old, new, count)
+
+
+def _bounded_batch(value: Any, linecount: int, fill_with: Any = None):
+    if fill_with is not None:
+        _check_size(int(linecount))  # the last batch is filled up to linecount items
+    return jinja2.filters.do_batch(value, linecount, fill_with)
+
+
+def _bounded_slice(value: Any, slices: int, fill_with: Any = None):
+    _check_size(int(slices))
+    return jinja2.filters.sync_do_slice(value, slices, fill_with)
+
+
+@jinja2.pass_eval_context
+def _bounded_tojson(eval_ctx, value: Any, indent: int | str | None = None) -> str:
+    if indent is not None and (len(indent) if isinstance(indent, str) else int(indent)) > MAX_TEMPLATE_WIDTH:
+        raise TemplateTooBig(f"a tojson indent over {MAX_TEMPLATE_WIDTH}")
+    return jinja2.filters.do_tojson(eval_ctx, value, indent)
+
+
+@jinja2.pass_environment
+def _bounded_wordwrap(environment, s: str, width: int = 79, break_long_words: bool = True,
+                      wrapstring: str | None = None, break_on_hyphens: bool = True) -> str:
+    text = str(s)
+    joint = len(environment.newline_sequence if wrapstring is None else str(wrapstring))
+    # Two neighbouring lines hold at least ``width`` characters between them, so a paragraph
+    # wraps into at most 2 * len / width + 1 lines, each followed by the wrap string.
+    lines = 2 * len(text) // max(1, int(width)) + text.count("\n") + 2
+    _check_size(len(text) + lines * joint)
+    return jinja2.filters.do_wordwrap(environment, s, width, break_long_words, wrapstring, break_on_hyphens)
 
 
 @jinja2.pass_eval_context
@@ -209,7 +262,8 @@ class AlarmTemplates(ImmutableSandboxedEnvironment):
                          extensions=[_DjangoFilterArguments])
         self.globals = {"range": self.globals["range"]}
         self.filters.update(center=_bounded_center, indent=_bounded_indent, format=_bounded_format,
-                            replace=_bounded_replace, join=_bounded_join)
+                            replace=_bounded_replace, join=_bounded_join, batch=_bounded_batch,
+                            slice=_bounded_slice, tojson=_bounded_tojson, wordwrap=_bounded_wordwrap)
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if isinstance(obj, UnitView):
@@ -247,27 +301,47 @@ class AlarmTemplates(ImmutableSandboxedEnvironment):
         return "".join(parts)
 
 
+@functools.lru_cache(maxsize=1)
 def _environment() -> AlarmTemplates:
-    # A fresh environment per use is cheap next to an SMTP exchange and keeps no global state.
+    """One environment for the process: nothing a template does can change it."""
     return AlarmTemplates()
 
 
+@functools.lru_cache(maxsize=128)
+def _compiled(text: str) -> jinja2.Template:
+    """The template compiled once for the rendering process's life (compiling costs more than
+    rendering), and shared by its renders: they cannot change it."""
+    return _environment().from_string(text)
+
+
 def check_template(text: str) -> None:
-    """Raise :class:`InvalidValue` naming the line and the problem when ``text`` does not compile."""
+    """Raise :class:`InvalidValue` naming the line and the problem when ``text`` does not compile.
+
+    Compiled in the rendering process, like every template text a person typed.
+    """
+    renderer.default_process().check(text or "")
+
+
+def compile_problem(text: str) -> str:
+    """``line N: problem`` when ``text`` does not compile, else ""; what the rendering process
+    answers for :func:`check_template`."""
     try:
-        _environment().from_string(text or "")
+        _environment().from_string(text)
     except jinja2.TemplateSyntaxError as exc:
-        raise InvalidValue(f"line {exc.lineno}: {exc.message}") from None
+        return f"line {exc.lineno}: {exc.message}"
+    except (RecursionError, SyntaxError, ValueError) as exc:  # too deeply nested for Python
+        return f"the template cannot be compiled: {type(exc).__name__}: {exc}"
+    return ""
 
 
-def _render(env: AlarmTemplates, text: str, context: dict[str, Any], limit: int) -> str:
-    """Render, stopping at ``limit`` characters and after :data:`RENDER_SECONDS`."""
-    template = env.from_string(text)
-    deadline = time.monotonic() + RENDER_SECONDS
+def _render(text: str, context: dict[str, Any], limit: int, deadline: float) -> str:
+    """Render, stopping at ``limit`` characters and at ``deadline`` (``time.monotonic()``)."""
+    template = _compiled(text)
 
     def timer(frame, event, arg):
         # A trace function sees every line the template's compiled code runs: a loop that goes
-        # on too long is stopped at its next step, wherever it is.
+        # on too long is stopped at its next step, wherever it is. (Not a single C call: the
+        # rendering process's kill is for those.)
         if time.monotonic() > deadline:
             raise TemplateTooBig(f"the template took longer than {RENDER_SECONDS:g} s")
         return timer
@@ -288,8 +362,9 @@ def _render(env: AlarmTemplates, text: str, context: dict[str, Any], limit: int)
 
 
 def _context(unit: Any, level: int, data: Sequence[str], received: dt.datetime | None) -> dict[str, Any]:
-    return {"unit": unit if isinstance(unit, UnitView) else UnitView.of(unit), "level": int(level),
-            "data": [str(item) for item in data],
+    """What a template sees, as plain JSON values (it travels to the rendering process)."""
+    view = unit if isinstance(unit, UnitView) else UnitView.of(unit)
+    return {"unit": dataclasses.asdict(view), "level": int(level), "data": [str(item) for item in data],
             "received": received.strftime("%Y-%m-%d %H:%M:%S") if received else ""}
 
 
@@ -304,21 +379,40 @@ def _body_text(text: str) -> str:
     return text
 
 
-def render_message(subject: str, body: str, unit: Any, level: int, data: Sequence[str],
-                   received: dt.datetime | None = None) -> tuple[str, str]:
-    """Render a subject and body template (saved or not, e.g. for a preview).
-
-    Raises :class:`InvalidValue` for a template that does not compile or fails while rendering
-    (such as ``{{ unit.__class__() }}``).
+def render_in_sandbox(subject: str, body: str, context: dict[str, Any]) -> tuple[str, str]:
+    """Render a subject and body template here, in the sandbox alone, with a context made by
+    :func:`_context`. The rendering process runs this; so does the built-in default message,
+    which no person wrote. ``MemoryError`` passes through (the process answers it).
     """
-    env = _environment()
-    context = _context(unit, level, data, received)
+    unit = dict(context["unit"])
+    values = {**context, "unit": UnitView(**{**unit, "labels": tuple(unit["labels"])})}
+    deadline = time.monotonic() + RENDER_SECONDS
     rendered = []
     for part, text, limit in (("subject", subject, MAX_SUBJECT_CHARS * 4), ("body", body, MAX_BODY_CHARS)):
         try:
-            rendered.append(_render(env, text or "", context, limit))
+            rendered.append(_render(text or "", values, limit, deadline))
         except jinja2.TemplateSyntaxError as exc:
             raise InvalidValue(f"{part}: line {exc.lineno}: {exc.message}") from None
+        except MemoryError:
+            raise
         except Exception as exc:  # any failure inside the sandbox is the template's
             raise InvalidValue(f"{part}: {type(exc).__name__}: {exc}") from None
     return _subject_line(rendered[0]), _body_text(rendered[1])
+
+
+def render_message(subject: str, body: str, unit: Any, level: int, data: Sequence[str],
+                   received: dt.datetime | None = None) -> tuple[str, str]:
+    """Render a subject and body template (saved or not, e.g. for a preview) in the rendering
+    process, within its memory and time limits.
+
+    Raises :class:`InvalidValue` for a template that does not compile or fails while rendering
+    (such as ``{{ unit.__class__() }}``), needs more memory or takes longer than allowed.
+    """
+    return renderer.default_process().render(subject or "", body or "", _context(unit, level, data, received))
+
+
+def render_default_message(unit: Any, level: int, data: Sequence[str],
+                           received: dt.datetime | None = None) -> tuple[str, str]:
+    """The built-in default message, rendered here: it is txm's own template, so an email can
+    always be made, even when the rendering process cannot start."""
+    return render_in_sandbox(DEFAULT_SUBJECT, DEFAULT_BODY, _context(unit, level, data, received))
