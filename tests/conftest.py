@@ -213,6 +213,7 @@ TXM = [sys.executable, "-m", "txm"]
 # --- txm serve in a subprocess ------------------------------------------------------------
 
 START_TIMEOUT = 30
+WEB_LINE = re.compile(r"Web interface listening on http://\S+:(\d+)/")
 
 
 class ServeProcess:
@@ -259,6 +260,20 @@ class ServeProcess:
             time.sleep(0.2)  # the reader threads take the last lines
             raise AssertionError(f"txm serve did not start:\n{chr(10).join(self.lines)}\n{self.logged()}")
         return self.port
+
+    def web_port(self, timeout: float = 30) -> int:
+        """The web interface's port, from the start-up lines (waiting for them)."""
+        self.wait_ready()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                match = WEB_LINE.search(line)
+                if match:
+                    return int(match.group(1))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError("no web interface line:\n" + "\n".join(self.lines))
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> int:
         if self.proc.poll() is None:

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.test_adminpanel import add_samples
+from tests.samples import add_samples
 from tests.webutil import add_user, client, csrf_token, login
 from txm.db import schema
 from txm.serve import make_site

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import fail_the_database
 from tests.smtp import SilentServer, SMTPServer, closed_port, make_certificate
-from tests.test_ttp_server import Meter
+from tests.meter import Meter
 from txm.alarms.email import EmailError, EmailWorker, POLL_SECONDS, recipients_of, send_test_email
 from txm.alarms.mailing_lists import mailing_list_add
 from txm.db import schema

@@ -12,7 +12,6 @@ import re
 import pytest
 
 from tests.conftest import database_values, write_toml
-from tests.test_web_serve import web_port
 from txm.db import schema
 from txm import manage
 from txm.client import TTPClient
@@ -32,7 +31,7 @@ def running(serve_process, settings, config_file):
     schema.database.close()
     process = serve_process()
     ttp = process.wait_ready()
-    http = web_port(process)
+    http = process.web_port()
     yield {"ttp": ttp, "base": f"http://127.0.0.1:{http}", "view": view_id}
     assert process.stop() == 0
 

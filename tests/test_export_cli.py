@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from tests.conftest import TXM, txm_subprocess_env, write_toml
-from tests.test_export import store_samples
+from tests.samples import store_samples
 import peewee as pw
 from txm.db import schema
 from txm.export.csv import read_cursor

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.conftest import TXM, fail_the_database, txm_subprocess_env
-from tests.test_export import store_samples
+from tests.samples import store_samples
 from txm import manage
 import peewee as pw
 from txm.db import schema

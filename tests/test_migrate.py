@@ -7,14 +7,13 @@ import datetime as dt
 import pytest
 from click.testing import CliRunner
 
+from tests.conftest import write_toml
 from txm.db import schema
 from txm.db.database import make_database, open_database
 from txm.db.migrate import count_rows, migrate, settings_for
 from txm import config, manage
 from txm.cli import cli
 from txm.errors import InvalidValue, TxmError
-
-from conftest import write_toml
 
 
 def fill(settings: config.Settings) -> None:

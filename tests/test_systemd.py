@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import database_values, write_toml
-from tests.test_serve_signals import STOP_SECONDS, assert_stopped_cleanly, web_port
+from tests.processes import STOP_SECONDS, assert_stopped_cleanly
 from txm.db import schema
 from txm import manage
 from txm.client import TTPClient
@@ -139,7 +139,7 @@ def test_ready_means_serving_then_watchdog_then_stopping(site, systemd, serve_pr
     port = process.wait_ready()
     with TTPClient("127.0.0.1", port, timeout=5) as meter:
         assert meter.request("TTP /up/M1/<2026-12-1 9:30:00;1> s3cret") == "OK"
-    http = web_port(process)
+    http = process.web_port()
     assert urllib.request.urlopen(f"http://127.0.0.1:{http}/login", timeout=5).status == 200
     first = fake.wait_for("WATCHDOG=1", 5)
     time.sleep(2.2)
