@@ -375,9 +375,9 @@ def test_the_sqlite_checkpointer_copies_the_wal_after_commits_and_stops_with_the
 def test_the_batch_interface_as_docs_apps_shows_it(settings, three_units):
     """docs/apps.md's ``ttp_batch`` example, run: each call of a batch answered on its own."""
     import re
-    from pathlib import Path
+    from tests.conftest import REPO
 
-    text = Path(__file__).parent.parent.joinpath("docs", "apps.md").read_text()
+    text = REPO.joinpath("docs", "apps.md").read_text()
     [example] = [block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "ttp_batch" in block]
     app: dict = {}
     exec("def handle(call):\n    call.unit()\n    return 'OK'\n" + example, app)

@@ -1,4 +1,4 @@
-"""The CSV core (txm.export): fields, header, dates, and the streaming query on every backend."""
+"""The CSV core (txm.export.csv): fields, header, dates, and the streaming query on every backend."""
 
 from __future__ import annotations
 
