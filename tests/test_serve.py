@@ -194,15 +194,16 @@ def test_a_service_that_cannot_start_stops_the_others_and_frees_the_port(setting
 
 
 def test_thread_service_runs_until_stopped():
-    from txm.serve import ThreadService
+    from txm.services import ThreadService
 
     ticks = []
 
-    def work(stop):
-        while not stop.wait(0.01):
-            ticks.append(1)
+    class Ticker:
+        def run(self, stop):
+            while not stop.wait(0.01):
+                ticks.append(1)
 
-    service = ThreadService("ticker", work)
+    service = ThreadService("ticker", Ticker)
     service.start()
     time.sleep(0.1)
     service.stop()

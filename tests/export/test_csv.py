@@ -186,4 +186,4 @@ def test_library_helpers_use_the_bound_database(database, unit_m1):
     assert list(csv_export.rows("M1", "2")) == [(dt.datetime(2026, 1, 1), 2.0)]
     assert "".join(csv_text("M1", "Level", with_header=False)) == "2026-01-01 00:00:00,2.0\r\n"
     with pytest.raises(NotFound, match="no unit with code 'M9'"):
-        csv.rows("M9")
+        csv_export.rows("M9")

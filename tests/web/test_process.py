@@ -108,9 +108,10 @@ def test_proxy_headers_are_believed_only_from_the_trusted_proxy(serve_process, s
 def test_a_web_process_that_dies_is_started_again(settings, database):
     import os
 
+    from txm.serve import make_site
     from txm.web.process import WebService
 
-    service = WebService(settings.replace(HTTP_PORT=0, BIND_ADDRESS="127.0.0.1"))
+    service = WebService(settings.replace(HTTP_PORT=0, BIND_ADDRESS="127.0.0.1"), make_site)
     service.start()
     try:
         port, first = service.port, service.pid
