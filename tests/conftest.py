@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.meter import Meter
 from txm import config, manage
 from txm.db import schema
 from txm.db.database import make_database
@@ -305,6 +306,25 @@ def serve_process(config_file):
         for pipe in (process.proc.stdout, process.proc.stderr):
             if pipe:
                 pipe.close()
+
+
+# --- a meter's connection ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def open_meter():
+    """``open_meter(port)``: a raw TTP connection (:class:`tests.meter.Meter`) to 127.0.0.1:port;
+    every one opened is closed at the end of the test."""
+    opened: list[Meter] = []
+
+    def connect(port: int) -> Meter:
+        meter = Meter(port)
+        opened.append(meter)
+        return meter
+
+    yield connect
+    for meter in opened:
+        meter.close()
 
 
 def fail_the_database(settings, seconds: float = 1.0) -> None:
