@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -116,9 +117,8 @@ class Backend:
             conn = self._admin()
         except Exception as exc:  # the server is selected, so not reaching it is a failure
             pytest.fail(f"{self.name} was selected for the tests but is not reachable: {exc}")
-        with conn.cursor() as cur:
+        with closing(conn), conn.cursor() as cur:
             cur.execute(f"CREATE DATABASE {name}")
-        conn.close()
         self.created.append(name)
         info = SERVER_DEFAULTS[self.name]
         return {"DATABASE_ENGINE": self.name, "DATABASE_NAME": name, "DATABASE_HOST": info["host"],
@@ -127,19 +127,20 @@ class Backend:
     def drop_all(self) -> None:
         if not self.created:
             return
-        conn = self._admin()
-        with conn.cursor() as cur:
+        with closing(self._admin()) as conn, conn.cursor() as cur:
             for name in self.created:
                 if self.name == "postgresql":
                     cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
                 else:
                     cur.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.close()
         self.created.clear()
 
 
 @pytest.fixture
 def backend(request):
+    """The backend under test. At the end of the test the database the models are bound to then
+    (the test's own, however it opened it: syncdb, open_database) is closed before every
+    database made for the test is dropped."""
     b = Backend(request.param)
     yield b
     schema.database.obj and schema.database.obj.close()
@@ -372,7 +373,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 @pytest.fixture
 def browser():
-    """Headless Chromium; a missing browser fails the test (CI installs it)."""
+    """Headless Chromium; a missing browser fails the test (CI installs it). Closed at the end of
+    the test, and with it every context and page the test opened."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

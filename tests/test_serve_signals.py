@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+from contextlib import closing
 
 import pytest
 
@@ -146,56 +147,53 @@ def test_a_signal_during_start_up_stops_it_quietly(site, serve_process, moment, 
 
 
 def test_group_sigterm_while_meters_upload_and_a_csv_streams_keeps_every_ok(site, serve_process):
-    database = open_database(site)
-    unit = schema.Unit.get(schema.Unit.code == "M1")
-    start = dt.datetime(2020, 1, 1)
-    rows = [{"unit": unit.id, "timestamp": start + dt.timedelta(seconds=i), "received": start,
-             "ch1": float(i), "ch2": 1.0} for i in range(100_000)]
-    with database.atomic():
-        for i in range(0, len(rows), 5000):
-            schema.Sample.insert_many(rows[i:i + 5000]).execute()
-    for n in range(4):
-        manage.add_unit(f"K{n}", "key", 1)
-    database.close()
+    with closing(open_database(site)) as database:
+        unit = schema.Unit.get(schema.Unit.code == "M1")
+        start = dt.datetime(2020, 1, 1)
+        rows = [{"unit": unit.id, "timestamp": start + dt.timedelta(seconds=i), "received": start,
+                 "ch1": float(i), "ch2": 1.0} for i in range(100_000)]
+        with database.atomic():
+            for i in range(0, len(rows), 5000):
+                schema.Sample.insert_many(rows[i:i + 5000]).execute()
+        for n in range(4):
+            manage.add_unit(f"K{n}", "key", 1)
     process, ttp, http = started(serve_process)
 
-    download = socket.create_connection(("127.0.0.1", http), timeout=10)
-    download.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    download.sendall(b"GET /units/M1/data.csv?range=all HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    assert download.recv(4096).startswith(b"HTTP/1.1 200")  # streaming, and no longer read
+    with socket.create_connection(("127.0.0.1", http), timeout=10) as download:
+        download.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        download.sendall(b"GET /units/M1/data.csv?range=all HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert download.recv(4096).startswith(b"HTTP/1.1 200")  # streaming, and no longer read
 
-    acknowledged: list[tuple[str, dt.datetime]] = []
-    stop = threading.Event()
+        acknowledged: list[tuple[str, dt.datetime]] = []
+        stop = threading.Event()
 
-    def meter(n: int) -> None:
-        i = 0
-        try:
-            with TTPClient("127.0.0.1", ttp, timeout=10) as client:
-                while not stop.is_set():
-                    stamp = dt.datetime(2021, 1, 1) + dt.timedelta(seconds=i)
-                    i += 1
-                    if client.request(f"TTP /up/K{n}/<{stamp};{i}> key") == "OK":
-                        acknowledged.append((f"K{n}", stamp))
-        except (TTPConnectionError, OSError):
-            pass
+        def meter(n: int) -> None:
+            i = 0
+            try:
+                with TTPClient("127.0.0.1", ttp, timeout=10) as client:
+                    while not stop.is_set():
+                        stamp = dt.datetime(2021, 1, 1) + dt.timedelta(seconds=i)
+                        i += 1
+                        if client.request(f"TTP /up/K{n}/<{stamp};{i}> key") == "OK":
+                            acknowledged.append((f"K{n}", stamp))
+            except (TTPConnectionError, OSError):
+                pass
 
-    meters = [threading.Thread(target=meter, args=(n,), daemon=True) for n in range(4)]
-    for thread in meters:
-        thread.start()
-    assert wait_for(lambda: len(acknowledged) >= 200, 30)
-    since = time.monotonic()
-    os.killpg(process.proc.pid, signal.SIGTERM)
-    try:
-        assert_stopped_cleanly(process, since, (ttp, http))
-    finally:
-        stop.set()
+        meters = [threading.Thread(target=meter, args=(n,), daemon=True) for n in range(4)]
         for thread in meters:
-            thread.join(15)
-        download.close()
-    database = open_database(site)
-    stored = set(schema.Sample.select(schema.Unit.code, schema.Sample.timestamp).join(schema.Unit)
-                 .where(schema.Unit.code != "M1").tuples())
-    database.close()
+            thread.start()
+        assert wait_for(lambda: len(acknowledged) >= 200, 30)
+        since = time.monotonic()
+        os.killpg(process.proc.pid, signal.SIGTERM)
+        try:
+            assert_stopped_cleanly(process, since, (ttp, http))
+        finally:
+            stop.set()
+            for thread in meters:
+                thread.join(15)
+    with closing(open_database(site)):
+        stored = set(schema.Sample.select(schema.Unit.code, schema.Sample.timestamp).join(schema.Unit)
+                     .where(schema.Unit.code != "M1").tuples())
     missing = [item for item in acknowledged if item not in stored]
     assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged samples are missing"
 

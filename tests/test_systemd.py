@@ -44,6 +44,12 @@ class FakeSystemd:
         self.sock.close()
         self._thread.join(5)
 
+    def __enter__(self) -> "FakeSystemd":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def texts(self, after: int = 0) -> list[str]:
         return [text for _, text in self.messages[after:]]
 
@@ -64,9 +70,8 @@ class FakeSystemd:
 
 @pytest.fixture
 def systemd(tmp_path):
-    fake = FakeSystemd(str(tmp_path / "notify"))
-    yield fake, str(tmp_path / "notify")
-    fake.close()
+    with FakeSystemd(str(tmp_path / "notify")) as fake:
+        yield fake, str(tmp_path / "notify")
 
 
 # --- the library -------------------------------------------------------------------------------------
@@ -83,12 +88,9 @@ def test_notifier_sends_each_message_as_one_datagram(systemd):
 
 def test_notifier_reaches_an_abstract_socket():
     name = f"txm-test-{secrets.token_hex(6)}"
-    fake = FakeSystemd(b"\0" + name.encode())
-    try:
+    with FakeSystemd(b"\0" + name.encode()) as fake:
         Notifier({"NOTIFY_SOCKET": "@" + name}).stopping()
         fake.wait_for("STOPPING=1", 2)
-    finally:
-        fake.close()
 
 
 def test_without_notify_socket_nothing_is_sent():

@@ -537,10 +537,9 @@ def test_unit_key_change_in_the_panel_reaches_the_ttp_server(boss, settings):
     with ServerThread(settings.replace(DS_PORT=0, BIND_ADDRESS="127.0.0.1"), timeout=10,
                       module_services=False) as server, TTPClient(port=server.ttp_port, timeout=10) as meter:
         assert meter.request("TTP /up/M1/<2026-1-1 0:0:1;1;2;3> old-key") == "OK"
-        schema.database.connect(reuse_if_open=True)
-        form = page_values(boss.get(f"{A}/unit/{unit.id}/").text)
-        post(boss, f"/unit/{unit.id}/", {**form, "key": "new-key"}, status=303)
-        schema.database.close()
+        with schema.database.connection_context():
+            form = page_values(boss.get(f"{A}/unit/{unit.id}/").text)
+            post(boss, f"/unit/{unit.id}/", {**form, "key": "new-key"}, status=303)
         assert meter.request("TTP /up/M1/<2026-1-1 0:0:2;1;2;3> old-key") == "402 Unauthorized"
         assert meter.request("TTP /up/M1/<2026-1-1 0:0:3;1;2;3> new-key") == "OK"
 

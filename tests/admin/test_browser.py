@@ -62,10 +62,9 @@ def test_create_a_unit_and_a_view_then_see_them_on_the_home_page(serve_process, 
     page.click("text=Tank farm")
     assert "/views/" in page.url
 
-    schema.database.connect(reuse_if_open=True)
-    view = schema.View.get(schema.View.name == "Tank farm")
-    entries = [(e.unit.code, e.channels) for e in view.entries]
-    assert entries == [("TANK1", [1])]
-    assert [e.action for e in schema.LogEntry.select().order_by(schema.LogEntry.id)] == ["add", "add"]
-    schema.database.close()
+    with schema.database.connection_context():
+        view = schema.View.get(schema.View.name == "Tank farm")
+        entries = [(e.unit.code, e.channels) for e in view.entries]
+        assert entries == [("TANK1", [1])]
+        assert [e.action for e in schema.LogEntry.select().order_by(schema.LogEntry.id)] == ["add", "add"]
     assert process.stop() == 0

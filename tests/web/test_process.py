@@ -46,17 +46,14 @@ def test_serve_reports_the_real_web_port_and_serves_pages(serve_process, setting
 
 
 def test_web_port_in_use_stops_serve_with_one_line(settings, config_file):
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
-    port = holder.getsockname()[1]
-    write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": port,
-                             "BIND_ADDRESS": "127.0.0.1"})
-    try:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": port,
+                                 "BIND_ADDRESS": "127.0.0.1"})
         result = subprocess.run([*TXM, "--config", str(config_file), "serve"], capture_output=True, text=True,
                                 env=txm_subprocess_env(), timeout=60)
-    finally:
-        holder.close()
     assert result.returncode == 1, result
     assert f"cannot listen for HTTP on 127.0.0.1:{port}: Address already in use" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
