@@ -17,11 +17,13 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from tests.meter import Meter
 from txm import config, manage
 from txm.db import schema
 from txm.db.database import make_database
@@ -115,9 +117,8 @@ class Backend:
             conn = self._admin()
         except Exception as exc:  # the server is selected, so not reaching it is a failure
             pytest.fail(f"{self.name} was selected for the tests but is not reachable: {exc}")
-        with conn.cursor() as cur:
+        with closing(conn), conn.cursor() as cur:
             cur.execute(f"CREATE DATABASE {name}")
-        conn.close()
         self.created.append(name)
         info = SERVER_DEFAULTS[self.name]
         return {"DATABASE_ENGINE": self.name, "DATABASE_NAME": name, "DATABASE_HOST": info["host"],
@@ -126,19 +127,20 @@ class Backend:
     def drop_all(self) -> None:
         if not self.created:
             return
-        conn = self._admin()
-        with conn.cursor() as cur:
+        with closing(self._admin()) as conn, conn.cursor() as cur:
             for name in self.created:
                 if self.name == "postgresql":
                     cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
                 else:
                     cur.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.close()
         self.created.clear()
 
 
 @pytest.fixture
 def backend(request):
+    """The backend under test. At the end of the test the database the models are bound to then
+    (the test's own, however it opened it: syncdb, open_database) is closed before every
+    database made for the test is dropped."""
     b = Backend(request.param)
     yield b
     schema.database.obj and schema.database.obj.close()
@@ -213,6 +215,7 @@ TXM = [sys.executable, "-m", "txm"]
 # --- txm serve in a subprocess ------------------------------------------------------------
 
 START_TIMEOUT = 30
+WEB_LINE = re.compile(r"Web interface listening on http://\S+:(\d+)/")
 
 
 class ServeProcess:
@@ -260,6 +263,20 @@ class ServeProcess:
             raise AssertionError(f"txm serve did not start:\n{chr(10).join(self.lines)}\n{self.logged()}")
         return self.port
 
+    def web_port(self, timeout: float = 30) -> int:
+        """The web interface's port, from the start-up lines (waiting for them)."""
+        self.wait_ready()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                match = WEB_LINE.search(line)
+                if match:
+                    return int(match.group(1))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError("no web interface line:\n" + "\n".join(self.lines))
+
     def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -290,6 +307,25 @@ def serve_process(config_file):
         for pipe in (process.proc.stdout, process.proc.stderr):
             if pipe:
                 pipe.close()
+
+
+# --- a meter's connection ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def open_meter():
+    """``open_meter(port)``: a raw TTP connection (:class:`tests.meter.Meter`) to 127.0.0.1:port;
+    every one opened is closed at the end of the test."""
+    opened: list[Meter] = []
+
+    def connect(port: int) -> Meter:
+        meter = Meter(port)
+        opened.append(meter)
+        return meter
+
+    yield connect
+    for meter in opened:
+        meter.close()
 
 
 def fail_the_database(settings, seconds: float = 1.0) -> None:
@@ -337,7 +373,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 @pytest.fixture
 def browser():
-    """Headless Chromium; a missing browser fails the test (CI installs it)."""
+    """Headless Chromium; a missing browser fails the test (CI installs it). Closed at the end of
+    the test, and with it every context and page the test opened."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -9,11 +9,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from tests.conftest import TXM, txm_subprocess_env
 from txm.db import schema
 from txm.cli import cli
 from txm.passwords import check_password
-
-from conftest import TXM, txm_subprocess_env
 
 
 def walk(command: click.Command, path: tuple[str, ...] = ()):

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import time
+from contextlib import closing
 
 import pytest
 
@@ -30,20 +31,17 @@ def test_fresh_machine_serve_creates_the_database_and_says_where(serve_process, 
         assert client.request("TTP /dl/M1/last k") == "405 Unit Not Found"
     assert process.stop() == 0
     assert "Stopped." in process.lines[-1]
-    manage.syncdb(settings).database.close()  # the tables are there
+    manage.syncdb(settings)  # the tables are there (the backend fixture closes the database)
 
 
 def test_port_in_use_is_one_line_and_nonzero(settings, config_file):
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
-    port = holder.getsockname()[1]
-    write_toml(config_file, {**database_values(settings), "DS_PORT": port, "BIND_ADDRESS": "127.0.0.1"})
-    try:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        write_toml(config_file, {**database_values(settings), "DS_PORT": port, "BIND_ADDRESS": "127.0.0.1"})
         result = subprocess.run([*TXM, "--config", str(config_file), "serve"], capture_output=True, text=True,
                                 env=txm_subprocess_env(), timeout=60)
-    finally:
-        holder.close()
     assert result.returncode == 1, result
     assert f"cannot listen for TTP on 127.0.0.1:{port}: Address already in use" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -129,21 +127,17 @@ def test_sigkill_during_uploads_loses_no_acknowledged_sample(serve_process, sett
         t.join(15)
     acked = [item for per in acknowledged for item in per]
     assert len(acked) >= 600, "the load did not get going"
-    database = open_database(settings)
-    rows = set((code, ts) for code, ts in schema.Sample.select(schema.Unit.code, schema.Sample.timestamp)
-               .join(schema.Unit).tuples())
-    database.close()
+    with closing(open_database(settings)):
+        rows = set((code, ts) for code, ts in schema.Sample.select(schema.Unit.code, schema.Sample.timestamp)
+                   .join(schema.Unit).tuples())
     missing = [item for item in acked if item not in rows]
     assert missing == [], f"{len(missing)} of {len(acked)} acknowledged samples are missing"
 
 
 def _count(code: str, settings) -> int:
-    database = open_database(read_settings(settings.path))
-    try:
+    with closing(open_database(read_settings(settings.path))):
         unit = schema.Unit.get(schema.Unit.code == code)
         return schema.Sample.select().where(schema.Sample.unit == unit).count()
-    finally:
-        database.close()
 
 
 # --- the lifecycle object in-process ---------------------------------------------------------------

@@ -12,89 +12,22 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import re
 import signal
 import socket
 import subprocess
 import threading
 import time
 import urllib.request
-from pathlib import Path
+from contextlib import closing
 
 import pytest
 
 from tests.conftest import REPO, TXM, database_values, txm_subprocess_env, write_toml
+from tests.processes import STOP_SECONDS, assert_stopped_cleanly, catches, children, group_members, refused, wait_for
 from txm.db import schema
 from txm.db.database import open_database
 from txm import manage
 from txm.client import TTPClient, TTPConnectionError
-
-#: The longest a stop may take, from the signal to the last process of the group gone.
-STOP_SECONDS = 10.0
-WEB_LINE = re.compile(r"Web interface listening on http://\S+:(\d+)/")
-
-
-# --- processes, as /proc shows them ------------------------------------------------------------
-
-
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, process group) of a live process, or None."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    if fields[0] == "Z":  # a zombie has ended; only its parent has yet to reap it
-        return None
-    return int(fields[1]), int(fields[2])
-
-
-def _processes() -> dict[int, tuple[int, int]]:
-    found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _stat(int(entry))
-            if stat is not None:
-                found[int(entry)] = stat
-    return found
-
-
-def group_members(pgid: int) -> list[int]:
-    return [pid for pid, (_, group) in _processes().items() if group == pgid]
-
-
-def children(pid: int) -> list[int]:
-    return [child for child, (parent, _) in _processes().items() if parent == pid]
-
-
-def catches(pid: int, signum: int) -> bool:
-    """Whether the process has a handler for the signal (``SigCgt`` in /proc/PID/status)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("SigCgt:"):
-                return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
-    except OSError:
-        pass
-    return False
-
-
-def wait_for(predicate, timeout: float, step: float = 0.005) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
-def refused(port: int) -> bool:
-    """Nothing listens on 127.0.0.1:port any more."""
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
-
 
 # --- the server under test ---------------------------------------------------------------------
 
@@ -110,17 +43,11 @@ def site(settings, config_file):
     return settings
 
 
-def web_port(process) -> int:
-    process.wait_ready()
-    assert wait_for(lambda: any(WEB_LINE.search(line) for line in process.lines), 30)
-    return int(next(WEB_LINE.search(line) for line in process.lines if WEB_LINE.search(line)).group(1))
-
-
 def started(serve_process, **env: str):
     """A serving ``txm serve``, checked to answer a meter and a browser: (process, TTP port, HTTP port)."""
     process = serve_process(env=env or None)
     port = process.wait_ready()
-    http = web_port(process)
+    http = process.web_port()
     with TTPClient("127.0.0.1", port, timeout=10) as meter:
         assert meter.request("TTP /up/M1/<2026-12-1 9:30:00;11;22.5> s3cret") == "OK"
     assert urllib.request.urlopen(f"http://127.0.0.1:{http}/login", timeout=10).status == 200
@@ -130,26 +57,6 @@ def started(serve_process, **env: str):
 def web_child(process) -> int:
     assert wait_for(lambda: children(process.proc.pid), 30)
     return max(children(process.proc.pid))  # the resource tracker starts first
-
-
-def assert_stopped_cleanly(process, since: float, ports: tuple[int, ...] = ()) -> None:
-    """The main process exited 0 within STOP_SECONDS of ``since``, with its whole group gone, its
-    ports free, no traceback and no web process started during the stop."""
-    pgid = process.proc.pid
-    try:
-        code = process.proc.wait(max(0.1, since + STOP_SECONDS - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"txm serve did not stop within {STOP_SECONDS} s; it logged:\n{process.logged()}")
-    assert wait_for(lambda: not group_members(pgid), max(0.1, since + STOP_SECONDS - time.monotonic())), (
-        f"processes left behind: {group_members(pgid)}")
-    time.sleep(0.2)  # the reader threads take the last lines
-    output = "\n".join(process.lines) + "\n" + process.logged()
-    assert code == 0, output
-    assert "Traceback" not in output and not process.logged("ERROR"), output
-    assert "starting it again" not in output, output
-    assert process.lines[-1] == "Stopped.", output
-    for port in ports:
-        assert refused(port), f"port {port} is still open"
 
 
 # --- one signal, two signals, in every order ---------------------------------------------------
@@ -240,56 +147,53 @@ def test_a_signal_during_start_up_stops_it_quietly(site, serve_process, moment, 
 
 
 def test_group_sigterm_while_meters_upload_and_a_csv_streams_keeps_every_ok(site, serve_process):
-    database = open_database(site)
-    unit = schema.Unit.get(schema.Unit.code == "M1")
-    start = dt.datetime(2020, 1, 1)
-    rows = [{"unit": unit.id, "timestamp": start + dt.timedelta(seconds=i), "received": start,
-             "ch1": float(i), "ch2": 1.0} for i in range(100_000)]
-    with database.atomic():
-        for i in range(0, len(rows), 5000):
-            schema.Sample.insert_many(rows[i:i + 5000]).execute()
-    for n in range(4):
-        manage.add_unit(f"K{n}", "key", 1)
-    database.close()
+    with closing(open_database(site)) as database:
+        unit = schema.Unit.get(schema.Unit.code == "M1")
+        start = dt.datetime(2020, 1, 1)
+        rows = [{"unit": unit.id, "timestamp": start + dt.timedelta(seconds=i), "received": start,
+                 "ch1": float(i), "ch2": 1.0} for i in range(100_000)]
+        with database.atomic():
+            for i in range(0, len(rows), 5000):
+                schema.Sample.insert_many(rows[i:i + 5000]).execute()
+        for n in range(4):
+            manage.add_unit(f"K{n}", "key", 1)
     process, ttp, http = started(serve_process)
 
-    download = socket.create_connection(("127.0.0.1", http), timeout=10)
-    download.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    download.sendall(b"GET /units/M1/data.csv?range=all HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    assert download.recv(4096).startswith(b"HTTP/1.1 200")  # streaming, and no longer read
+    with socket.create_connection(("127.0.0.1", http), timeout=10) as download:
+        download.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        download.sendall(b"GET /units/M1/data.csv?range=all HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert download.recv(4096).startswith(b"HTTP/1.1 200")  # streaming, and no longer read
 
-    acknowledged: list[tuple[str, dt.datetime]] = []
-    stop = threading.Event()
+        acknowledged: list[tuple[str, dt.datetime]] = []
+        stop = threading.Event()
 
-    def meter(n: int) -> None:
-        i = 0
-        try:
-            with TTPClient("127.0.0.1", ttp, timeout=10) as client:
-                while not stop.is_set():
-                    stamp = dt.datetime(2021, 1, 1) + dt.timedelta(seconds=i)
-                    i += 1
-                    if client.request(f"TTP /up/K{n}/<{stamp};{i}> key") == "OK":
-                        acknowledged.append((f"K{n}", stamp))
-        except (TTPConnectionError, OSError):
-            pass
+        def meter(n: int) -> None:
+            i = 0
+            try:
+                with TTPClient("127.0.0.1", ttp, timeout=10) as client:
+                    while not stop.is_set():
+                        stamp = dt.datetime(2021, 1, 1) + dt.timedelta(seconds=i)
+                        i += 1
+                        if client.request(f"TTP /up/K{n}/<{stamp};{i}> key") == "OK":
+                            acknowledged.append((f"K{n}", stamp))
+            except (TTPConnectionError, OSError):
+                pass
 
-    meters = [threading.Thread(target=meter, args=(n,), daemon=True) for n in range(4)]
-    for thread in meters:
-        thread.start()
-    assert wait_for(lambda: len(acknowledged) >= 200, 30)
-    since = time.monotonic()
-    os.killpg(process.proc.pid, signal.SIGTERM)
-    try:
-        assert_stopped_cleanly(process, since, (ttp, http))
-    finally:
-        stop.set()
+        meters = [threading.Thread(target=meter, args=(n,), daemon=True) for n in range(4)]
         for thread in meters:
-            thread.join(15)
-        download.close()
-    database = open_database(site)
-    stored = set(schema.Sample.select(schema.Unit.code, schema.Sample.timestamp).join(schema.Unit)
-                 .where(schema.Unit.code != "M1").tuples())
-    database.close()
+            thread.start()
+        assert wait_for(lambda: len(acknowledged) >= 200, 30)
+        since = time.monotonic()
+        os.killpg(process.proc.pid, signal.SIGTERM)
+        try:
+            assert_stopped_cleanly(process, since, (ttp, http))
+        finally:
+            stop.set()
+            for thread in meters:
+                thread.join(15)
+    with closing(open_database(site)):
+        stored = set(schema.Sample.select(schema.Unit.code, schema.Sample.timestamp).join(schema.Unit)
+                     .where(schema.Unit.code != "M1").tuples())
     missing = [item for item in acknowledged if item not in stored]
     assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged samples are missing"
 

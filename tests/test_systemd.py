@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import database_values, write_toml
-from tests.test_serve_signals import STOP_SECONDS, assert_stopped_cleanly, web_port
+from tests.processes import STOP_SECONDS, assert_stopped_cleanly
 from txm.db import schema
 from txm import manage
 from txm.client import TTPClient
@@ -44,6 +44,12 @@ class FakeSystemd:
         self.sock.close()
         self._thread.join(5)
 
+    def __enter__(self) -> "FakeSystemd":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def texts(self, after: int = 0) -> list[str]:
         return [text for _, text in self.messages[after:]]
 
@@ -64,9 +70,8 @@ class FakeSystemd:
 
 @pytest.fixture
 def systemd(tmp_path):
-    fake = FakeSystemd(str(tmp_path / "notify"))
-    yield fake, str(tmp_path / "notify")
-    fake.close()
+    with FakeSystemd(str(tmp_path / "notify")) as fake:
+        yield fake, str(tmp_path / "notify")
 
 
 # --- the library -------------------------------------------------------------------------------------
@@ -83,12 +88,9 @@ def test_notifier_sends_each_message_as_one_datagram(systemd):
 
 def test_notifier_reaches_an_abstract_socket():
     name = f"txm-test-{secrets.token_hex(6)}"
-    fake = FakeSystemd(b"\0" + name.encode())
-    try:
+    with FakeSystemd(b"\0" + name.encode()) as fake:
         Notifier({"NOTIFY_SOCKET": "@" + name}).stopping()
         fake.wait_for("STOPPING=1", 2)
-    finally:
-        fake.close()
 
 
 def test_without_notify_socket_nothing_is_sent():
@@ -139,7 +141,7 @@ def test_ready_means_serving_then_watchdog_then_stopping(site, systemd, serve_pr
     port = process.wait_ready()
     with TTPClient("127.0.0.1", port, timeout=5) as meter:
         assert meter.request("TTP /up/M1/<2026-12-1 9:30:00;1> s3cret") == "OK"
-    http = web_port(process)
+    http = process.web_port()
     assert urllib.request.urlopen(f"http://127.0.0.1:{http}/login", timeout=5).status == 200
     first = fake.wait_for("WATCHDOG=1", 5)
     time.sleep(2.2)
@@ -174,4 +176,4 @@ def test_a_wedged_loop_stops_the_watchdog(site, systemd, serve_process):
     assert answered - asked >= 2.9
     assert during == [], "the watchdog was fed while the loop was wedged"
     assert after, "the watchdog did not resume once the loop did"
-    process.stop()
+    process.stop()  # and it still stops on SIGTERM: stop() fails the test when it does not

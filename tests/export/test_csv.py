@@ -1,4 +1,4 @@
-"""The CSV core (txm.export): fields, header, dates, and the streaming query on every backend."""
+"""The CSV core (txm.export.csv): fields, header, dates, and the streaming query on every backend."""
 
 from __future__ import annotations
 
@@ -9,21 +9,13 @@ import io
 import pytest
 
 import peewee as pw
+from tests.samples import store_samples
 from txm.db import schema
-from txm.db.samples import SampleStore
 from txm.export import csv as csv_export
 from txm.export.csv import UnitExport, csv_text, header, resolve_fields, settled_last_id
 from txm.export.ranges import parse_datetime, parse_range
 from txm import manage
 from txm.errors import InvalidValue, NotFound
-
-
-def store_samples(database, code: str, samples, received: dt.datetime | None = None) -> None:
-    """Store samples through the TTP server's own insert path, committed."""
-    store = SampleStore(database)
-    unit = store.units([code])[code]
-    with database.atomic():
-        store.insert_samples(unit, samples, received or schema.utcnow())
 
 
 def unit_object(code="M1", channels=3, labels=("Flow", "Level"), report_fields=()):

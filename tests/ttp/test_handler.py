@@ -18,14 +18,11 @@ from txm.ttp.parser import ProtocolError, parse_request
 def other_connection_count(settings, code: str) -> int:
     """Samples of a unit as a second, independent connection sees them (committed only)."""
     other = make_database(settings)
-    other.connect()
-    try:
+    with other.connection_context():
         cursor = other.execute_sql(
             "SELECT COUNT(*) FROM sample JOIN unit ON unit.id = sample.unit_id WHERE unit.code = %s"
             .replace("%s", "?" if isinstance(other, pw.SqliteDatabase) else "%s"), (code,))
         return cursor.fetchone()[0]
-    finally:
-        other.close()
 
 
 def requests(*lines: str):
@@ -39,11 +36,22 @@ def units(database):
     return database
 
 
-def make_handler(settings, database, extra=None, **values):
-    handler = Handler(settings.replace(**values) if values else settings, database,
-                      {**BUILTIN_VERBS, **(extra or {})})
-    handler.open()
-    return handler
+@pytest.fixture
+def make_handler():
+    """``make_handler(settings, database, extra_verbs, **settings_values)``: an opened handler with the
+    built-in verbs and ``extra_verbs``; every one made is closed (and so flushed) at the end of the test."""
+    made: list[Handler] = []
+
+    def make(settings, database, extra=None, **values) -> Handler:
+        handler = Handler(settings.replace(**values) if values else settings, database,
+                          {**BUILTIN_VERBS, **(extra or {})})
+        made.append(handler)
+        handler.open()
+        return handler
+
+    yield make
+    for handler in made:
+        handler.close()
 
 
 def test_keys_match_is_exact():
@@ -52,7 +60,7 @@ def test_keys_match_is_exact():
     assert keys_match("clé", "clé")
 
 
-def test_one_pass_answers_in_order_and_is_committed_before_it_returns(settings, units):
+def test_one_pass_answers_in_order_and_is_committed_before_it_returns(settings, units, make_handler):
     handler = make_handler(settings, units)
     replies = handler.handle(requests(
         "TTP /up/A/<2020-1-1 0:0:0;1> ka",
@@ -68,10 +76,9 @@ def test_one_pass_answers_in_order_and_is_committed_before_it_returns(settings, 
     assert replies[5] == "501 Not implemented"
     assert other_connection_count(settings, "A") == 1
     assert other_connection_count(settings, "B") == 1
-    handler.close()
 
 
-def test_a_failing_verb_leaves_nothing_and_harms_no_other_request(settings, units):
+def test_a_failing_verb_leaves_nothing_and_harms_no_other_request(settings, units, make_handler):
     def half_then_fail(call):
         call.store.insert_samples(call.unit(), [(call.received, (5.0,))], call.received)
         raise RuntimeError("bug after a write")
@@ -85,10 +92,9 @@ def test_a_failing_verb_leaves_nothing_and_harms_no_other_request(settings, unit
                                       "TTP /nope/A/x ka", "TTP /up/A/<2020-1-1 0:0:1;1> ka"))
     assert replies == ["OK", "500 Internal error", "400 Bad request", "OK"]
     assert other_connection_count(settings, "A") == 2
-    handler.close()
 
 
-def test_after_commit_runs_once_committed(settings, units):
+def test_after_commit_runs_once_committed(settings, units, make_handler):
     seen = []
 
     def verb(call):
@@ -100,10 +106,9 @@ def test_after_commit_runs_once_committed(settings, units):
     handler = make_handler(settings, units, {"mark": verb})
     assert handler.handle(requests("TTP /mark/A/x ka")) == ["OK"]
     assert seen == [1]
-    handler.close()
 
 
-def test_the_same_instant_sent_in_any_form_is_one_sample(settings, units):
+def test_the_same_instant_sent_in_any_form_is_one_sample(settings, units, make_handler):
     """Zero-padded uploads take the parser's plain path and keep the text they sent: it must be
     the text any other form of the same instant is stored as, or duplicates would slip in."""
     handler = make_handler(settings, units)
@@ -118,10 +123,9 @@ def test_the_same_instant_sent_in_any_form_is_one_sample(settings, units):
         stored = sorted(str(s.timestamp) for s in schema.Sample.select())
     assert stored == ["2020-01-01 00:00:00", "2020-01-01 00:00:01.500000", "2020-01-01 00:00:02",
                       "2020-01-01 00:00:03", "2020-01-01 00:00:04"]
-    handler.close()
 
 
-def test_commit_interval_commits_every_n_writes_and_on_flush(settings, units):
+def test_commit_interval_commits_every_n_writes_and_on_flush(settings, units, make_handler):
     handler = make_handler(settings, units, COMMIT_INTERVAL=3)
     replies = handler.handle(requests("TTP /up/A/<2020-1-1 0:0:0;1> ka", "TTP /dl/A/last ka"))
     assert replies[0] == "OK" and replies[1].endswith(" 2020-01-01 00:00:00 1>")
@@ -137,30 +141,27 @@ def test_commit_interval_commits_every_n_writes_and_on_flush(settings, units):
     assert other_connection_count(settings, "A") == 4
 
 
-def test_unit_changes_apply_to_the_next_pass(settings, units):
+def test_unit_changes_apply_to_the_next_pass(settings, units, make_handler):
     handler = make_handler(settings, units)
     assert handler.handle(requests("TTP /up/A/<2020-1-1 0:0:0;1> ka")) == ["OK"]
     other = make_database(settings)  # as the admin panel or txm unit would: another connection
-    with other.bind_ctx([schema.Unit]):
+    with other.connection_context(), other.bind_ctx([schema.Unit]):
         schema.Unit.update(key="new", channels=2).where(schema.Unit.code == "A").execute()
-    other.close()
     assert handler.handle(requests("TTP /up/A/<2020-1-1 0:0:1;1;2> ka")) == ["402 Unauthorized"]
     assert handler.handle(requests("TTP /up/A/<2020-1-1 0:0:1;1> new")) == ["400 Bad request"]
     assert handler.handle(requests("TTP /up/A/<2020-1-1 0:0:1;1;2> new")) == ["OK"]
-    handler.close()
 
 
-def test_a_verb_returning_no_text_is_500_and_line_breaks_never_split_a_reply(settings, units):
+def test_a_verb_returning_no_text_is_500_and_line_breaks_never_split_a_reply(settings, units, make_handler):
     handler = make_handler(settings, units, {"none": lambda call: None, "two": lambda call: "OK a\rb\nc"})
     assert handler.handle(requests("TTP /none/A/x ka", "TTP /two/A/x ka", "TTP /dl/A/last ka")) == [
         "500 Internal error", "OK a b c", "404 Data Not found"]
-    handler.close()
 
 
 _REPLY_RE = __import__("re").compile(r"(OK( [^\r\n]*)?|(400|402|404|405|406|500|501) [^\r\n]+)\Z")
 
 
-def test_random_request_lines_always_get_a_protocol_reply(settings, units):
+def test_random_request_lines_always_get_a_protocol_reply(settings, units, make_handler):
     """Bytes in, whatever they are: every complete line gets exactly one well-formed reply."""
     from hypothesis import HealthCheck, given
     from hypothesis import settings as hsettings
@@ -188,10 +189,7 @@ def test_random_request_lines_always_get_a_protocol_reply(settings, units):
         replies += handler.handle(parsed)
         assert all(_REPLY_RE.match(reply) for reply in replies), replies
 
-    try:
-        check()
-    finally:
-        handler.close()
+    check()
 
 
 # --- one-sample uploads of a pass go in together ---------------------------------------------
@@ -219,7 +217,7 @@ def without_ids(replies: list[str]) -> list[str]:
     return [re.sub(r"^OK <\d+ ", "OK <id ", reply) for reply in replies]
 
 
-def test_batched_uploads_answer_and_store_exactly_as_one_at_a_time(settings, three_units):
+def test_batched_uploads_answer_and_store_exactly_as_one_at_a_time(settings, three_units, make_handler):
     """The upload verb's batch path against the same verb without it, on random passes: the
     same replies (OK, 400, 402, 405, 406 with positions) and the same rows."""
     from hypothesis import HealthCheck, given
@@ -274,16 +272,12 @@ def test_batched_uploads_answer_and_store_exactly_as_one_at_a_time(settings, thr
     def check(lines):
         assert run(batched, lines) == run(alone, lines)
 
-    try:
-        check()
-    finally:
-        batched.close()
-        alone.close()
+    check()
     assert not failed, failed
     assert any(size > 1 for size in used)
 
 
-def test_a_batch_of_one_sample_uploads_is_one_insert_per_pass(settings, three_units):
+def test_a_batch_of_one_sample_uploads_is_one_insert_per_pass(settings, three_units, make_handler):
     handler = make_handler(settings, three_units)
     lines = ["TTP /up/A/<2020-1-1 0:0:0;1> ka", "TTP /up/B/<2020-1-1 0:0:0;1;2> kb",
              "TTP /up/C/<2020-1-1 0:0:0;1;2;3> kc", "TTP /up/A/<2020-1-1 0:0:1;1> ka",
@@ -303,10 +297,9 @@ def test_a_batch_of_one_sample_uploads_is_one_insert_per_pass(settings, three_un
     # A unit that comes again starts the next batch; a download is not batched.
     assert seen == ["A,B,C", "A,B"]
     assert other_connection_count(settings, "A") == 2
-    handler.close()
 
 
-def test_a_failing_batch_keeps_nothing_and_each_request_is_answered_alone(settings, three_units):
+def test_a_failing_batch_keeps_nothing_and_each_request_is_answered_alone(settings, three_units, make_handler):
 
     def flaky(call):
         return upload(call)
@@ -324,10 +317,9 @@ def test_a_failing_batch_keeps_nothing_and_each_request_is_answered_alone(settin
     assert replies == ["OK", "402 Unauthorized", "OK"]
     assert stored_samples(three_units) == [("A", "2020-01-01 00:00:00", 1.0, None, None, None),
                                            ("C", "2020-01-01 00:00:00", 1.0, 2.0, 3.0, None)]
-    handler.close()
 
 
-def test_the_sqlite_loop_connection_checkpoints_its_wal_less_often(tmp_path):
+def test_the_sqlite_loop_connection_checkpoints_its_wal_less_often(tmp_path, make_handler):
     """Also after the handler had to reconnect (a failed pass closes the connection)."""
     from tests.conftest import write_toml
     from txm import config
@@ -340,10 +332,9 @@ def test_the_sqlite_loop_connection_checkpoints_its_wal_less_often(tmp_path):
     handler._abandon()
     assert handler.handle(requests("TTP /dl/A/last ka")) == ["405 Unit Not Found"]
     assert database.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == SQLITE_CHECKPOINT_PAGES
-    handler.close()
 
 
-def test_the_sqlite_checkpointer_copies_the_wal_after_commits_and_stops_with_the_handler(tmp_path):
+def test_the_sqlite_checkpointer_copies_the_wal_after_commits_and_stops_with_the_handler(tmp_path, make_handler):
     import threading
     import time
 
@@ -372,12 +363,12 @@ def test_the_sqlite_checkpointer_copies_the_wal_after_commits_and_stops_with_the
     assert "txm-checkpoint" not in [thread.name for thread in threading.enumerate()]
 
 
-def test_the_batch_interface_as_docs_apps_shows_it(settings, three_units):
+def test_the_batch_interface_as_docs_apps_shows_it(settings, three_units, make_handler):
     """docs/apps.md's ``ttp_batch`` example, run: each call of a batch answered on its own."""
     import re
-    from pathlib import Path
+    from tests.conftest import REPO
 
-    text = Path(__file__).parent.parent.joinpath("docs", "apps.md").read_text()
+    text = REPO.joinpath("docs", "apps.md").read_text()
     [example] = [block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "ttp_batch" in block]
     app: dict = {}
     exec("def handle(call):\n    call.unit()\n    return 'OK'\n" + example, app)
@@ -389,10 +380,9 @@ def test_the_batch_interface_as_docs_apps_shows_it(settings, three_units):
                                       "TTP /ping/C/x kc", "TTP /ping/A/x ka"))
     assert replies == ["OK", "402 Unauthorized", "405 Unit Not Found", "OK", "OK"]
     assert batches == [4]  # A comes again: the fifth call is answered alone
-    handler.close()
 
 
-def test_a_failing_single_statement_call_costs_only_its_own_request(settings, units):
+def test_a_failing_single_statement_call_costs_only_its_own_request(settings, units, make_handler):
     """Such a call runs without a savepoint of its own; on PostgreSQL its failure aborts the
     transaction, so the pass is answered again one request at a time: the others' samples are
     stored all the same, each answered once."""
@@ -411,10 +401,9 @@ def test_a_failing_single_statement_call_costs_only_its_own_request(settings, un
     # The next pass goes the quick way again.
     assert handler.handle(requests("TTP /up/A/<2020-1-1 0:0:2;1> ka")) == ["OK"]
     assert other_connection_count(settings, "A") == 3
-    handler.close()
 
 
-def test_a_failing_single_statement_call_with_commit_interval_loses_no_answered_upload(settings, units):
+def test_a_failing_single_statement_call_with_commit_interval_loses_no_answered_upload(settings, units, make_handler):
     """COMMIT_INTERVAL > 1: uploads answered OK in earlier passes are still uncommitted when the
     failure rolls the transaction back; they are written again."""
     def broken(call):
@@ -428,4 +417,3 @@ def test_a_failing_single_statement_call_with_commit_interval_loses_no_answered_
         "OK", "500 Internal error"]
     handler.flush()
     assert other_connection_count(settings, "A") == 1 and other_connection_count(settings, "B") == 1
-    handler.close()

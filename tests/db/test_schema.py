@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from contextlib import closing
 
 import peewee as pw
 import pytest
@@ -36,9 +37,9 @@ def test_ids_continue_after_the_administrator(database):
 def test_sqlite_runs_in_wal_mode(tmp_path):
     p = tmp_path / "txm.toml"
     p.write_text(f'DATABASE_NAME = "{tmp_path / "wal.db"}"\n')
-    database = manage.syncdb(config.read_settings(p)).database
-    assert database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert database.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
+    with closing(manage.syncdb(config.read_settings(p)).database) as database:
+        assert database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert database.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
 
 
 def test_unit_timestamp_is_unique(database):

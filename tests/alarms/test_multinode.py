@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from contextlib import closing
 
 from tests.conftest import database_values, write_toml
 from tests.smtp import SMTPServer
@@ -53,17 +54,16 @@ def test_two_nodes_send_each_alarm_email_once(serve_process, settings, config_fi
             t.join(60)
         total = WAITING + 2 * PER_NODE
         smtp.wait_for(total, timeout=120)
-        database = open_database(settings)
-        deadline = time.monotonic() + 60
-        while schema.Alarm.select().where(schema.Alarm.email_status != "sent").exists():
-            if time.monotonic() > deadline:
-                stuck = [(a.id, a.email_status, a.email_claimed_until, a.email_error)
-                         for a in schema.Alarm.select().where(schema.Alarm.email_status != "sent")]
-                raise AssertionError(f"not every alarm was marked sent: {stuck}\n"
-                                     + "\n".join(node.logged("WARNING") for node in nodes))
-            time.sleep(0.05)
-        ids = [a.id for a in schema.Alarm.select(schema.Alarm.id)]
-        database.close()
+        with closing(open_database(settings)):
+            deadline = time.monotonic() + 60
+            while schema.Alarm.select().where(schema.Alarm.email_status != "sent").exists():
+                if time.monotonic() > deadline:
+                    stuck = [(a.id, a.email_status, a.email_claimed_until, a.email_error)
+                             for a in schema.Alarm.select().where(schema.Alarm.email_status != "sent")]
+                    raise AssertionError(f"not every alarm was marked sent: {stuck}\n"
+                                         + "\n".join(node.logged("WARNING") for node in nodes))
+                time.sleep(0.05)
+            ids = [a.id for a in schema.Alarm.select(schema.Alarm.id)]
         for node in nodes:
             assert node.stop() == 0
             assert f"Alarm emails through 127.0.0.1:{smtp.port}" in "\n".join(node.lines)

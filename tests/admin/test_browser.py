@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from tests.conftest import database_values, write_toml
-from tests.test_web_serve import web_port
 from txm.db import schema
 from txm import manage
 from txm.passwords import make_password
@@ -17,7 +16,7 @@ def test_create_a_unit_and_a_view_then_see_them_on_the_home_page(serve_process, 
                   is_superuser=True)
     schema.database.close()
     process = serve_process()
-    base = f"http://127.0.0.1:{web_port(process)}"
+    base = f"http://127.0.0.1:{process.web_port()}"
 
     page = browser.new_page()
     page.set_default_timeout(20_000)
@@ -63,10 +62,9 @@ def test_create_a_unit_and_a_view_then_see_them_on_the_home_page(serve_process, 
     page.click("text=Tank farm")
     assert "/views/" in page.url
 
-    schema.database.connect(reuse_if_open=True)
-    view = schema.View.get(schema.View.name == "Tank farm")
-    entries = [(e.unit.code, e.channels) for e in view.entries]
-    assert entries == [("TANK1", [1])]
-    assert [e.action for e in schema.LogEntry.select().order_by(schema.LogEntry.id)] == ["add", "add"]
-    schema.database.close()
+    with schema.database.connection_context():
+        view = schema.View.get(schema.View.name == "Tank farm")
+        entries = [(e.unit.code, e.channels) for e in view.entries]
+        assert entries == [("TANK1", [1])]
+        assert [e.action for e in schema.LogEntry.select().order_by(schema.LogEntry.id)] == ["add", "add"]
     assert process.stop() == 0

@@ -6,10 +6,11 @@ import datetime as dt
 
 import pytest
 
+from tests.samples import add_samples
 from txm.db import schema
 from txm.db.bulk import BATCH_SIZE
 from txm.db.database import make_database
-from txm.db.samples import SampleStore, UnitRecord
+from txm.db.samples import SampleStore
 from txm.db.sqlite import write_transaction
 from txm import manage
 from txm.admin.actor import Actor, Forbidden
@@ -34,17 +35,6 @@ def unit_input(**over):
               "graph_width": "800", "graph_height": "400", "graph_axes": "1", "has_reports": "on"}
     values.update(over)
     return form(**values)
-
-
-def add_samples(unit: schema.Unit, count: int, start: dt.datetime = dt.datetime(2026, 1, 1)) -> None:
-    """Store ``count`` samples one second apart through the TTP server's own insert."""
-    store = SampleStore(schema.database.obj)
-    record = UnitRecord(unit.id, unit.code, unit.key, unit.channels, (), False)
-    batch = 10_000
-    for first in range(0, count, batch):
-        with schema.database.atomic():
-            store.insert_samples(record, [(start + dt.timedelta(seconds=i), [float(i)] * unit.channels)
-                                          for i in range(first, min(count, first + batch))], schema.utcnow())
 
 
 def test_unit_add_change_and_log(admin):

@@ -6,6 +6,7 @@ import datetime as dt
 import shutil
 import socket
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -46,58 +47,17 @@ def serve(settings, units):
         server.stop()
 
 
-class Meter:
-    """A raw TTP connection."""
-
-    def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self) -> str:
-        while b"\r" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(f"closed; had {self.buf!r}")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\r")
-        return line.decode()
-
-    def ask(self, line: str) -> str:
-        self.send(line.encode() + b"\r")
-        return self.reply()
-
-    def closed(self) -> bool:
-        """True when the server closed the connection (EOF) without sending more."""
-        self.sock.settimeout(TIMEOUT)
-        try:
-            data = self.sock.recv(100)
-        except ConnectionResetError:
-            return True
-        return data == b""
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
-def meter(serve):
-    server = serve()
-    m = Meter(server.ttp_port)
-    yield m
-    m.close()
+def meter(serve, open_meter):
+    return open_meter(serve().ttp_port)
 
 
 def stored(code: str) -> list[tuple]:
     """The unit's samples (timestamp, ch1, ch2) straight from the database."""
-    schema.database.connect(reuse_if_open=True)
-    unit = schema.Unit.get(schema.Unit.code == code)
-    rows = [(s.timestamp, s.ch1, s.ch2) for s in schema.Sample.select().where(schema.Sample.unit == unit)
-            .order_by(schema.Sample.timestamp)]
-    schema.database.close()
-    return rows
+    with schema.database.connection_context():
+        unit = schema.Unit.get(schema.Unit.code == code)
+        return [(s.timestamp, s.ch1, s.ch2) for s in schema.Sample.select().where(schema.Sample.unit == unit)
+                .order_by(schema.Sample.timestamp)]
 
 
 # --- reply codes -----------------------------------------------------------------------------------
@@ -185,7 +145,7 @@ def test_duplicate_timestamps_are_returned_as_sent(meter):
     assert len(stored("M1")) == 2
 
 
-def test_a_failing_verb_is_500_and_the_server_keeps_serving(settings, units, tmp_path):
+def test_a_failing_verb_is_500_and_the_server_keeps_serving(settings, units, tmp_path, open_meter):
     apps = settings.base_dir / "TTPApps"
     apps.mkdir(exist_ok=True)
     (apps / "boom.py").write_text("def handle(call):\n    call.unit()\n    raise RuntimeError('bug')\n")
@@ -194,20 +154,18 @@ def test_a_failing_verb_is_500_and_the_server_keeps_serving(settings, units, tmp
     from txm.config import read_settings
 
     with ServerThread(make_settings(read_settings(settings.path)), timeout=TIMEOUT, module_services=False) as server:
-        m = Meter(server.ttp_port)
+        m = open_meter(server.ttp_port)
         m.send(b"TTP /up/M1/<2009-1-16 15:30:45;1;2;3;4> s3cret\rTTP /boom/M1/x s3cret\r"
                b"TTP /up/M1/<2009-1-16 15:30:46;1;2;3;4> s3cret\r")
         assert [m.reply(), m.reply(), m.reply()] == ["OK", "500 Internal error", "OK"]
         assert m.ask("TTP /dl/M1/last s3cret").endswith("2009-01-16 15:30:46 1 2 3 4>")
-        m.close()
     assert len(stored("M1")) == 2
 
 
 def test_unit_key_change_takes_effect_at_the_next_request(meter):
     assert meter.ask("TTP /up/M1/<2009-1-16 15:30:45;1;2;3;4> s3cret") == "OK"
-    schema.database.connect(reuse_if_open=True)
-    schema.Unit.update(key="newkey").where(schema.Unit.code == "M1").execute()
-    schema.database.close()
+    with schema.database.connection_context():
+        schema.Unit.update(key="newkey").where(schema.Unit.code == "M1").execute()
     assert meter.ask("TTP /dl/M1/last s3cret") == "402 Unauthorized"
     assert meter.ask("TTP /dl/M1/last newkey").startswith("OK <")
 
@@ -254,18 +212,17 @@ def test_socket_open_keeps_the_connection(meter):
         assert meter.ask(f"TTP /up/M1/<2009-1-16 15:30:{second};1;2;3;4> s3cret") == "OK"
 
 
-def test_socket_open_no_closes_after_each_reply(serve):
+def test_socket_open_no_closes_after_each_reply(serve, open_meter):
     server = serve(SOCKET_OPEN=False)
-    m = Meter(server.ttp_port)
+    m = open_meter(server.ttp_port)
     m.send(b"TTP /dl/M1/last s3cret\rTTP /dl/M1/last s3cret\r")
     assert m.reply() == "404 Data Not found"
     assert m.closed() and m.buf == b""
-    m.close()
 
 
-def test_idle_connection_is_closed_after_channel_timeout(serve):
+def test_idle_connection_is_closed_after_channel_timeout(serve, open_meter):
     server = serve(CHANNEL_TIMEOUT=0.3)
-    idle, stalled, busy = Meter(server.ttp_port), Meter(server.ttp_port), Meter(server.ttp_port)
+    idle, stalled, busy = open_meter(server.ttp_port), open_meter(server.ttp_port), open_meter(server.ttp_port)
     stalled.send(b"TTP /dl/M1/la")  # stalls mid-request
     start = time.monotonic()
     for _ in range(4):  # an active meter stays connected
@@ -274,25 +231,20 @@ def test_idle_connection_is_closed_after_channel_timeout(serve):
     assert idle.closed() and stalled.closed()
     assert 0.3 <= time.monotonic() - start < 5
     assert busy.ask("TTP /dl/M1/last s3cret") == "404 Data Not found"
-    for m in (idle, stalled, busy):
-        m.close()
 
 
-def test_request_over_the_size_limit_is_400_and_closed(serve):
+def test_request_over_the_size_limit_is_400_and_closed(serve, open_meter):
     server = serve(MAX_REQUEST_BYTES=200)
-    m = Meter(server.ttp_port)
+    m = open_meter(server.ttp_port)
     m.send(b"TTP /up/M1/" + b"<2009-1-16 15:30:45;1;2;3;4>" * 10 + b" s3cret\r")
     assert m.reply() == "400 Bad request"
     assert m.closed()
-    m.close()
-    m = Meter(server.ttp_port)  # an unterminated flood is cut off as well
+    m = open_meter(server.ttp_port)  # an unterminated flood is cut off as well
     m.send(b"x" * 5000)
     assert m.reply() == "400 Bad request"
     assert m.closed()
-    m.close()
-    m = Meter(server.ttp_port)
+    m = open_meter(server.ttp_port)
     assert m.ask("TTP /up/M1/<2009-1-16 15:30:45;1;2;3;4> s3cret") == "OK"
-    m.close()
 
 
 def test_large_multi_sample_upload_within_the_default_limit(meter):
@@ -303,57 +255,50 @@ def test_large_multi_sample_upload_within_the_default_limit(meter):
     assert meter.ask("TTP /dl/M1/last s3cret").endswith(" 2020-01-01 01:23:19 4999 2 3 4>")
 
 
-def test_connection_cap_refuses_extra_connections_only(serve):
+def test_connection_cap_refuses_extra_connections_only(serve, open_meter):
     server = serve(MAX_CONNECTIONS=3)
-    held = [Meter(server.ttp_port) for _ in range(3)]
+    held = [open_meter(server.ttp_port) for _ in range(3)]
     for m in held:
         assert m.ask("TTP /dl/M1/last s3cret") == "404 Data Not found"
-    extra = Meter(server.ttp_port)
+    extra = open_meter(server.ttp_port)
     assert extra.reply() == "500 Internal error"
     assert extra.closed()
-    extra.close()
     for m in held:
         assert m.ask("TTP /dl/M1/last s3cret") == "404 Data Not found"
-    held.pop().close()
+    held.pop().close()  # a meter leaves: its place is free
     time.sleep(0.2)
-    again = Meter(server.ttp_port)
+    again = open_meter(server.ttp_port)
     assert again.ask("TTP /dl/M1/last s3cret") == "404 Data Not found"
-    for m in [*held, again]:
-        m.close()
 
 
-def test_many_connections_in_one_pass_are_all_answered(serve):
+def test_many_connections_in_one_pass_are_all_answered(serve, open_meter):
     server = serve()
-    meters = [Meter(server.ttp_port) for _ in range(50)]
+    meters = [open_meter(server.ttp_port) for _ in range(50)]
     for i, m in enumerate(meters):
         m.send(f"TTP /up/M1/<2009-1-16 15:{i // 60}:{i % 60};{i};2;3;4> s3cret\r".encode())
     assert [m.reply() for m in meters] == ["OK"] * 50
     assert len(stored("M1")) == 50
-    for m in meters:
-        m.close()
 
 
 # --- COMMIT_INTERVAL > 1 ---------------------------------------------------------------------------
 
 
-def test_commit_interval_answers_at_once_and_commits_within_a_second(serve):
+def test_commit_interval_answers_at_once_and_commits_within_a_second(serve, open_meter):
     server = serve(COMMIT_INTERVAL=100)
-    m = Meter(server.ttp_port)
+    m = open_meter(server.ttp_port)
     assert m.ask("TTP /up/M1/<2009-1-16 15:30:45;1;2;3;4> s3cret") == "OK"
     deadline = time.monotonic() + 5
     while not stored("M1"):
         assert time.monotonic() < deadline, "not committed within MAX_COMMIT_DELAY"
         time.sleep(0.1)
-    m.close()
 
 
-def test_commit_interval_flushes_on_stop(settings, units):
-    server = ServerThread(make_settings(settings, COMMIT_INTERVAL=1000), timeout=TIMEOUT, module_services=False).start()
-    m = Meter(server.ttp_port)
-    for second in range(20):
-        assert m.ask(f"TTP /up/M1/<2009-1-16 15:30:{second};1;2;3;4> s3cret") == "OK"
-    server.stop()
-    m.close()
+def test_commit_interval_flushes_on_stop(settings, units, open_meter):
+    with ServerThread(make_settings(settings, COMMIT_INTERVAL=1000), timeout=TIMEOUT, module_services=False) as server:
+        m = open_meter(server.ttp_port)
+        for second in range(20):
+            assert m.ask(f"TTP /up/M1/<2009-1-16 15:30:{second};1;2;3;4> s3cret") == "OK"
+    # the server has stopped: what it had not committed yet, it committed then
     assert len(stored("M1")) == 20
 
 
@@ -370,21 +315,19 @@ def _with_apps(settings, apps: str):
     return make_settings(read_settings(settings.path))
 
 
-def test_ok_app(settings, units):
+def test_ok_app(settings, units, open_meter):
     with ServerThread(_with_apps(settings, "ok = true"), timeout=TIMEOUT, module_services=False) as server:
-        m = Meter(server.ttp_port)
+        m = open_meter(server.ttp_port)
         assert m.ask("TTP /ok/M1/ping s3cret") == "OK"
         assert m.ask("TTP /ok/M1/ping wrong") == "402 Unauthorized"
         assert m.ask("TTP /ok/M9/ping s3cret") == "405 Unit Not Found"
-        m.close()
     assert stored("M1") == []
 
 
-def test_switched_off_app_is_501(settings, units):
+def test_switched_off_app_is_501(settings, units, open_meter):
     with ServerThread(_with_apps(settings, "ok = false"), timeout=TIMEOUT, module_services=False) as server:
-        m = Meter(server.ttp_port)
+        m = open_meter(server.ttp_port)
         assert m.ask("TTP /ok/M1/ping s3cret") == "501 Not implemented"
-        m.close()
 
 
 def test_missing_app_stops_the_start(settings, units):
@@ -394,7 +337,7 @@ def test_missing_app_stops_the_start(settings, units):
         ServerThread(_with_apps(settings, "nothere = true"), module_services=False).start()
 
 
-def test_app_from_an_entry_point(settings, units, tmp_path, monkeypatch):
+def test_app_from_an_entry_point(settings, units, tmp_path, monkeypatch, open_meter):
     dist = tmp_path / "site"
     (dist / "pingapp").mkdir(parents=True)
     (dist / "pingapp" / "__init__.py").write_text("def handle(call):\n    return 'OK pong ' + call.unit().code\n")
@@ -407,19 +350,18 @@ def test_app_from_an_entry_point(settings, units, tmp_path, monkeypatch):
 
     settings.path.write_text(settings.path.read_text() + "\n[ttpapps]\nping = true\n")
     with ServerThread(make_settings(read_settings(settings.path)), timeout=TIMEOUT, module_services=False) as server:
-        m = Meter(server.ttp_port)
+        m = open_meter(server.ttp_port)
         assert m.ask("TTP /ping/M1/x s3cret") == "OK pong M1"
-        m.close()
 
 
-def test_port_zero_reports_the_bound_port(serve):
+def test_port_zero_reports_the_bound_port(serve, open_meter):
     server = serve()
     assert server.ttp_port > 0
     assert Path  # the listening socket answers on exactly that port
-    Meter(server.ttp_port).close()
+    open_meter(server.ttp_port)
 
 
-def test_app_as_a_package_folder(settings, units):
+def test_app_as_a_package_folder(settings, units, open_meter):
     from txm.config import read_settings
 
     package = settings.base_dir / "TTPApps" / "echo"
@@ -428,19 +370,17 @@ def test_app_as_a_package_folder(settings, units):
     (package / "reply.py").write_text("def handle(call):\n    return 'OK ' + call.request.argument\n")
     settings.path.write_text(settings.path.read_text() + "\n[ttpapps]\necho = true\n")
     with ServerThread(make_settings(read_settings(settings.path)), timeout=TIMEOUT, module_services=False) as server:
-        m = Meter(server.ttp_port)
+        m = open_meter(server.ttp_port)
         assert m.ask("TTP /echo/M1/hello there k") == "OK hello there"
-        m.close()
 
 
 @pytest.mark.server_databases
-def test_server_recovers_when_its_database_connection_is_cut(serve, settings, backend):
+def test_server_recovers_when_its_database_connection_is_cut(serve, settings, backend, open_meter):
     """PostgreSQL/MariaDB: a dropped connection costs the requests of one pass a 500, no more."""
     server = serve()
-    m = Meter(server.ttp_port)
+    m = open_meter(server.ttp_port)
     assert m.ask("TTP /up/M1/<2009-1-16 15:30:00;1;2;3;4> s3cret") == "OK"
-    admin = backend._admin()
-    with admin.cursor() as cur:
+    with closing(backend._admin()) as admin, admin.cursor() as cur:
         if backend.name == "postgresql":
             cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
                         "AND pid <> pg_backend_pid()", (settings.DATABASE_NAME,))
@@ -449,17 +389,15 @@ def test_server_recovers_when_its_database_connection_is_cut(serve, settings, ba
                         (settings.DATABASE_NAME,))
             for (pid,) in cur.fetchall():
                 cur.execute(f"KILL {int(pid)}")
-    admin.close()
     first = m.ask("TTP /up/M1/<2009-1-16 15:30:01;1;2;3;4> s3cret")
     assert first in ("OK", "500 Internal error")
     replies = [m.ask(f"TTP /up/M1/<2009-1-16 15:30:{s};1;2;3;4> s3cret") for s in range(2, 6)]
     assert replies == ["OK"] * 4
     stamps = {row[0].second for row in stored("M1")}
     assert stamps >= {0, 2, 3, 4, 5} and (first != "OK" or 1 in stamps)
-    m.close()
 
 
-def test_junk_floods_and_slow_senders_do_not_block_other_meters(serve):
+def test_junk_floods_and_slow_senders_do_not_block_other_meters(serve, open_meter):
     import random
     import threading
 
@@ -482,10 +420,10 @@ def test_junk_floods_and_slow_senders_do_not_block_other_meters(serve):
             except OSError:
                 pass  # the server closed it (an over-long line): open another
 
-    slow = Meter(server.ttp_port)
+    slow = open_meter(server.ttp_port)
     flooder = threading.Thread(target=flood, daemon=True)
     flooder.start()
-    good = Meter(server.ttp_port)
+    good = open_meter(server.ttp_port)
     try:
         for second in range(20):
             slow.send(b"T")  # a byte at a time, never finishing
@@ -493,6 +431,4 @@ def test_junk_floods_and_slow_senders_do_not_block_other_meters(serve):
     finally:
         stop.set()
         flooder.join(TIMEOUT)
-        slow.close()
-        good.close()
     assert len(stored("M1")) == 20

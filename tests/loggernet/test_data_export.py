@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.conftest import TXM, fail_the_database, txm_subprocess_env
-from tests.test_export import store_samples
+from tests.samples import store_samples
 from txm import manage
 import peewee as pw
 from txm.db import schema
@@ -95,6 +95,22 @@ class LineClient:
 
 
 @pytest.fixture
+def line_client():
+    """``line_client(port)``: a :class:`LineClient` connected to 127.0.0.1:port; every one opened
+    is closed at the end of the test."""
+    opened: list[LineClient] = []
+
+    def connect(port: int) -> LineClient:
+        client = LineClient(port)
+        opened.append(client)
+        return client
+
+    yield connect
+    for client in opened:
+        client.close()
+
+
+@pytest.fixture
 def source_units(database):
     manage.add_unit("M1", "k", 2, labels="Flow,Level")
     manage.add_unit("M2", "k", 1)
@@ -125,10 +141,10 @@ def cursor_value() -> int | None:
 # --- the export server, driven by hand ---------------------------------------------------------
 
 
-def test_server_sends_records_in_id_order_and_advances_only_on_the_right_ack(settings, source_units):
+def test_server_sends_records_in_id_order_and_advances_only_on_the_right_ack(settings, source_units, line_client):
     ids = sample_ids("M1") + sample_ids("M2")
     with Running(ExportServer(server_settings(settings), source_units)) as server:
-        client = LineClient(server.port)
+        client = line_client(server.port)
         first = client.record()
         assert first == (f'"M1","Samples","2026-01-01 00:00:00","{ids[0]}","Flow","FLOAT","0.0",'
                          f'"Level","FLOAT","0.0"\r\n').encode()
@@ -150,15 +166,14 @@ def test_server_sends_records_in_id_order_and_advances_only_on_the_right_ack(set
         # M3 is not exported; a new M1 sample is sent as it comes
         store_samples(source_units, "M1", [(dt.datetime(2026, 2, 1), [9.0, 9.5])], received=LONG_AGO)
         assert client.record().startswith(b'"M1","Samples","2026-02-01 00:00:00"')
-        client.close()
     assert cursor_value() == ids[3]
 
 
-def test_server_rtms_format_and_resend_after_the_timeout(settings, source_units):
+def test_server_rtms_format_and_resend_after_the_timeout(settings, source_units, line_client):
     ids = sample_ids("M1")
     with Running(ExportServer(server_settings(settings, EXPORT_FORMAT="rtms", EXPORT_TABLE="Sec15"),
                               source_units)) as server:
-        client = LineClient(server.port)
+        client = line_client(server.port)
         line = client.record()
         assert line == (f"M1,Sec15 (TMSTAMP TIMESTAMP,RECNBR DECIMAL(10,0),Flow FLOAT,Level FLOAT) "
                         f"VALUES ('2026-01-01 00:00:00',{ids[0]},0.0,0.0)\r\n").encode()
@@ -167,14 +182,14 @@ def test_server_rtms_format_and_resend_after_the_timeout(settings, source_units)
         assert time.monotonic() - began >= 0.3
         client.send(records.format_ack(records.parse_rtms(line)))
         assert records.parse_rtms(client.record()).record_number == ids[1]
-        client.close()
 
 
-def test_server_ignores_lines_longer_than_max_ack_bytes_however_they_arrive(settings, source_units, caplog):
+def test_server_ignores_lines_longer_than_max_ack_bytes_however_they_arrive(settings, source_units, caplog,
+                                                                           line_client):
     caplog.set_level(logging.INFO, logger="txm.dataexport")
     ids = sample_ids("M1")
     with Running(ExportServer(server_settings(settings, EXPORT_RESEND_SECONDS=30), source_units)) as server:
-        client = LineClient(server.port)
+        client = line_client(server.port)
         first = client.record()
         # the right acknowledgement, but longer than the limit (leading zeros): ignored, even whole
         client.send(f"M1,Samples,{ids[0]:0{MAX_ACK_BYTES}d}\r\n".encode())
@@ -187,28 +202,25 @@ def test_server_ignores_lines_longer_than_max_ack_bytes_however_they_arrive(sett
         client.send(f"M1,Samples,{ids[0]:0{MAX_ACK_BYTES - 11}d}\r\n".encode())  # exactly the limit
         assert client.record() != first
         assert server.acknowledged == 1
-        client.close()
 
 
-def test_one_client_at_a_time(settings, source_units):
+def test_one_client_at_a_time(settings, source_units, line_client):
     with Running(ExportServer(server_settings(settings), source_units)) as server:
-        first = LineClient(server.port)
+        first = line_client(server.port)
         line = first.record()
-        second = LineClient(server.port)
+        second = line_client(server.port)
         with pytest.raises(EOFError):
             second.record(timeout=5)  # refused: closed at once
-        second.close()
         first.send(records.format_ack(records.parse_standard(line)))
         assert first.record() != line  # the first client goes on undisturbed
         first.close()
         # once it has gone, the next client gets in and resumes after the acknowledged record
-        third = wait_for(lambda: _attach(server.port), what="a new client to be served")
+        third = wait_for(lambda: _attach(line_client, server.port), what="a new client to be served")
         assert records.parse_standard(third.record()).record_number == sample_ids("M1")[1]
-        third.close()
 
 
-def _attach(port: int):
-    client = LineClient(port)
+def _attach(connect, port: int):
+    client = connect(port)
     try:
         client.sock.settimeout(2)
         client.buffer = client.sock.recv(65536)
@@ -221,34 +233,30 @@ def _attach(port: int):
     return client
 
 
-def test_server_restart_resumes_after_the_last_acknowledged_record(settings, source_units):
+def test_server_restart_resumes_after_the_last_acknowledged_record(settings, source_units, line_client):
     ids = sample_ids("M1") + sample_ids("M2")
     with Running(ExportServer(server_settings(settings), source_units)) as server:
-        client = LineClient(server.port)
+        client = line_client(server.port)
         for expected in ids[:2]:
             line = client.record()
             assert records.parse_standard(line).record_number == expected
             client.send(records.format_ack(records.parse_standard(line)))
         wait_for(lambda: cursor_value() == ids[1], what="the second acknowledgement")
         client.record()  # the third record, never acknowledged
-        client.close()
     with Running(ExportServer(server_settings(settings), source_units)) as server:
-        client = LineClient(server.port)
+        client = line_client(server.port)
         assert records.parse_standard(client.record()).record_number == ids[2]
-        client.close()
 
 
-def test_export_start_newest_applies_to_the_first_session_only(settings, source_units):
+def test_export_start_newest_applies_to_the_first_session_only(settings, source_units, line_client):
     ids = sample_ids("M1") + sample_ids("M2")
     with Running(ExportServer(server_settings(settings, EXPORT_START="newest"), source_units)) as server:
-        client = LineClient(server.port)
+        client = line_client(server.port)
         assert records.parse_standard(client.record()).record_number == ids[-1]
-        client.close()
     store_samples(source_units, "M2", [(dt.datetime(2026, 3, 1), [1.0])], received=LONG_AGO)
     with Running(ExportServer(server_settings(settings, EXPORT_START="newest"), source_units)) as server:
-        client = LineClient(server.port)
+        client = line_client(server.port)
         assert records.parse_standard(client.record()).record_number == ids[-1]  # not acknowledged yet
-        client.close()
 
 
 def test_a_bad_table_name_is_a_configuration_error(settings, database):
@@ -268,11 +276,13 @@ class LineServer:
         self.listener.settimeout(WAIT)
         self.port = self.listener.getsockname()[1]
         self.conn: socket.socket | None = None
+        self.accepted: list[socket.socket] = []
         self.buffer = b""
 
     def accept(self, timeout: float = WAIT) -> None:
         self.listener.settimeout(timeout)
         self.conn, _ = self.listener.accept()
+        self.accepted.append(self.conn)
         self.buffer = b""
 
     def send(self, line: bytes) -> None:
@@ -301,9 +311,25 @@ class LineServer:
                 assert b"\r\n" not in self.buffer, f"unexpected acknowledgement {self.buffer!r}"
 
     def close(self) -> None:
-        if self.conn:
-            self.conn.close()
+        for conn in self.accepted:
+            conn.close()
         self.listener.close()
+
+
+@pytest.fixture
+def line_server():
+    """``line_server(port=0)``: a :class:`LineServer` listening on 127.0.0.1; every one made is closed
+    (with the connections it accepted) at the end of the test."""
+    made: list[LineServer] = []
+
+    def listen_on(port: int = 0) -> LineServer:
+        server = LineServer(port)
+        made.append(server)
+        return server
+
+    yield listen_on
+    for server in made:
+        server.close()
 
 
 def std(station, table, stamp, recno, *fields) -> bytes:
@@ -311,72 +337,65 @@ def std(station, table, stamp, recno, *fields) -> bytes:
                                                   tuple(records.Field(*f) for f in fields)))
 
 
-def test_client_stores_then_acknowledges_and_keeps_the_connection_on_bad_records(settings, database, caplog):
+def test_client_stores_then_acknowledges_and_keeps_the_connection_on_bad_records(settings, database, caplog,
+                                                                                  line_server):
     caplog.set_level(logging.INFO, logger="txm.loggernet")
-    fake = LineServer()
-    try:
-        with Running(PullClient(client_settings(settings, fake.port), database, retry_seconds=0.2)):
-            fake.accept()
-            fake.send(std("Lgr", "Sec15", "2026-05-01 10:00:00.5", 7, ("Battery_V", "FLOAT", "13.5"),
-                          ("Note", "VARCHAR(9)", "ok"), ("Temp(1)", "FLOAT", "NAN"), ("N", "INTEGER", "4")))
-            assert fake.ack() == b"Lgr,Sec15,7\r\n"
-            unit = schema.Unit.get(schema.Unit.code == "LgrSec15")  # stored before the acknowledgement
-            assert (unit.channels, unit.labels, unit.name) == (3, ["Battery_V", "Temp(1)", "N"], "Lgr Sec15")
-            assert samples_of("LgrSec15") == [(dt.datetime(2026, 5, 1, 10, 0, 0, 500000), 13.5, None, 4.0)]
-            # malformed: logged with the reason, not acknowledged, connection kept
-            fake.send(b'"Lgr","Sec15","2026-05-01 10:00:01","8","Battery_V","FLOAT","high"\r\n')
-            fake.send(b"garbage line\r\n")
-            fake.no_ack(0.5)
-            assert "not a number" in caplog.text and "does not start with a double quote" in caplog.text
-            fake.send(std("Lgr", "Sec15", "2026-05-01 10:00:01", 8, ("Battery_V", "FLOAT", "13.25")))
-            assert fake.ack() == b"Lgr,Sec15,8\r\n"
-            assert samples_of("LgrSec15")[-1] == (dt.datetime(2026, 5, 1, 10, 0, 1), 13.25, None, None)
-            source = schema.LoggerNetSource.get()
-            assert (source.station, source.table_name, source.last_record, source.unit_id) == ("Lgr", "Sec15", 8,
-                                                                                              unit.id)
-    finally:
-        fake.close()
+    fake = line_server()
+    with Running(PullClient(client_settings(settings, fake.port), database, retry_seconds=0.2)):
+        fake.accept()
+        fake.send(std("Lgr", "Sec15", "2026-05-01 10:00:00.5", 7, ("Battery_V", "FLOAT", "13.5"),
+                      ("Note", "VARCHAR(9)", "ok"), ("Temp(1)", "FLOAT", "NAN"), ("N", "INTEGER", "4")))
+        assert fake.ack() == b"Lgr,Sec15,7\r\n"
+        unit = schema.Unit.get(schema.Unit.code == "LgrSec15")  # stored before the acknowledgement
+        assert (unit.channels, unit.labels, unit.name) == (3, ["Battery_V", "Temp(1)", "N"], "Lgr Sec15")
+        assert samples_of("LgrSec15") == [(dt.datetime(2026, 5, 1, 10, 0, 0, 500000), 13.5, None, 4.0)]
+        # malformed: logged with the reason, not acknowledged, connection kept
+        fake.send(b'"Lgr","Sec15","2026-05-01 10:00:01","8","Battery_V","FLOAT","high"\r\n')
+        fake.send(b"garbage line\r\n")
+        fake.no_ack(0.5)
+        assert "not a number" in caplog.text and "does not start with a double quote" in caplog.text
+        fake.send(std("Lgr", "Sec15", "2026-05-01 10:00:01", 8, ("Battery_V", "FLOAT", "13.25")))
+        assert fake.ack() == b"Lgr,Sec15,8\r\n"
+        assert samples_of("LgrSec15")[-1] == (dt.datetime(2026, 5, 1, 10, 0, 1), 13.25, None, None)
+        source = schema.LoggerNetSource.get()
+        assert (source.station, source.table_name, source.last_record, source.unit_id) == ("Lgr", "Sec15", 8,
+                                                                                          unit.id)
 
 
-def test_client_acknowledges_a_resent_record_without_storing_it_twice(settings, database, caplog):
+def test_client_acknowledges_a_resent_record_without_storing_it_twice(settings, database, caplog, line_server):
     caplog.set_level(logging.INFO, logger="txm.loggernet")
-    fake = LineServer()
+    fake = line_server()
     record = std("Lgr", "T", "2026-05-01 10:00:00", 41, ("V", "FLOAT", "1.5"))
-    try:
-        with Running(PullClient(client_settings(settings, fake.port), database, retry_seconds=0.2)):
-            fake.accept()
-            fake.send(record)
-            assert fake.ack() == b"Lgr,T,41\r\n"
-            fake.send(record)  # as if the acknowledgement had been lost
-            assert fake.ack() == b"Lgr,T,41\r\n"
-            assert "was stored before" in caplog.text
-            # a new record number at a time the unit already has: acknowledged, not stored twice
-            fake.send(std("Lgr", "T", "2026-05-01 10:00:00", 42, ("V", "FLOAT", "2.5")))
-            assert fake.ack() == b"Lgr,T,42\r\n"
-            assert "already has a sample" in caplog.text
-        assert samples_of("LgrT") == [(dt.datetime(2026, 5, 1, 10), 1.5)]
-    finally:
-        fake.close()
+    with Running(PullClient(client_settings(settings, fake.port), database, retry_seconds=0.2)):
+        fake.accept()
+        fake.send(record)
+        assert fake.ack() == b"Lgr,T,41\r\n"
+        fake.send(record)  # as if the acknowledgement had been lost
+        assert fake.ack() == b"Lgr,T,41\r\n"
+        assert "was stored before" in caplog.text
+        # a new record number at a time the unit already has: acknowledged, not stored twice
+        fake.send(std("Lgr", "T", "2026-05-01 10:00:00", 42, ("V", "FLOAT", "2.5")))
+        assert fake.ack() == b"Lgr,T,42\r\n"
+        assert "already has a sample" in caplog.text
+    assert samples_of("LgrT") == [(dt.datetime(2026, 5, 1, 10), 1.5)]
 
 
-def test_client_uses_mapped_units_and_refuses_unknown_ones_without_auto_create(settings, database, caplog):
+def test_client_uses_mapped_units_and_refuses_unknown_ones_without_auto_create(settings, database, caplog,
+                                                                                line_server):
     manage.add_unit("Tank", "k", 2)
-    fake = LineServer()
+    fake = line_server()
     values = client_settings(settings, fake.port, LOGGERNET_AUTO_CREATE=False, LOGGERNET_UNITS=["Lgr.Sec15=Tank"])
-    try:
-        with Running(PullClient(values, database, retry_seconds=0.2)):
-            fake.accept()
-            fake.send(std("Other", "Sec15", "2026-05-01 10:00:00", 1, ("V", "FLOAT", "1")))
-            fake.no_ack(0.5)
-            assert "no unit for station Other table Sec15" in caplog.text
-            fake.send(std("Lgr", "Sec15", "2026-05-01 10:00:00", 2, ("A", "FLOAT", "1"), ("B", "FLOAT", "2"),
-                          ("C", "FLOAT", "3")))
-            assert fake.ack() == b"Lgr,Sec15,2\r\n"
-        assert samples_of("Tank") == [(dt.datetime(2026, 5, 1, 10), 1.0, 2.0)]
-        assert "keeps the first 2" in caplog.text
-        assert not schema.Unit.select().where(schema.Unit.code.startswith("Other")).exists()
-    finally:
-        fake.close()
+    with Running(PullClient(values, database, retry_seconds=0.2)):
+        fake.accept()
+        fake.send(std("Other", "Sec15", "2026-05-01 10:00:00", 1, ("V", "FLOAT", "1")))
+        fake.no_ack(0.5)
+        assert "no unit for station Other table Sec15" in caplog.text
+        fake.send(std("Lgr", "Sec15", "2026-05-01 10:00:00", 2, ("A", "FLOAT", "1"), ("B", "FLOAT", "2"),
+                      ("C", "FLOAT", "3")))
+        assert fake.ack() == b"Lgr,Sec15,2\r\n"
+    assert samples_of("Tank") == [(dt.datetime(2026, 5, 1, 10), 1.0, 2.0)]
+    assert "keeps the first 2" in caplog.text
+    assert not schema.Unit.select().where(schema.Unit.code.startswith("Other")).exists()
 
 
 def test_unit_map_entries_are_checked():
@@ -386,7 +405,7 @@ def test_unit_map_entries_are_checked():
             parse_unit_map([bad])
 
 
-def test_client_retries_a_failed_connection_and_reopens_on_the_watchdog(settings, database):
+def test_client_retries_a_failed_connection_and_reopens_on_the_watchdog(settings, database, line_server):
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
@@ -396,33 +415,26 @@ def test_client_retries_a_failed_connection_and_reopens_on_the_watchdog(settings
     with Running(client):
         time.sleep(0.6)
         assert client.sessions == 0
-        fake = LineServer(port)
-        try:
-            fake.accept()
-            first = fake.conn
-            fake.accept(timeout=10)  # no record for 0.5 s: the watchdog closes and reopens
-            assert first.recv(10) == b""  # the old connection was closed by the client
-            first.close()
-            fake.send(std("Lgr", "W", "2026-05-01 10:00:00", 1, ("V", "FLOAT", "1")))
-            assert fake.ack() == b"Lgr,W,1\r\n"
-            assert client.sessions >= 2
-        finally:
-            fake.close()
+        fake = line_server(port)
+        fake.accept()
+        first = fake.conn
+        fake.accept(timeout=10)  # no record for 0.5 s: the watchdog closes and reopens
+        assert first.recv(10) == b""  # the old connection was closed by the client
+        fake.send(std("Lgr", "W", "2026-05-01 10:00:00", 1, ("V", "FLOAT", "1")))
+        assert fake.ack() == b"Lgr,W,1\r\n"
+        assert client.sessions >= 2
 
 
-def test_client_discards_an_over_long_record_and_goes_on(settings, database, caplog):
-    fake = LineServer()
+def test_client_discards_an_over_long_record_and_goes_on(settings, database, caplog, line_server):
+    fake = line_server()
     values = client_settings(settings, fake.port, LOGGERNET_MAX_RECORD_BYTES=2048)
-    try:
-        with Running(PullClient(values, database, retry_seconds=0.2)):
-            fake.accept()
-            fake.send(std("Lgr", "L", "2026-05-01 10:00:00", 1, *[(f"F{i}", "FLOAT", "1.0") for i in range(200)]))
-            fake.no_ack(0.5)
-            assert "longer than 2048 bytes" in caplog.text
-            fake.send(std("Lgr", "L", "2026-05-01 10:00:01", 2, ("V", "FLOAT", "2")))
-            assert fake.ack() == b"Lgr,L,2\r\n"
-    finally:
-        fake.close()
+    with Running(PullClient(values, database, retry_seconds=0.2)):
+        fake.accept()
+        fake.send(std("Lgr", "L", "2026-05-01 10:00:00", 1, *[(f"F{i}", "FLOAT", "1.0") for i in range(200)]))
+        fake.no_ack(0.5)
+        assert "longer than 2048 bytes" in caplog.text
+        fake.send(std("Lgr", "L", "2026-05-01 10:00:01", 2, ("V", "FLOAT", "2")))
+        assert fake.ack() == b"Lgr,L,2\r\n"
 
 
 # --- txm to txm -----------------------------------------------------------------------------------
@@ -482,7 +494,7 @@ def test_client_killed_between_securing_and_acknowledging_loses_and_repeats_noth
     assert samples_of("M2Samples") == samples_of("M2")
 
 
-def test_txm_serve_runs_the_export_server_as_a_service(settings, source_units):
+def test_txm_serve_runs_the_export_server_as_a_service(settings, source_units, line_client):
     from txm.client import TTPClient
     from txm.serve import ServerThread
 
@@ -490,17 +502,16 @@ def test_txm_serve_runs_the_export_server_as_a_service(settings, source_units):
     with ServerThread(values) as running:
         service = next(s for s in running.server.services if s.name == "dataexport")
         assert "LoggerNet Data Export server on 127.0.0.1:" in service.description
-        client = LineClient(service.worker.port)
+        client = line_client(service.worker.port)
         line = client.record()
         client.send(records.format_ack(records.parse_standard(line)))
         with TTPClient("127.0.0.1", running.ttp_port) as meter:
             assert meter.request("TTP /up/M2/<2026-6-1 12:00:00;4.5> k") == "OK"
         assert client.record().startswith(b'"M2","Samples","2026-06-01 12:00:00"')
-        client.close()
 
 
-def test_loggernet_pull_command_stops_cleanly_on_sigint(config_file, database):
-    fake = LineServer()
+def test_loggernet_pull_command_stops_cleanly_on_sigint(config_file, database, line_server):
+    fake = line_server()
     proc = subprocess.Popen([*TXM, "--config", str(config_file), "loggernet-pull", "--host", "127.0.0.1",
                              "--port", str(fake.port)], stderr=subprocess.PIPE, text=True,
                             env=txm_subprocess_env())
@@ -515,7 +526,6 @@ def test_loggernet_pull_command_stops_cleanly_on_sigint(config_file, database):
         if proc.poll() is None:
             proc.kill()
         proc.stderr.close()
-        fake.close()
 
 
 def test_loggernet_pull_needs_a_host(run_cli, database):
@@ -535,7 +545,7 @@ def test_txm_serve_refuses_to_start_with_a_bad_loggernet_setting(settings, datab
         assert "dataexport" in [s.name for s in running.server.services]
 
 
-def test_server_survives_a_database_failure_and_loses_no_acknowledgement(settings, source_units, caplog):
+def test_server_survives_a_database_failure_and_loses_no_acknowledgement(settings, source_units, caplog, line_client):
     """The acknowledgement that could not be stored is asked for again: the record is sent
     again, and the cursor advances once the database is back."""
     ids = sample_ids("M1")
@@ -547,7 +557,7 @@ def test_server_survives_a_database_failure_and_loses_no_acknowledgement(setting
     try:
         with caplog.at_level(logging.WARNING, logger="txm"), \
                 Running(ExportServer(server_settings(settings), database)) as server:
-            client = LineClient(server.port)
+            client = line_client(server.port)
             first = client.record()
             assert records.parse_standard(first).record_number == ids[0]
             fail_the_database(settings, 1.5)
@@ -558,7 +568,6 @@ def test_server_survives_a_database_failure_and_loses_no_acknowledgement(setting
                 client.send(records.format_ack(records.parse_standard(line)))
             assert again >= 1
             assert records.parse_standard(line).record_number == ids[1]
-            client.close()
         assert "database error" in caplog.text
     finally:
         if database is not source_units:

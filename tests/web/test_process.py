@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 import subprocess
@@ -11,24 +10,6 @@ import urllib.error
 import urllib.request
 
 from tests.conftest import TXM, database_values, txm_subprocess_env, write_toml
-
-WEB_LINE = re.compile(r"Web interface listening on http://(\S+):(\d+)/")
-
-
-def web_port(process, timeout: float = 30) -> int:
-    """The web port from ``txm serve``'s start-up lines."""
-    process.wait_ready()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in process.lines:
-            match = WEB_LINE.search(line)
-            if match:
-                return int(match.group(2))
-        if process.proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise AssertionError("no web interface line:\n" + "\n".join(process.lines))
-
 
 def get(url: str) -> tuple[int, dict, str]:
     class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -54,7 +35,7 @@ def _port_closed(port: int) -> bool:
 def test_serve_reports_the_real_web_port_and_serves_pages(serve_process, settings, config_file):
     write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
     process = serve_process()
-    port = web_port(process)
+    port = process.web_port()
     assert port != 0
     status, headers, _ = get(f"http://127.0.0.1:{port}/")
     assert status == 303 and headers["Location"].endswith("/login?next=/")
@@ -65,17 +46,14 @@ def test_serve_reports_the_real_web_port_and_serves_pages(serve_process, setting
 
 
 def test_web_port_in_use_stops_serve_with_one_line(settings, config_file):
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
-    port = holder.getsockname()[1]
-    write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": port,
-                             "BIND_ADDRESS": "127.0.0.1"})
-    try:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": port,
+                                 "BIND_ADDRESS": "127.0.0.1"})
         result = subprocess.run([*TXM, "--config", str(config_file), "serve"], capture_output=True, text=True,
                                 env=txm_subprocess_env(), timeout=60)
-    finally:
-        holder.close()
     assert result.returncode == 1, result
     assert f"cannot listen for HTTP on 127.0.0.1:{port}: Address already in use" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -84,7 +62,7 @@ def test_web_port_in_use_stops_serve_with_one_line(settings, config_file):
 def test_web_process_ends_when_serve_is_killed(serve_process, settings, config_file):
     write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
     process = serve_process()
-    port = web_port(process)
+    port = process.web_port()
     process.proc.send_signal(signal.SIGKILL)
     process.proc.wait(10)
     deadline = time.monotonic() + 15
@@ -113,13 +91,13 @@ def test_proxy_headers_are_believed_only_from_the_trusted_proxy(serve_process, s
     write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0,
                              "BIND_ADDRESS": "127.0.0.1"})
     process = serve_process()
-    head = _raw_get(web_port(process), "/", headers)
+    head = _raw_get(process.web_port(), "/", headers)
     assert "Location: http://127.0.0.1/login?next=/" in head, head  # not believed
     assert process.stop() == 0
     write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0,
                              "BIND_ADDRESS": "127.0.0.1", "TRUSTED_PROXY": "127.0.0.1"})
     process = serve_process()
-    head = _raw_get(web_port(process), "/", headers)
+    head = _raw_get(process.web_port(), "/", headers)
     assert "Location: https://meters.example.com/login?next=/" in head, head
     assert process.stop() == 0
 

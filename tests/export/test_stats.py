@@ -1,4 +1,5 @@
-"""txm.data on every backend: ranges and presets, statistics in SQL, reduced lines, newest samples."""
+"""txm.export.stats and txm.export.ranges on every backend: ranges and presets, statistics in SQL,
+reduced lines, newest samples."""
 
 from __future__ import annotations
 

@@ -9,11 +9,12 @@ import io
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 
 import pytest
 
 from tests.conftest import TXM, txm_subprocess_env, write_toml
-from tests.test_export import store_samples
+from tests.samples import store_samples
 import peewee as pw
 from txm.db import schema
 from txm.export.csv import read_cursor
@@ -153,17 +154,14 @@ def expected_row(i: int) -> list[str]:
 
 def make_big_database(folder, samples: int):
     config = write_toml(folder / "txm.toml", {"DATABASE_NAME": str(folder / "big.db")})
-    database = manage.syncdb(read_settings(config)).database
-    manage.add_unit("M1", "k", 4)
-    database.close()
-    conn = sqlite3.connect(folder / "big.db")
+    with closing(manage.syncdb(read_settings(config)).database):
+        manage.add_unit("M1", "k", 4)
     received = "2026-01-01 00:00:00"
-    with conn:
+    with closing(sqlite3.connect(folder / "big.db")) as conn, conn:  # closed, after the commit
         conn.executemany(
             "INSERT INTO sample (unit_id, timestamp, received, ch1, ch2, ch3, ch4) VALUES (1, ?, ?, ?, ?, ?, ?)",
             ((str(dt.datetime(2020, 1, 1) + dt.timedelta(seconds=10 * i, microseconds=(i % 4) * 250_000)),
               received, i * 0.5, -i, i / 7, 1000.0 + i % 97) for i in range(samples)))
-    conn.close()
     return config
 
 

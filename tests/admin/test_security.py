@@ -23,9 +23,8 @@ import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from tests.conftest import database_values, write_toml
-from tests.test_admin_web import admin_routes, objects_of_every_model, snapshot_database
-from tests.test_adminpanel import add_samples
-from tests.test_web_serve import web_port
+from tests.admin.routes import admin_routes, objects_of_every_model, snapshot_database
+from tests.samples import add_samples
 from tests.webutil import add_user, client, csrf_token, login
 from txm.db import schema
 from txm.permissions import permissions_of
@@ -268,7 +267,7 @@ def test_failed_logins_and_lockouts_are_logged_by_txm_serve(serve_process, setti
     schema.database.close()
     write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
     process = serve_process()
-    site = Browser(f"http://127.0.0.1:{web_port(process)}")
+    site = Browser(f"http://127.0.0.1:{process.web_port()}")
     secret = "Wrong-secret-%d"
     for i in range(LOGIN_FAILURES_PER_USER - 1):
         assert site.login("ann", secret % i) == 401

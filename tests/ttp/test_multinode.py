@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from contextlib import closing
 
 from tests.conftest import database_values, write_toml
 from txm.db import schema
@@ -75,12 +76,9 @@ def test_two_nodes_store_each_sample_once(serve_process, settings, config_file):
     for node, indexes in (("A", ONLY_A), ("B", ONLY_B)):
         assert all(replies[(node, i)] == "OK" for i in indexes)
 
-    database = open_database(settings)
-    try:
+    with closing(open_database(settings)):
         rows = list(schema.Sample.select(schema.Sample.timestamp, schema.Sample.ch1, schema.Sample.ch2)
                     .order_by(schema.Sample.timestamp).tuples())
-    finally:
-        database.close()
     assert len(rows) == len(ONLY_A) + len(BOTH) + len(ONLY_B)
     for ts, ch1, ch2 in rows:
         i = int(ch1)

@@ -12,7 +12,6 @@ import re
 import pytest
 
 from tests.conftest import database_values, write_toml
-from tests.test_web_serve import web_port
 from txm.db import schema
 from txm import manage
 from txm.client import TTPClient
@@ -22,7 +21,8 @@ TIMEOUT_MS = 20_000
 
 @pytest.fixture
 def running(serve_process, settings, config_file):
-    """``txm serve`` with unit M1 (Flow, Temp) and a view of it refreshing every second."""
+    """``txm serve`` with unit M1 (Flow, Temp) and a view of it refreshing every second. (Tests
+    take it before ``browser``, so that their pages are closed, with the browser, before it stops.)"""
     write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
     manage.syncdb(settings)
     unit = manage.add_unit("M1", "s3cret", 2, name="Tank", labels=["Flow", "Temp"])
@@ -32,7 +32,7 @@ def running(serve_process, settings, config_file):
     schema.database.close()
     process = serve_process()
     ttp = process.wait_ready()
-    http = web_port(process)
+    http = process.web_port()
     yield {"ttp": ttp, "base": f"http://127.0.0.1:{http}", "view": view_id}
     assert process.stop() == 0
 
@@ -42,7 +42,7 @@ def upload(port: int, samples: list[str]) -> None:
         assert client.request("TTP /up/M1/" + "".join(samples) + " s3cret") == "OK"
 
 
-def test_login_graph_csv_and_a_live_view(browser, running):
+def test_login_graph_csv_and_a_live_view(running, browser):
     upload(running["ttp"], [f"<2026-4-1 10:{i:02d}:00;{i};{20 + i / 2}>" for i in range(30)])
     base = running["base"]
     context = browser.new_context(accept_downloads=True, viewport={"width": 1100, "height": 900})
@@ -100,10 +100,9 @@ def test_login_graph_csv_and_a_live_view(browser, running):
     page.wait_for_url(re.compile(r"/login$"))
     page.goto(base + "/units/M1/")
     assert "/login?next=/units/M1/" in page.url
-    context.close()
 
 
-def test_phone_sized_screen_shows_the_unit_page_without_sideways_scrolling(browser, running):
+def test_phone_sized_screen_shows_the_unit_page_without_sideways_scrolling(running, browser):
     upload(running["ttp"], [f"<2026-4-1 10:{i:02d}:00;{i};1>" for i in range(5)])
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     context.set_default_timeout(TIMEOUT_MS)
@@ -123,4 +122,3 @@ def test_phone_sized_screen_shows_the_unit_page_without_sideways_scrolling(brows
     graph = page.locator("figure.graph svg").bounding_box()
     assert graph is not None and graph["width"] <= 390
     assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
-    context.close()
