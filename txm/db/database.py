@@ -45,13 +45,10 @@ def make_database(settings: Settings) -> pw.Database:
     return pw.MySQLDatabase(name, charset="utf8mb4", field_types={"DATETIME": "DATETIME(6)"}, **params)
 
 
-def open_database(settings: Settings, create: bool = False, db: pw.Database | None = None) -> pw.Database:
-    """Open the database the settings name (with ``db``, that database object of
-    :func:`make_database`) and bind the models to it.
-
-    With ``create`` false, a missing SQLite file or a database without txm's tables is a
-    :class:`DatabaseError` that says to run ``txm syncdb``.
-    """
+def connect_database(settings: Settings, create: bool = False, db: pw.Database | None = None) -> pw.Database:
+    """Connect to the database the settings name (``db``: that database object of
+    :func:`make_database`), without binding the models; with ``create``, a missing SQLite file
+    (and its folder) is made. :class:`DatabaseError` with a one-line reason otherwise."""
     if settings.DATABASE_ENGINE == "sqlite3":
         path = settings.sqlite_path()
         if not path.exists():
@@ -68,6 +65,17 @@ def open_database(settings: Settings, create: bool = False, db: pw.Database | No
     except pw.OperationalError as exc:
         raise DatabaseError(f"cannot open the database ({settings.database_label()}): "
                             f"{_first_line(exc)}") from None
+    return db
+
+
+def open_database(settings: Settings, create: bool = False, db: pw.Database | None = None) -> pw.Database:
+    """Open the database the settings name (with ``db``, that database object of
+    :func:`make_database`) and bind the models to it.
+
+    With ``create`` false, a missing SQLite file or a database without txm's tables is a
+    :class:`DatabaseError` that says to run ``txm syncdb``.
+    """
+    db = connect_database(settings, create, db)
     database.initialize(db)
     if not create and not db.table_exists(User._meta.table_name):
         db.close()

@@ -18,7 +18,7 @@ import peewee as pw
 
 from txm.db import schema
 from txm.db.bulk import BATCH_SIZE
-from txm.db.database import create_tables, fix_sequences, make_database
+from txm.db.database import connect_database, create_tables, fix_sequences
 from txm import config
 from txm.errors import DatabaseError, InvalidValue, TxmError
 
@@ -62,21 +62,6 @@ class TableCount:
     destination: int
 
 
-def _connect(settings: config.Settings, create: bool) -> pw.Database:
-    if settings.DATABASE_ENGINE == "sqlite3":
-        path = settings.sqlite_path()
-        if not create and not path.exists():
-            raise DatabaseError(f"there is no database at {path}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-    database = make_database(settings)
-    try:
-        database.connect(reuse_if_open=True)
-    except pw.OperationalError as exc:
-        raise DatabaseError(f"cannot open the database ({settings.database_label()}): "
-                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from None
-    return database
-
-
 def count_rows(database: pw.Database) -> dict[str, int]:
     with database.bind_ctx(schema.MODELS):
         return {m._meta.table_name: m.select().count() for m in schema.MODELS
@@ -88,8 +73,8 @@ def migrate(source: config.Settings, destination: config.Settings, batch_size: i
     """Copy every txm table from ``source`` to ``destination``; return the verified counts."""
     if source.database_label() == destination.database_label():
         raise InvalidValue("the source and the destination are the same database")
-    src = _connect(source, create=False)
-    dst = _connect(destination, create=True)
+    src = connect_database(source, create=False)
+    dst = connect_database(destination, create=True)
     try:
         with src.bind_ctx(schema.MODELS):
             if not src.table_exists(schema.User._meta.table_name):
