@@ -120,15 +120,17 @@ class SampleIn:
 _SAMPLES_RE = re.compile(r"(?:<[^<>]*>)+\Z")
 _ONE_SAMPLE_RE = re.compile(r"<([^<>]*)>")
 _TIMESTAMP_RE = re.compile(
-    r"[ \t]*(\d{1,4})-(\d{1,2})-(\d{1,2})[ T](\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d{1,6}))?[ \t]*\Z")
+    r"[ \t]*(\d{1,4})-(\d{1,2})-(\d{1,2})[ T](\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d{1,6}))?[ \t]*\Z", re.ASCII)
+# Digits are ASCII digits only (re.ASCII: \d would also match ١٢٣ or fullwidth ２０２６, and int()
+# and float() read those too), as docs/protocol.md says.
 # Every pattern here is unambiguous (each character can be matched one way only), so no input,
 # however long, makes the regular expression engine backtrack for long.
 _STRICT_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _NUMBER = r"[ \t]*" + _STRICT_NUMBER + r"[ \t]*"
-_NUMBER_RE = re.compile(_NUMBER + r"\Z")
-_NUMBERS_RE = re.compile(f"{_NUMBER}(?:;{_NUMBER})*\\Z")
-_STRICT_NUMBERS_RE = re.compile(f"{_STRICT_NUMBER}(?:;{_STRICT_NUMBER})*\\Z")
-_STRICT_TIMESTAMP_RE = re.compile(r"(\d{1,4})-(\d{1,2})-(\d{1,2}) (\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d{1,6}))?\Z")
+_NUMBER_RE = re.compile(_NUMBER + r"\Z", re.ASCII)
+_NUMBERS_RE = re.compile(f"{_NUMBER}(?:;{_NUMBER})*\\Z", re.ASCII)
+_STRICT_NUMBERS_RE = re.compile(f"{_STRICT_NUMBER}(?:;{_STRICT_NUMBER})*\\Z", re.ASCII)
+_STRICT_TIMESTAMP_RE = re.compile(r"(\d{1,4})-(\d{1,2})-(\d{1,2}) (\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d{1,6}))?\Z", re.ASCII)
 
 
 def parse_timestamp(text: str) -> dt.datetime:
@@ -314,7 +316,7 @@ MAX_ALARM_DATA_CHARS = 200
 LEVEL_RANGE = (-(2 ** 31), 2 ** 31 - 1)
 
 _ALARM_RE = re.compile(r"<([^<>]*)>\Z")
-_LEVEL_RE = re.compile(r"[ \t]*([+-]?\d{1,10})[ \t]*\Z")
+_LEVEL_RE = re.compile(r"[ \t]*([+-]?\d{1,10})[ \t]*\Z", re.ASCII)
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
