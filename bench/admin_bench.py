@@ -39,12 +39,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from txm import config, manage  # noqa: E402
-from txm.db import schema
-from txm.db.bulk import BATCH_SIZE
-from txm.db.database import open_database
 from txm.admin.actor import Actor  # noqa: E402
 from txm.admin.records import SAMPLES  # noqa: E402
 from txm.client import TTPClient  # noqa: E402
+from txm.db import schema
+from txm.db.bulk import BATCH_SIZE
+from txm.db.database import open_database
 from txm.serve import ServerThread  # noqa: E402
 
 

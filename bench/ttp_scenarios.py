@@ -119,8 +119,8 @@ class BenchDatabase:
 def prepare(folder: Path, prefill: int, bench_db: BenchDatabase) -> Path:
     """A txm.toml naming the scenario's database, with the units made and the samples prefilled."""
     from txm import config as txm_config
-    from txm.db import schema
     from txm import manage
+    from txm.db import schema
 
     config = folder / "txm.toml"
     config.write_text(bench_db.settings_toml() + 'DS_PORT = 0\nHTTP_PORT = 0\nBIND_ADDRESS = "127.0.0.1"\n'

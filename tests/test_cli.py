@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import TXM, txm_subprocess_env
-from txm.db import schema
 from txm.cli import cli
+from txm.db import schema
 from txm.passwords import check_password
 
 

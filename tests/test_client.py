@@ -8,7 +8,13 @@ import socket
 import pytest
 
 from txm import manage
-from txm.client import LastSample, TTPClient, TTPConnectionError, TTPReplyError, parse_last
+from txm.client import (
+    LastSample,
+    TTPClient,
+    TTPConnectionError,
+    TTPReplyError,
+    parse_last,
+)
 from txm.serve import ServerThread
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from txm.db import schema
 from txm import manage
-from txm.permissions import ALL_PERMISSIONS, has_perm, may_enter_admin, permissions_of, visible_units
+from txm.db import schema
+from txm.permissions import (
+    ALL_PERMISSIONS,
+    has_perm,
+    may_enter_admin,
+    permissions_of,
+    visible_units,
+)
 
 
 def codes(query):

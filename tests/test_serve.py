@@ -14,11 +14,12 @@ from contextlib import closing
 import pytest
 
 from tests.conftest import TXM, database_values, txm_subprocess_env, write_toml
-from txm.db import schema
-from txm.db.database import open_database
 from txm import manage
 from txm.client import TTPClient, TTPConnectionError
 from txm.config import read_settings
+from txm.db import schema
+from txm.db.database import open_database
+
 
 def test_fresh_machine_serve_creates_the_database_and_says_where(serve_process, settings, config_file):
     process = serve_process("--port", "0")

@@ -23,11 +23,19 @@ from contextlib import closing
 import pytest
 
 from tests.conftest import REPO, TXM, database_values, txm_subprocess_env, write_toml
-from tests.processes import STOP_SECONDS, assert_stopped_cleanly, catches, children, group_members, refused, wait_for
-from txm.db import schema
-from txm.db.database import open_database
+from tests.processes import (
+    STOP_SECONDS,
+    assert_stopped_cleanly,
+    catches,
+    children,
+    group_members,
+    refused,
+    wait_for,
+)
 from txm import manage
 from txm.client import TTPClient, TTPConnectionError
+from txm.db import schema
+from txm.db.database import open_database
 
 # --- the server under test ---------------------------------------------------------------------
 

@@ -15,9 +15,9 @@ import pytest
 
 from tests.conftest import database_values, write_toml
 from tests.processes import STOP_SECONDS, assert_stopped_cleanly
-from txm.db import schema
 from txm import manage
 from txm.client import TTPClient
+from txm.db import schema
 from txm.systemd import Notifier
 
 

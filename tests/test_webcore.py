@@ -10,9 +10,15 @@ import pytest
 
 from tests.webutil import add_user, client, csrf_token, login
 from txm.db import schema
-from txm.serve import make_site
 from txm.passwords import ALGORITHM, ITERATIONS, check_password
-from txm.webcore import COOKIE_NAME, LOGIN_FAILURES_PER_ADDRESS, LOGIN_FAILURES_PER_USER, WebCore, session_key
+from txm.serve import make_site
+from txm.webcore import (
+    COOKIE_NAME,
+    LOGIN_FAILURES_PER_ADDRESS,
+    LOGIN_FAILURES_PER_USER,
+    WebCore,
+    session_key,
+)
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import re
 import webtest
 
 from txm.db import schema
-from txm.serve import make_site
 from txm.passwords import make_password
+from txm.serve import make_site
 
 #: Iterations for test users' hashes: logging in re-hashes them at full strength once.
 TEST_ITERATIONS = 1000

@@ -602,7 +602,13 @@ def export_csv(ctx: Context, code: str | None, all_units: bool, start: str | Non
     """
     from pathlib import Path
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from txm.export import csv
 

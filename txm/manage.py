@@ -11,11 +11,11 @@ from typing import Sequence
 
 import peewee as pw
 
+from txm.config import Settings
 from txm.db import schema
 from txm.db.bulk import delete_in_batches
 from txm.db.database import create_tables, fix_sequences, open_database
 from txm.db.sqlite import write_transaction
-from txm.config import Settings
 from txm.errors import InvalidValue, NotFound, TxmError
 from txm.passwords import DEFAULT_PASSWORD, make_password
 

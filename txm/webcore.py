@@ -85,8 +85,8 @@ import jinja2
 import peewee as pw
 from markupsafe import Markup
 
-from txm.db import schema
 from txm.config import Settings
+from txm.db import schema
 from txm.passwords import DEFAULT_PASSWORD, check_password, make_password, needs_upgrade
 from txm.timestamps import format_timestamp
 

@@ -11,9 +11,9 @@ from tests.admin.routes import admin_routes, objects_of_every_model, snapshot_da
 from tests.samples import add_samples
 from tests.webutil import add_user, client, csrf_token, login
 from txm.db import schema
-from txm.serve import make_site
 from txm.passwords import check_password
 from txm.permissions import permissions_of
+from txm.serve import make_site
 
 A = "/admin"
 

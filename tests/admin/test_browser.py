@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from tests.conftest import database_values, write_toml
-from txm.db import schema
 from txm import manage
+from txm.db import schema
 from txm.passwords import make_password
 
 

@@ -7,17 +7,17 @@ import datetime as dt
 import pytest
 
 from tests.samples import add_samples
-from txm.db import schema
-from txm.db.bulk import BATCH_SIZE
-from txm.db.database import make_database
-from txm.db.samples import SampleStore
-from txm.db.sqlite import write_transaction
 from txm import manage
 from txm.admin.actor import Actor, Forbidden
 from txm.admin.forms import FormInput
 from txm.admin.meters import preview_alarm_message
 from txm.admin.records import SAMPLES
 from txm.admin.registry import registry
+from txm.db import schema
+from txm.db.bulk import BATCH_SIZE
+from txm.db.database import make_database
+from txm.db.samples import SampleStore
+from txm.db.sqlite import write_transaction
 from txm.passwords import check_password
 
 

@@ -20,10 +20,12 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-from tests.conftest import database_values, write_toml
 from tests.admin.routes import admin_routes, objects_of_every_model, snapshot_database
+from tests.conftest import database_values, write_toml
 from tests.samples import add_samples
 from tests.webutil import add_user, client, csrf_token, login
 from txm.db import schema

@@ -11,15 +11,21 @@ import pytest
 
 from tests.conftest import fail_the_database
 from tests.smtp import SilentServer, SMTPServer, closed_port, make_certificate
-from txm.alarms.email import EmailError, EmailWorker, POLL_SECONDS, recipients_of, send_test_email
+from txm import manage
+from txm.alarms.email import (
+    POLL_SECONDS,
+    EmailError,
+    EmailWorker,
+    recipients_of,
+    send_test_email,
+)
 from txm.alarms.mailing_lists import mailing_list_add
 from txm.db import schema
 from txm.db.database import make_database
-from txm.ttp.handler import Handler
-from txm.ttp.verbs import BUILTIN_VERBS
-from txm import manage
 from txm.errors import ConfigError, InvalidValue
 from txm.serve import ServerThread
+from txm.ttp.handler import Handler
+from txm.ttp.verbs import BUILTIN_VERBS
 
 TIMEOUT = 20
 ALARM = "TTP /al/M1/<2;2009-1-16 15:30:45;11.5> s3cret"

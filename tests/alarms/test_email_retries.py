@@ -18,7 +18,7 @@ import pytest
 from tests.smtp import SilentServer, SMTPServer, closed_port
 from tests.webutil import add_user, client, csrf_token, login
 from txm import config, manage
-from txm.alarms.email import EmailWorker, POLL_SECONDS, retry_delay
+from txm.alarms.email import POLL_SECONDS, EmailWorker, retry_delay
 from txm.alarms.mailing_lists import mailing_list_add
 from txm.client import TTPClient
 from txm.db import schema

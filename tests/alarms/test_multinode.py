@@ -14,11 +14,11 @@ from contextlib import closing
 
 from tests.conftest import database_values, write_toml
 from tests.smtp import SMTPServer
+from txm import manage
 from txm.alarms.mailing_lists import mailing_list_add
+from txm.client import TTPClient
 from txm.db import schema
 from txm.db.database import open_database
-from txm import manage
-from txm.client import TTPClient
 
 WAITING = 60
 PER_NODE = 20

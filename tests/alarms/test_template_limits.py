@@ -23,8 +23,8 @@ from txm import manage
 from txm.alarms.email import render_alarm_email
 from txm.alarms.mailing_lists import mailing_list_add
 from txm.alarms.renderer import RENDER_KILL_SECONDS, default_process
-from txm.client import TTPClient
 from txm.alarms.templates import UnitView, _context, render_in_sandbox, render_message
+from txm.client import TTPClient
 from txm.db import schema
 from txm.errors import InvalidValue
 

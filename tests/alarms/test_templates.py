@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from txm.alarms.email import render_alarm_email
-from txm.alarms.templates import DEFAULT_BODY, DEFAULT_SUBJECT, MAX_BODY_CHARS, MAX_SUBJECT_CHARS, UnitView, check_template, render_message
-from txm.db import schema
 from txm import manage
+from txm.alarms.email import render_alarm_email
+from txm.alarms.templates import (
+    DEFAULT_BODY,
+    DEFAULT_SUBJECT,
+    MAX_BODY_CHARS,
+    MAX_SUBJECT_CHARS,
+    UnitView,
+    check_template,
+    render_message,
+)
+from txm.db import schema
 from txm.errors import InvalidValue
 
 

@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import write_toml
+from txm import config, manage
+from txm.cli import cli
 from txm.db import schema
 from txm.db.database import make_database, open_database
 from txm.db.migrate import count_rows, migrate, settings_for
-from txm import config, manage
-from txm.cli import cli
 from txm.errors import InvalidValue, TxmError
 
 

@@ -6,16 +6,16 @@ import csv
 import datetime as dt
 import io
 
+import peewee as pw
 import pytest
 
-import peewee as pw
 from tests.samples import store_samples
+from txm import manage
 from txm.db import schema
+from txm.errors import InvalidValue, NotFound
 from txm.export import csv as csv_export
 from txm.export.csv import UnitExport, csv_text, header, resolve_fields, settled_last_id
 from txm.export.ranges import parse_datetime, parse_range
-from txm import manage
-from txm.errors import InvalidValue, NotFound
 
 
 def unit_object(code="M1", channels=3, labels=("Flow", "Level"), report_fields=()):

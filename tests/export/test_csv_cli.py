@@ -11,15 +11,15 @@ import subprocess
 import sys
 from contextlib import closing
 
+import peewee as pw
 import pytest
 
 from tests.conftest import TXM, txm_subprocess_env, write_toml
 from tests.samples import store_samples
-import peewee as pw
-from txm.db import schema
-from txm.export.csv import read_cursor
 from txm import manage
 from txm.config import read_settings
+from txm.db import schema
+from txm.export.csv import read_cursor
 
 LONG_AGO = dt.datetime(2026, 1, 1)  # "received" of samples an incremental export may take at once
 

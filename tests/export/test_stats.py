@@ -11,10 +11,19 @@ import pytest
 
 from tests.webutil import store_samples
 from txm.db import schema
+from txm.errors import InvalidValue
 from txm.export import stats
 from txm.export.ranges import DEFAULT_PRESET, resolve_range
-from txm.export.stats import POINTS_PER_PIXEL, SQLITE_RANGE_BUCKETS, channel_stats, is_stale, last_sample, overview, plot_limit, samples_page
-from txm.errors import InvalidValue
+from txm.export.stats import (
+    POINTS_PER_PIXEL,
+    SQLITE_RANGE_BUCKETS,
+    channel_stats,
+    is_stale,
+    last_sample,
+    overview,
+    plot_limit,
+    samples_page,
+)
 
 BASE = dt.datetime(2026, 3, 1, 12, 0, 0)
 

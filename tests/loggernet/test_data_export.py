@@ -11,12 +11,12 @@ import subprocess
 import threading
 import time
 
+import peewee as pw
 import pytest
 
 from tests.conftest import TXM, fail_the_database, txm_subprocess_env
 from tests.samples import store_samples
 from txm import manage
-import peewee as pw
 from txm.db import schema
 from txm.db.database import close_quietly
 from txm.errors import ConfigError

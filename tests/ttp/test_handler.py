@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import peewee as pw
 import pytest
 
-import peewee as pw
+from txm import manage
 from txm.db import schema
 from txm.db.database import make_database
 from txm.db.sqlite import SQLITE_CHECKPOINT_PAGES
 from txm.ttp.handler import Handler, keys_match
-from txm.ttp.verbs import BUILTIN_VERBS
-from txm.ttp.verbs import upload
-from txm import manage
 from txm.ttp.parser import ProtocolError, parse_request
+from txm.ttp.verbs import BUILTIN_VERBS, upload
 
 
 def other_connection_count(settings, code: str) -> int:
@@ -366,6 +365,7 @@ def test_the_sqlite_checkpointer_copies_the_wal_after_commits_and_stops_with_the
 def test_the_batch_interface_as_docs_apps_shows_it(settings, three_units, make_handler):
     """docs/apps.md's ``ttp_batch`` example, run: each call of a batch answered on its own."""
     import re
+
     from tests.conftest import REPO
 
     text = REPO.joinpath("docs", "apps.md").read_text()

@@ -12,10 +12,10 @@ import threading
 from contextlib import closing
 
 from tests.conftest import database_values, write_toml
-from txm.db import schema
-from txm.db.database import open_database
 from txm import manage
 from txm.client import TTPClient
+from txm.db import schema
+from txm.db.database import open_database
 
 BASE = dt.datetime(2026, 11, 20, 8, 0, 0)
 ONLY_A = range(0, 120)

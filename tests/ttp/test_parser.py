@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pytest
 import peewee as pw
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from txm.db.samples import SampleStore
 from txm.framing import TOO_LONG, Framer
 from txm.timestamps import format_timestamp
-from txm.ttp.parser import (ProtocolError, Request, error_reply, format_value, parse_number, parse_request,
-                            parse_samples, parse_timestamp)
+from txm.ttp.parser import (
+    ProtocolError,
+    Request,
+    error_reply,
+    format_value,
+    parse_number,
+    parse_request,
+    parse_samples,
+    parse_timestamp,
+)
 
 #: Where uploads are stored as text (the parser's timestamps become the text SQLite keeps).
 SQLITE = SampleStore(pw.SqliteDatabase(None))

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from txm.db import schema
 from txm import manage
+from txm.db import schema
 from txm.serve import ServerThread
 
 TIMEOUT = 10

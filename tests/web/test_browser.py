@@ -12,9 +12,9 @@ import re
 import pytest
 
 from tests.conftest import database_values, write_toml
-from txm.db import schema
 from txm import manage
 from txm.client import TTPClient
+from txm.db import schema
 
 TIMEOUT_MS = 20_000
 

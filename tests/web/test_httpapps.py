@@ -9,10 +9,10 @@ import pytest
 
 from tests.conftest import REPO, TXM, txm_subprocess_env
 from tests.webutil import add_user, client, login, store_samples
-from txm.db import schema
-from txm.web.httpapps import load_apps, mount_point
 from txm.config import read_settings
+from txm.db import schema
 from txm.errors import ConfigError
+from txm.web.httpapps import load_apps, mount_point
 
 EXAMPLE = REPO / "examples" / "httpapps" / "mobile.py"
 

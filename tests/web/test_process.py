@@ -11,6 +11,7 @@ import urllib.request
 
 from tests.conftest import TXM, database_values, txm_subprocess_env, write_toml
 
+
 def get(url: str) -> tuple[int, dict, str]:
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args, **kwargs):

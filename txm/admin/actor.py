@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from txm.db import schema
 from txm.config import Settings
+from txm.db import schema
 from txm.errors import TxmError
 from txm.permissions import permissions_of
 

@@ -30,17 +30,26 @@ from urllib.parse import urlencode
 
 import bottle
 
-from txm.db import schema
 from txm.admin.actor import Actor, Forbidden
 from txm.admin.alarm_emails import backlog_context, send_alarm_emails_again
 from txm.admin.base import ModelAdmin
 from txm.admin.forms import Form, FormInput, read_form, sentence
 from txm.admin.meters import preview_alarm_message, sample_data, send_test_alarm_email
 from txm.admin.people import password_fields, permission_grid
-from txm.admin.records import ALARMS, LOG, SAMPLES, Page, RecordAdmin, parse_when, selected_ids, with_article
+from txm.admin.records import (
+    ALARMS,
+    LOG,
+    SAMPLES,
+    Page,
+    RecordAdmin,
+    parse_when,
+    selected_ids,
+    with_article,
+)
 from txm.admin.registry import FORM_MODELS, registry, visible_sections
 from txm.alarms.email import POLL_SECONDS
 from txm.config import Settings
+from txm.db import schema
 from txm.errors import InvalidValue, NotFound, TxmError
 from txm.webcore import WebCore, safe_next
 

@@ -16,10 +16,10 @@ from typing import Any, Callable, Iterable, Mapping
 
 import peewee as pw
 
-from txm.db import schema
-from txm.db.sqlite import write_transaction
 from txm.admin.actor import Actor, Forbidden, log_action
 from txm.admin.forms import Field, Form, FormInput, read_form, sentence
+from txm.db import schema
+from txm.db.sqlite import write_transaction
 from txm.errors import InvalidValue, NotFound
 
 #: Rows on one page of a list.

@@ -6,14 +6,14 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from txm.alarms.email import send_test_email
-from txm.alarms.templates import check_template, render_message
-from txm.db import schema
 from txm import manage
 from txm.admin.actor import Actor
 from txm.admin.base import Column, ModelAdmin, as_ids, linked, set_links, unit_choices
 from txm.admin.forms import Field, sentence
 from txm.admin.records import ALARMS, SAMPLES
+from txm.alarms.email import send_test_email
+from txm.alarms.templates import check_template, render_message
+from txm.db import schema
 from txm.errors import InvalidValue
 
 #: Most axes a unit's graph may have.

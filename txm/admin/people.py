@@ -14,17 +14,26 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
-from txm.db import schema
-from txm.db.sqlite import write_transaction
 from txm import manage
 from txm.admin.actor import Actor, Forbidden, log_action
 from txm.admin.base import Column, ModelAdmin, as_ids, linked, set_links
 from txm.admin.forms import Field, Form, FormInput, read_form
+from txm.db import schema
+from txm.db.sqlite import write_transaction
 from txm.passwords import make_password, weakness
-from txm.permissions import ACTIONS, ALL_PERMISSIONS, PERMISSION_MODELS, permissions_of, visible_units
+from txm.permissions import (
+    ACTIONS,
+    ALL_PERMISSIONS,
+    PERMISSION_MODELS,
+    permissions_of,
+    visible_units,
+)
 from txm.timestamps import format_timestamp
-from txm.webcore import LOGIN_FAILURE_WINDOW, clear_login_failures, recent_login_failures
-
+from txm.webcore import (
+    LOGIN_FAILURE_WINDOW,
+    clear_login_failures,
+    recent_login_failures,
+)
 
 # --- permissions ---------------------------------------------------------------------------------
 

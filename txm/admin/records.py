@@ -15,11 +15,11 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import peewee as pw
 
+from txm.admin.actor import Actor, Forbidden, log_action
+from txm.admin.base import MAX_ID, PAGE_SIZE, by_id
 from txm.db import schema
 from txm.db.bulk import delete_in_batches
 from txm.db.sqlite import write_transaction
-from txm.admin.actor import Actor, Forbidden, log_action
-from txm.admin.base import MAX_ID, PAGE_SIZE, by_id
 from txm.errors import InvalidValue
 from txm.timestamps import format_timestamp
 

@@ -22,10 +22,10 @@ from typing import Any, Sequence
 
 import peewee as pw
 
-from txm.db import schema
-from txm.db.database import close_quietly
 from txm.alarms.templates import render_default_message, render_message
 from txm.config import Settings
+from txm.db import schema
+from txm.db.database import close_quietly
 from txm.errors import ConfigError, InvalidValue, TxmError
 
 log = logging.getLogger("txm.alarms")

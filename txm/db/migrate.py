@@ -16,10 +16,10 @@ from urllib.parse import unquote, urlsplit
 
 import peewee as pw
 
+from txm import config
 from txm.db import schema
 from txm.db.bulk import BATCH_SIZE
 from txm.db.database import connect_database, create_tables, fix_sequences
-from txm import config
 from txm.errors import DatabaseError, InvalidValue, TxmError
 
 _SCHEMES = {"sqlite": "sqlite3", "sqlite3": "sqlite3", "postgresql": "postgresql", "postgres": "postgresql",

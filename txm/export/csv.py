@@ -47,9 +47,9 @@ from typing import Any, BinaryIO, Iterable, Iterator, Sequence
 import peewee as pw
 
 from txm.db import schema
+from txm.db.dialect import Dialect
 from txm.db.sqlite import write_transaction
 from txm.errors import InvalidValue, TxmError
-from txm.db.dialect import Dialect
 from txm.export.ranges import parse_range
 from txm.timestamps import format_timestamp
 

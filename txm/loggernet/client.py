@@ -39,11 +39,11 @@ from dataclasses import dataclass
 
 import peewee as pw
 
+from txm.config import Settings
 from txm.db import schema
 from txm.db.database import close_quietly
 from txm.db.samples import SampleStore, UnitRecord
 from txm.db.sqlite import write_transaction
-from txm.config import Settings
 from txm.errors import ConfigError, TxmError
 from txm.framing import TOO_LONG, Framer
 from txm.loggernet import records

@@ -34,14 +34,14 @@ from typing import Any
 
 import peewee as pw
 
+from txm import net
+from txm.config import Settings
 from txm.db import schema
 from txm.db.database import close_quietly
 from txm.db.dialect import Dialect
 from txm.db.sqlite import write_transaction
-from txm.export.csv import settled_last_id
-from txm import net
-from txm.config import Settings
 from txm.errors import ConfigError
+from txm.export.csv import settled_last_id
 from txm.framing import TOO_LONG, Framer
 from txm.loggernet import records
 

@@ -18,8 +18,14 @@ from txm.alarms.email import EMAILED
 from txm.db import schema
 from txm.db.samples import UnitRecord
 from txm.timestamps import format_timestamp
-from txm.ttp.handler import Call, OK, Verb
-from txm.ttp.parser import ProtocolError, Upload, format_value, parse_alarm, parse_upload
+from txm.ttp.handler import OK, Call, Verb
+from txm.ttp.parser import (
+    ProtocolError,
+    Upload,
+    format_value,
+    parse_alarm,
+    parse_upload,
+)
 
 
 def upload(call: Call) -> str:

@@ -16,12 +16,12 @@ from urllib.parse import quote, urlencode
 
 import bottle
 
+from txm.config import Settings
 from txm.db import schema
+from txm.errors import InvalidValue
 from txm.export.csv import resolve_fields
 from txm.export.ranges import DateRange, parse_datetime, resolve_range
 from txm.export.stats import check_channels, is_stale, last_sample, samples_page
-from txm.config import Settings
-from txm.errors import InvalidValue
 from txm.permissions import visible_unit, visible_units
 from txm.timestamps import format_timestamp
 from txm.webcore import LoginRefused, WebCore
