@@ -9,6 +9,7 @@ from contextlib import closing
 
 import pytest
 
+from tests.alarms.conftest import server_settings
 from tests.conftest import fail_the_database
 from tests.smtp import SilentServer, SMTPServer, closed_port, make_certificate
 from txm import manage
@@ -41,28 +42,6 @@ def people(database):
     manage.add_user("carol", "pw")
     mailing_list_add("M1", ["alice", "bob", "carol"])
     database.close()
-
-
-def server_settings(settings, smtp_port: int, **values):
-    base = {"DS_PORT": 0, "BIND_ADDRESS": "127.0.0.1", "EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": smtp_port,
-            "EMAIL_TIMEOUT": 5.0, "DEFAULT_FROM_EMAIL": "txm@example.com", "ALARM_EMAIL_RETRY_DELAY": 0.05}
-    base.update(values)
-    return settings.replace(**base)
-
-
-@pytest.fixture
-def serve(settings, people):
-    """Start ``txm serve`` in a thread (with its email worker) against an SMTP port."""
-    running = []
-
-    def start(smtp_port: int, **values) -> ServerThread:
-        server = ServerThread(server_settings(settings, smtp_port, **values), timeout=TIMEOUT).start()
-        running.append(server)
-        return server
-
-    yield start
-    for server in running:
-        server.stop()
 
 
 def alarm_rows(code: str = "M1") -> list[schema.Alarm]:

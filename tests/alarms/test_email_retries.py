@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from tests.alarms.conftest import server_settings
 from tests.smtp import SilentServer, SMTPServer, closed_port
 from tests.webutil import add_user, client, csrf_token, login
 from txm import config, manage
@@ -39,23 +40,13 @@ def people(database):
 def serve_settings(settings, smtp_port: int, **values):
     """The SMTP server at ``smtp_port``; retries 20 ms apart at first (then twice as long each
     time); ALARM_EMAIL_ATTEMPTS and ALARM_EMAIL_MAX_AGE at their defaults."""
-    base = {"DS_PORT": 0, "BIND_ADDRESS": "127.0.0.1", "EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": smtp_port,
-            "EMAIL_TIMEOUT": 5.0, "DEFAULT_FROM_EMAIL": "txm@example.com", "ALARM_EMAIL_RETRY_DELAY": 0.02}
-    return settings.replace(**{**base, **values})
+    return server_settings(settings, smtp_port, **{"ALARM_EMAIL_RETRY_DELAY": 0.02, **values})
 
 
 @pytest.fixture
-def serve(settings, people):
-    running = []
-
-    def start(smtp_port: int, **values) -> ServerThread:
-        server = ServerThread(serve_settings(settings, smtp_port, **values), timeout=TIMEOUT).start()
-        running.append(server)
-        return server
-
-    yield start
-    for server in running:
-        server.stop()
+def serve(serve):
+    """The folder's ``serve`` with retries 20 ms apart at first."""
+    return lambda smtp_port, **values: serve(smtp_port, **{"ALARM_EMAIL_RETRY_DELAY": 0.02, **values})
 
 
 @pytest.fixture
