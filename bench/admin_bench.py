@@ -7,7 +7,7 @@ timing each reply. It measures the replies
 
 1. for a few seconds with nothing else going on (the baseline),
 2. while the admin panel's bulk deletion (:meth:`txm.admin.records.SAMPLES.delete_bulk`, batches of
-   ``txm.db.BATCH_SIZE``) removes M1's N samples in another process, as the web process would,
+   ``txm.db.bulk.BATCH_SIZE``) removes M1's N samples in another process, as the web process would,
 3. with ``--compare``: while one single ``DELETE`` statement removes the same N samples again
    (what batching avoids).
 
