@@ -442,7 +442,7 @@ def test_client_discards_an_over_long_record_and_goes_on(settings, database, cap
 
 @pytest.mark.parametrize("fmt", ["standard", "rtms"])
 def test_txm_export_server_to_txm_client(settings, source_units, fmt, monkeypatch):
-    monkeypatch.setattr("txm.loggernet.server.BATCH", 2)  # several batches, one of them full
+    monkeypatch.setattr("txm.loggernet.server.RECORDS_PER_QUERY", 2)  # several queries, one of them full
     server = ExportServer(server_settings(settings, EXPORT_FORMAT=fmt), source_units)
     with Running(server):
         client = PullClient(client_settings(settings, server.port, LOGGERNET_FORMAT=fmt), source_units,

@@ -189,7 +189,7 @@ EMAILED = ("pending", "sent", "failed")
 #: verb gives (other nodes' left-over emails, retries).
 POLL_SECONDS = 10.0
 #: Alarms claimed per look.
-CLAIM_BATCH = 50
+CLAIMS_PER_LOOK = 50
 #: Tries at recording an email's outcome in the database, and the first pause between them.
 FINISH_ATTEMPTS = 5
 FINISH_RETRY_SECONDS = 0.5
@@ -328,8 +328,8 @@ class EmailWorker:
             # Fewest attempts first: a new alarm is not kept behind a backlog of retries, and
             # while the server is down each look tries the email tried least.
             due = [row[0] for row in schema.Alarm.select(schema.Alarm.id).where(self._due(now))
-                   .order_by(schema.Alarm.email_attempts, schema.Alarm.id).limit(CLAIM_BATCH).tuples()]
-            again = len(due) == CLAIM_BATCH
+                   .order_by(schema.Alarm.email_attempts, schema.Alarm.id).limit(CLAIMS_PER_LOOK).tuples()]
+            again = len(due) == CLAIMS_PER_LOOK
             for alarm_id in due:
                 if self._stopping.is_set():
                     break

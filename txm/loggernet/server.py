@@ -52,7 +52,7 @@ CURSOR_NAME = "dataexport"
 #: Seconds between looks for a new sample while none is waiting.
 POLL_SECONDS = 0.5
 #: Records read from the database at once.
-BATCH = 200
+RECORDS_PER_QUERY = 200
 #: Longest acknowledgement line kept (its CR LF not counted); a longer one is discarded.
 MAX_ACK_BYTES = 4096
 #: Seconds a record may take to be written to a client that does not read.
@@ -270,7 +270,7 @@ class ExportServer:
                 return
             self._next_poll = now + POLL_SECONDS
             batch = self._fetch(max(self.last_acked or 0, self._scanned))
-            if len(batch) == BATCH:
+            if len(batch) == RECORDS_PER_QUERY:
                 self._next_poll = 0.0  # a backlog: the next batch as soon as this one is through
             session.queue.extend(batch)
             if not session.queue:
@@ -344,12 +344,12 @@ class ExportServer:
         if unit_ids is not None:
             sql += f" AND {d.ident('unit_id')} IN ({d.markers(len(unit_ids))})"
             params += unit_ids
-        sql += f" ORDER BY {id_col} LIMIT {BATCH}"
+        sql += f" ORDER BY {id_col} LIMIT {RECORDS_PER_QUERY}"
         cursor = self.db.cursor()
         cursor.execute(sql, params)
         rows = cursor.fetchall()
         # samples of other units need not be looked at again in this session
-        self._scanned = upto if len(rows) < BATCH else rows[-1][0]
+        self._scanned = upto if len(rows) < RECORDS_PER_QUERY else rows[-1][0]
         self._load_units({row[1] for row in rows})
         out = []
         for row in rows:

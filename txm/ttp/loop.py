@@ -27,7 +27,7 @@ log = logging.getLogger("txm.ttp")
 
 RECV_BYTES = 65536
 #: Most connections accepted per readiness event of the listening socket.
-ACCEPT_BATCH = 256
+ACCEPTS_PER_EVENT = 256
 #: The sweep for dead connections runs at least this often (seconds), even on a quiet server.
 SWEEP_SECONDS = 5.0
 #: Longest sleep in select(), so stop requests and timers are never far away.
@@ -186,7 +186,7 @@ class Loop:
             self._sweep(time.monotonic())
 
     def _accept(self, now: float) -> None:
-        for _ in range(ACCEPT_BATCH):
+        for _ in range(ACCEPTS_PER_EVENT):
             try:
                 sock, peer = self.listener.accept()
             except (BlockingIOError, InterruptedError):
