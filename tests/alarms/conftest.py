@@ -5,6 +5,9 @@ Each test module gives its own ``people`` fixture (the units and mailing lists i
 
 from __future__ import annotations
 
+import time
+from typing import Any, Callable
+
 import pytest
 
 from txm.serve import ServerThread
@@ -35,3 +38,17 @@ def serve(settings, people):
     yield start
     for server in running:
         server.stop()
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = TIMEOUT,
+               state: Callable[[], Any] | None = None) -> Any:
+    """``condition()``'s first true result, tried every 20 ms; after ``timeout`` seconds an
+    AssertionError naming ``what`` (and ``state()``, when given, to show what there was)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}" + (f": {state()}" if state else ""))
+        time.sleep(0.02)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from contextlib import closing
 
 import pytest
 
-from tests.alarms.conftest import server_settings
+from tests.alarms.conftest import server_settings, wait_until
 from tests.conftest import fail_the_database
 from tests.smtp import SilentServer, SMTPServer, closed_port, make_certificate
 from txm import manage
@@ -47,17 +46,6 @@ def people(database):
 def alarm_rows(code: str = "M1") -> list[schema.Alarm]:
     with schema.database.connection_context():
         return list(schema.Alarm.select().join(schema.Unit).where(schema.Unit.code == code).order_by(schema.Alarm.id))
-
-
-def wait_until(condition, what: str, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def statuses(code: str = "M1") -> list[str]:

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from tests.alarms.conftest import server_settings
+from tests.alarms.conftest import wait_until as wait_for
 from tests.smtp import SilentServer, SMTPServer, closed_port
 from tests.webutil import add_user, client, csrf_token, login
 from txm import config, manage
@@ -92,14 +93,9 @@ def ago(**delta) -> dt.datetime:
 
 
 def wait_until(condition, what: str, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: {[(a.email_status, a.email_attempts, a.email_error) for a in alarms()]}")
-        time.sleep(0.02)
+    """The folder's wait, showing the alarms' email states when it times out."""
+    return wait_for(condition, what, timeout,
+                    state=lambda: [(a.email_status, a.email_attempts, a.email_error) for a in alarms()])
 
 
 def data_of(received) -> list[str]:
