@@ -247,7 +247,7 @@ def _held_port() -> socket.socket:
 def sqlite_site(tmp_path):
     """A configuration naming an SQLite file that does not exist yet."""
     path = write_toml(tmp_path / "txm.toml", {"DATABASE_NAME": str(tmp_path / "txm.db"), "DS_PORT": 0,
-                                               "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
+                                              "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
     return path, tmp_path / "txm.db"
 
 

@@ -27,7 +27,7 @@ def client(settings, app=None, address: str = "192.0.2.10") -> webtest.TestApp:
 
 def add_user(username: str, password: str = "pass word 1", **fields) -> schema.User:
     return schema.User.create(username=username, password=make_password(password, iterations=TEST_ITERATIONS),
-                         **fields)
+                              **fields)
 
 
 def csrf_token(response) -> str:

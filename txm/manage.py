@@ -42,7 +42,7 @@ def syncdb(settings: Settings, database: pw.Database | None = None) -> SyncResul
     with database.atomic():
         if not schema.User.select().exists():
             schema.User.create(id=ADMIN_ID, username=ADMIN_NAME, password=make_password(DEFAULT_PASSWORD),
-                          is_staff=True, is_superuser=True, is_active=True)
+                               is_staff=True, is_superuser=True, is_active=True)
             created_admin = True
     if created_admin:
         fix_sequences(database, [schema.User])
@@ -86,7 +86,7 @@ def add_user(username: str, password: str, email: str = "", staff: bool = False,
         raise InvalidValue(f"a user named {username!r} already exists")
     check_password_value(password)
     return schema.User.create(username=username, password=make_password(password), email=email.strip(),
-                         is_staff=staff or superuser, is_superuser=superuser)
+                              is_staff=staff or superuser, is_superuser=superuser)
 
 
 def set_password(username: str, password: str) -> schema.User:
@@ -145,7 +145,7 @@ def add_unit(code: str, key: str, channels: int, name: str = "", labels: str | S
     if schema.Unit.select().where(schema.Unit.code == code).exists():
         raise InvalidValue(f"a unit with code {code!r} already exists")
     return schema.Unit.create(code=code, key=key, channels=channels, name=name,
-                         labels=parse_labels(labels, channels), show_labels=show_labels)
+                              labels=parse_labels(labels, channels), show_labels=show_labels)
 
 
 def sample_count(unit: schema.Unit) -> int:

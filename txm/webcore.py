@@ -257,7 +257,7 @@ class WebCore:
         if not token or len(token) > 128:
             return Session()
         row = (schema.WebSession.select().where((schema.WebSession.key == session_key(token))
-                                           & (schema.WebSession.expires > schema.utcnow())).first())
+                                                & (schema.WebSession.expires > schema.utcnow())).first())
         if row is None:
             return Session()
         data = row.data if isinstance(row.data, dict) else {}
@@ -286,14 +286,14 @@ class WebCore:
         if session.token is None:
             session.token = secrets.token_urlsafe(32)
             schema.WebSession.create(key=session_key(session.token), user=session.user_id, data=session.data,
-                                created=now, expires=session.expires)
+                                     created=now, expires=session.expires)
         else:
             key = session_key(session.token)
             updated = (schema.WebSession.update(user=session.user_id, data=session.data, expires=session.expires)
                        .where(schema.WebSession.key == key).execute())
             if not updated:  # deleted meanwhile (logout elsewhere, purge): store it afresh
                 schema.WebSession.create(key=key, user=session.user_id, data=session.data, created=now,
-                                    expires=session.expires)
+                                         expires=session.expires)
         session.modified = False
         response.set_cookie(COOKIE_NAME, session.token, path="/", httponly=True, samesite="lax",
                             secure=self.settings.SESSION_COOKIE_SECURE,

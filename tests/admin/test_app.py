@@ -546,11 +546,11 @@ def test_send_a_test_email(settings, database, smtp):
     ml = schema.MailingList.create(unit=unit)
     schema.MailingListMember.create(mailing_list=ml, user=schema.User.get(schema.User.username == "boss"))
     msg = schema.AlarmMessage.create(unit=unit, level=4, subject="{{ unit.name }} alarm {{ level }}",
-                                body="Value {{ data.1 }}")
+                                     body="Value {{ data.1 }}")
     page = web.get(f"{A}/alarmmessage/{msg.id}/")
     assert 'name="recipients" value="boss@example.com"' in page.text  # from the mailing list
     res = post(web, f"/alarmmessage/{msg.id}/test-email", {"recipients": "ops@example.com",
-                                                             "data": "2026-01-01 00:00:00, 7.5"}, status=303)
+                                                           "data": "2026-01-01 00:00:00, 7.5"}, status=303)
     assert "A test email was sent to ops@example.com" in res.follow().text
     (rcpts, content), = inbox.messages
     assert rcpts == ["ops@example.com"]
@@ -583,7 +583,7 @@ def test_view_and_delete_one_sample_and_one_alarm(boss):
     add_samples(unit, 2)
     sample = schema.Sample.select().order_by(schema.Sample.timestamp).first()
     alarm = schema.Alarm.create(unit=unit, level=5, data=["2026-01-01 00:00:00", "<b>9</b>"], email_status="failed",
-                           email_error="550 no such user")
+                                email_error="550 no such user")
     page = boss.get(f"{A}/sample/{sample.id}/")
     assert "2026-01-01 00:00:00" in page.text and "Delete this sample" in page.text
     assert "Are you sure" in boss.get(f"{A}/sample/{sample.id}/delete").text

@@ -13,7 +13,7 @@ def test_create_a_unit_and_a_view_then_see_them_on_the_home_page(serve_process, 
     write_toml(config_file, {**database_values(settings), "DS_PORT": 0, "HTTP_PORT": 0, "BIND_ADDRESS": "127.0.0.1"})
     manage.syncdb(settings)
     schema.User.create(username="boss", password=make_password("Boss-pass-1", iterations=1000), is_staff=True,
-                  is_superuser=True)
+                       is_superuser=True)
     schema.database.close()
     process = serve_process()
     base = f"http://127.0.0.1:{process.web_port()}"

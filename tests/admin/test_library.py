@@ -45,7 +45,7 @@ def test_unit_add_change_and_log(admin):
     assert (unit.code, unit.channels, unit.labels, unit.graph_axes) == ("M1", 3, ["Flow", "Temp"], [])
     entry = schema.LogEntry.get()
     assert (entry.action, entry.model, entry.object_id, entry.username) == ("add", "unit", str(unit.id),
-                                                                           "Administrator")
+                                                                            "Administrator")
 
     result = units.submit(admin, unit_input(name="Big mill", key="secret2", graph_axes="2",
                                             axis1_label="Flow", axis1_channels="1",

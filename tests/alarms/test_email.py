@@ -349,7 +349,7 @@ def test_send_test_email(settings, people):
         unit = schema.Unit.get(code="M1")
         with SMTPServer() as smtp:
             send_test_email(server_settings(settings, smtp.port), unit, 4, ["2026-1-1 0:0:0", "9"],
-                                   ["ops@example.com"])
+                            ["ops@example.com"])
             [got] = smtp.wait_for(1)
         assert got.rcpt_tos == ["ops@example.com"]
         assert got.message["Subject"] == "Alarm level 4 from unit M1 (North tank)"

@@ -279,7 +279,7 @@ def test_the_preview_needs_the_right_to_write_alarm_messages(settings, unit):
 
 
 def test_txm_serve_stays_small_and_answers_meters_while_alarm_messages_run_away(settings, database, serve_process,
-                                                                                 tmp_path):
+                                                                                tmp_path):
     unit = manage.add_unit("M1", "s3cret", 2, name="North tank")
     manage.add_user("alice", "pw", email="alice@example.com")
     mailing_list_add("M1", ["alice"])

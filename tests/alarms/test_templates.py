@@ -141,7 +141,7 @@ def test_subject_is_one_line_and_bounded(unit):
 
 def test_body_is_bounded(unit):
     body = render_message("s", "{% for i in range(99999) %}{% for j in range(99999) %}x{% endfor %}{% endfor %}",
-                                 unit, 1, [])[1]
+                          unit, 1, [])[1]
     assert len(body) < MAX_BODY_CHARS + 100 and body.endswith("characters]\n")
 
 
@@ -171,6 +171,6 @@ def test_templates_cannot_exhaust_memory_or_time(unit, greedy):
 
 def test_reasonable_use_of_the_same_tools_still_works(unit):
     text = render_body('{{ data.0.upper() }}|{{ "%.1f"|format(2.345) }}|{{ "%5s" % "a" }}|{{ data|join(", ") }}|'
-                  '{{ "a" ~ data.1 }}|{{ 3 * 4 }}|{{ 2 ** 10 }}|{{ data.1|replace("5", "6") }}|'
-                  '{{ "=" * 10 }}|{% for d in data %}{{ loop.index }}{% endfor %}', unit)
+                       '{{ "a" ~ data.1 }}|{{ 3 * 4 }}|{{ 2 ** 10 }}|{{ data.1|replace("5", "6") }}|'
+                       '{{ "=" * 10 }}|{% for d in data %}{{ loop.index }}{% endfor %}', unit)
     assert text == "2009-1-16 15:30:45|2.3|    a|2009-1-16 15:30:45, 11.5|a11.5|12|1024|11.6|==========|12"

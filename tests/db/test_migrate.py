@@ -40,7 +40,7 @@ def fill(settings: config.Settings) -> None:
         view = schema.View.create(name="Overview", refresh_seconds=5)
         schema.ViewEntry.create(view=view, unit=unit, channels=[1, 3], position=0)
         schema.LogEntry.create(user=alice, username="alice", action="add", model="unit", object_id=str(unit.id),
-                          object_repr="M1", change_message="created")
+                               object_repr="M1", change_message="created")
 
 
 def test_sqlite_to_backend_and_back(tmp_path, settings, backend):

@@ -185,7 +185,7 @@ def test_server_rtms_format_and_resend_after_the_timeout(settings, source_units,
 
 
 def test_server_ignores_lines_longer_than_max_ack_bytes_however_they_arrive(settings, source_units, caplog,
-                                                                           line_client):
+                                                                            line_client):
     caplog.set_level(logging.INFO, logger="txm.dataexport")
     ids = sample_ids("M1")
     with Running(ExportServer(server_settings(settings, EXPORT_RESEND_SECONDS=30), source_units)) as server:
@@ -338,7 +338,7 @@ def std(station, table, stamp, recno, *fields) -> bytes:
 
 
 def test_client_stores_then_acknowledges_and_keeps_the_connection_on_bad_records(settings, database, caplog,
-                                                                                  line_server):
+                                                                                 line_server):
     caplog.set_level(logging.INFO, logger="txm.loggernet")
     fake = line_server()
     with Running(PullClient(client_settings(settings, fake.port), database, retry_seconds=0.2)):
@@ -359,7 +359,7 @@ def test_client_stores_then_acknowledges_and_keeps_the_connection_on_bad_records
         assert samples_of("LgrSec15")[-1] == (dt.datetime(2026, 5, 1, 10, 0, 1), 13.25, None, None)
         source = schema.LoggerNetSource.get()
         assert (source.station, source.table_name, source.last_record, source.unit_id) == ("Lgr", "Sec15", 8,
-                                                                                          unit.id)
+                                                                                           unit.id)
 
 
 def test_client_acknowledges_a_resent_record_without_storing_it_twice(settings, database, caplog, line_server):
@@ -381,7 +381,7 @@ def test_client_acknowledges_a_resent_record_without_storing_it_twice(settings, 
 
 
 def test_client_uses_mapped_units_and_refuses_unknown_ones_without_auto_create(settings, database, caplog,
-                                                                                line_server):
+                                                                               line_server):
     manage.add_unit("Tank", "k", 2)
     fake = line_server()
     values = client_settings(settings, fake.port, LOGGERNET_AUTO_CREATE=False, LOGGERNET_UNITS=["Lgr.Sec15=Tank"])
@@ -474,7 +474,7 @@ class DiesBeforeAcknowledging(PullClient):
 
 
 def test_client_killed_between_securing_and_acknowledging_loses_and_repeats_nothing(settings, source_units,
-                                                                                   caplog):
+                                                                                    caplog):
     caplog.set_level(logging.INFO, logger="txm.loggernet")
     ids = sample_ids("M1")
     server = ExportServer(server_settings(settings), source_units)
@@ -552,7 +552,7 @@ def test_server_survives_a_database_failure_and_loses_no_acknowledgement(setting
     database = source_units
     if settings.DATABASE_ENGINE == "sqlite3":  # wait 0.2 s for the lock, not 10 s
         database = pw.SqliteDatabase(str(settings.sqlite_path()), timeout=0.2,
-                                            pragmas={"journal_mode": "wal", "busy_timeout": 200})
+                                     pragmas={"journal_mode": "wal", "busy_timeout": 200})
         schema.database.initialize(database)
     try:
         with caplog.at_level(logging.WARNING, logger="txm"), \

@@ -390,7 +390,7 @@ def test_plain_path_equals_careful_path(stamps, channels, data):
 
 
 _PLAIN_ALPHABET = st.sampled_from(list("<>;:-. 0123456789") + ["2009-01-16 15:30:45", "2009-12-31 23:59:59.999999",
-                                                              ".000000", ";1", ";-2.5", "><"])
+                                                               ".000000", ";1", ";-2.5", "><"])
 
 
 @settings(max_examples=500, deadline=None)

@@ -64,5 +64,5 @@ def log_action(actor: Actor, action: str, model: str, obj_id: Any, obj_repr: str
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE - 1] + "…"
     return schema.LogEntry.create(user=actor.user.id, username=actor.user.username, action=action, model=model,
-                             object_id=str(obj_id if obj_id is not None else "")[:64],
-                             object_repr=str(obj_repr)[:200], change_message=message)
+                                  object_id=str(obj_id if obj_id is not None else "")[:64],
+                                  object_repr=str(obj_repr)[:200], change_message=message)

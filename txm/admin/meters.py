@@ -323,7 +323,7 @@ def send_test_alarm_email(actor: Actor, message: schema.AlarmMessage, recipients
         if not re.fullmatch(r"[^@\s,;<>]+@[^@\s,;<>]+", address):
             raise InvalidValue(f"{address!r} is not an email address")
     send_test_email(actor.settings, message.unit, message.level,
-                           list(data if data is not None else SAMPLE_ALARM_DATA), addresses)
+                    list(data if data is not None else SAMPLE_ALARM_DATA), addresses)
     return addresses
 
 
@@ -424,5 +424,5 @@ class ViewAdmin(ModelAdmin):
         schema.ViewEntry.delete().where(schema.ViewEntry.view == obj).execute()
         if data["entries"]:
             schema.ViewEntry.insert_many([{"view": obj, "unit": unit, "channels": channels, "position": pos}
-                                     for pos, (unit, channels) in enumerate(data["entries"])]).execute()
+                                          for pos, (unit, channels) in enumerate(data["entries"])]).execute()
         return obj

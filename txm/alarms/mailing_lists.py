@@ -53,7 +53,7 @@ def mailing_list_remove(code: str, usernames: Iterable[str]) -> MailingListChang
         with write_transaction():
             for user in users:
                 if schema.MailingListMember.delete().where((schema.MailingListMember.mailing_list == mailing_list)
-                                                      & (schema.MailingListMember.user == user)).execute():
+                                                           & (schema.MailingListMember.user == user)).execute():
                     removed.append(user.username)
     return MailingListChange(unit, removed, [u.username for u in users if u.username not in removed])
 

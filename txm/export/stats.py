@@ -292,7 +292,7 @@ def samples_page(unit: schema.Unit, start: dt.datetime | None, end: dt.datetime 
         params.append(d.stamp(after))
     columns = d.idents(f"ch{n}" for n in channels)
     rows = _fetchall(db, f"SELECT {ts}, {columns} FROM {d.ident('sample')} WHERE {where} ORDER BY {ts} "
-                        f"LIMIT {int(limit)}", params)
+                     f"LIMIT {int(limit)}", params)
     return [(Dialect.to_datetime(row[0]), *(None if v is None else float(v) for v in row[1:])) for row in rows]
 
 

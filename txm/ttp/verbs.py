@@ -136,7 +136,7 @@ def alarm(call: Call) -> str:
         if recent.exists(call.db):
             status = "suppressed"
     schema.Alarm.insert(unit=unit.id, level=level, data=data, received=call.received, email_status=status,
-                   email_next_attempt=call.received if status == "pending" else None).execute(call.db)
+                        email_next_attempt=call.received if status == "pending" else None).execute(call.db)
     call.wrote = True
     if status == "pending":
         call.announce("alarm")  # txm serve wakes the email worker

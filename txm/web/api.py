@@ -31,7 +31,7 @@ def requested_range(unit: schema.Unit) -> DateRange:
     """The range a page or API call asks for (``range``, or ``from`` and ``to``)."""
     query = bottle.request.query
     return resolve_range(unit, query.getunicode("range"), query.getunicode("from"),
-                              query.getunicode("to"))
+                         query.getunicode("to"))
 
 
 def add_api_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> None:
