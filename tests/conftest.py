@@ -17,8 +17,9 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import pytest
 from click.testing import CliRunner
@@ -312,20 +313,30 @@ def serve_process(config_file):
 # --- a meter's connection ---------------------------------------------------------------------
 
 
+@contextmanager
+def closed_at_the_end(make: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+    """``make`` as a function whose every result is closed when the block ends: the body of a
+    fixture that hands a test connections, clients or servers it may open as it likes."""
+    made: list[Any] = []
+
+    def make_one(*args: Any, **kwargs: Any) -> Any:
+        thing = make(*args, **kwargs)
+        made.append(thing)
+        return thing
+
+    try:
+        yield make_one
+    finally:
+        for thing in made:
+            thing.close()
+
+
 @pytest.fixture
 def open_meter():
     """``open_meter(port)``: a raw TTP connection (:class:`tests.meter.Meter`) to 127.0.0.1:port;
     every one opened is closed at the end of the test."""
-    opened: list[Meter] = []
-
-    def connect(port: int) -> Meter:
-        meter = Meter(port)
-        opened.append(meter)
-        return meter
-
-    yield connect
-    for meter in opened:
-        meter.close()
+    with closed_at_the_end(Meter) as connect:
+        yield connect
 
 
 def fail_the_database(settings, seconds: float = 1.0) -> None:

@@ -14,7 +14,7 @@ import time
 import peewee as pw
 import pytest
 
-from tests.conftest import TXM, fail_the_database, txm_subprocess_env
+from tests.conftest import TXM, closed_at_the_end, fail_the_database, txm_subprocess_env
 from tests.samples import store_samples
 from txm import manage
 from txm.db import schema
@@ -98,16 +98,8 @@ class LineClient:
 def line_client():
     """``line_client(port)``: a :class:`LineClient` connected to 127.0.0.1:port; every one opened
     is closed at the end of the test."""
-    opened: list[LineClient] = []
-
-    def connect(port: int) -> LineClient:
-        client = LineClient(port)
-        opened.append(client)
-        return client
-
-    yield connect
-    for client in opened:
-        client.close()
+    with closed_at_the_end(LineClient) as connect:
+        yield connect
 
 
 @pytest.fixture
@@ -320,16 +312,8 @@ class LineServer:
 def line_server():
     """``line_server(port=0)``: a :class:`LineServer` listening on 127.0.0.1; every one made is closed
     (with the connections it accepted) at the end of the test."""
-    made: list[LineServer] = []
-
-    def listen_on(port: int = 0) -> LineServer:
-        server = LineServer(port)
-        made.append(server)
-        return server
-
-    yield listen_on
-    for server in made:
-        server.close()
+    with closed_at_the_end(lambda port=0: LineServer(port)) as listen_on:
+        yield listen_on
 
 
 def std(station, table, stamp, recno, *fields) -> bytes:
