@@ -158,6 +158,58 @@ def test_a_staff_user_hands_out_only_units_they_see(settings, clerk):
     assert permissions_of(me) == set(CLERK_PERMISSIONS)
 
 
+GROUP_CLERK_PERMISSIONS = ("view_group", "change_group", "delete_group", "view_user")
+
+
+def test_no_route_of_the_panel_lets_a_staff_user_strip_a_group_that_gives_more_than_they_hold(settings, database):
+    """Taking a permission away from a group, renaming or deleting it takes rights from its
+    members: a staff user who may change groups does so only for groups that give no more than
+    they hold themselves, through every route of the group."""
+    ids = objects_of_every_model()
+    secret = schema.Unit.create(code="SECRET", key="k", channels=1)
+    clerk_user = add_user("gclerk", is_staff=True)
+    for codename in GROUP_CLERK_PERMISSIONS:
+        schema.UserPermission.create(user=clerk_user, codename=codename)
+    removers = schema.Group.create(name="Unit removers")  # gives a permission the clerk lacks
+    schema.GroupPermission.create(group=removers, codename="delete_unit")
+    watchers = schema.Group.create(name="Watchers")  # lets its members see a unit the clerk does not
+    schema.GroupUnit.create(group=watchers, unit=secret)
+    chiefs = schema.Group.create(name="Chiefs")  # gives nothing more, but one member holds more
+    schema.GroupPermission.create(group=chiefs, codename="view_user")
+    chief = add_user("chief", is_staff=True)
+    schema.UserPermission.create(user=chief, codename="change_unit")
+    schema.UserGroup.create(user=chief, group=chiefs)
+    clerk = client(settings)
+    login(clerk, "gclerk")
+    token = panel_token(clerk)
+    before = every_user_row()
+    for group in (removers, watchers, chiefs):
+        routes = admin_routes(make_site(settings), {**ids, "group": group.id})["group"]
+        own = [(method, path) for method, path in routes if f"/group/{group.id}/" in path]
+        assert ("POST", f"/group/{group.id}/delete") in own and ("POST", f"/group/{group.id}/") in own
+        for method, path in own:
+            if method == "GET":
+                res = clerk.get(A + path, expect_errors=True)
+                if path == f"/group/{group.id}/":  # viewing is allowed, read-only, with the reason
+                    assert res.status_int == 200 and "only a superuser may change or delete the group" in res.text.lower()
+                    assert 'name="_save"' not in res.text, group.name
+                else:
+                    assert res.status_int == 403, f"GET {path} of {group.name}: {res.status}"
+            else:
+                form = {"csrf_token": token, "name": "Stripped", "permissions": [], "units": [], "confirm": "yes"}
+                res = clerk.post(A + path, form, expect_errors=True)
+                assert res.status_int == 403, f"POST {path} of {group.name}: {res.status}\n{res.text[-1500:]}"
+        assert every_user_row() == before, f"a route changed the group {group.name}"
+
+    # A group that gives no more than the clerk holds, with members who hold no more: changed.
+    plain = schema.Group.create(name="Plain")
+    schema.GroupPermission.create(group=plain, codename="view_user")
+    schema.UserGroup.create(user=add_user("junior"), group=plain)
+    clerk.post(f"{A}/group/{plain.id}/", {"csrf_token": token, "name": "Plainer", "permissions": []}, status=303)
+    assert schema.Group.get_by_id(plain.id).name == "Plainer"
+    assert not schema.GroupPermission.select().where(schema.GroupPermission.group == plain).exists()
+
+
 # --- 12: wrong passwords lock out the one who types them, not the owner -----------------------------
 
 

@@ -101,7 +101,7 @@ class ModelAdmin:
 
     def refusal(self, actor: Actor, obj: Any) -> str:
         """Why the actor may not change or delete this object although they hold the permission
-        to change its model ("" when they may): a user who holds more than the actor."""
+        to change its model ("" when they may): a user or group that holds more than the actor."""
         return ""
 
     def require_allowed(self, actor: Actor, obj: Any) -> None:

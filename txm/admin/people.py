@@ -356,6 +356,30 @@ class GroupAdmin(ModelAdmin):
             data["permissions"] = kept_permissions(actor, data["permissions"], held["permissions"])
             data["units"] = kept_units(actor, data["units"], held["units"])
 
+    def refusal(self, actor, obj):
+        """A non-superuser changes or deletes only groups that give no more than they hold: the
+        group's own permissions and units, and everything each member holds through any route."""
+        if actor.is_superuser:
+            return ""
+        held = self.initial(obj)
+        beyond = []
+        permissions = sorted(set(held["permissions"]) - actor.perms)
+        if permissions:
+            beyond.append("gives the permission" + ("s " if len(permissions) > 1 else " ")
+                          + ", ".join(permissions) + " that you do not hold")
+        if set(as_ids(held["units"])) - _unit_ids(actor.user):
+            beyond.append("lets its members see units that you do not see")
+        members = (schema.User.select().join(schema.UserGroup, on=schema.UserGroup.user == schema.User.id)
+                   .where(schema.UserGroup.group == obj, schema.User.id != actor.user.id)
+                   .order_by(schema.User.username))
+        stronger = [m.username for m in members if rights_beyond(actor, m)]
+        if stronger:
+            beyond.append("has members who hold more than you (" + ", ".join(stronger[:5])
+                          + (", ..." if len(stronger) > 5 else "") + ")")
+        if beyond:
+            return f"only a superuser may change or delete the group {obj.name!r}, which {' and '.join(beyond)}"
+        return ""
+
     def save(self, actor, obj, data):
         obj = self.store(obj, {"name": data["name"]})
         set_links(schema.GroupPermission, "group", obj, "codename", data["permissions"])
