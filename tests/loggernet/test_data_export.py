@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 
 from tests.conftest import TXM, closed_at_the_end, fail_the_database, txm_subprocess_env
 from tests.samples import store_samples
-from txm import manage
+from txm import config, manage
 from txm.db import schema
 from txm.db.database import close_quietly
 from txm.errors import ConfigError
@@ -254,6 +255,35 @@ def test_export_start_newest_applies_to_the_first_session_only(settings, source_
 def test_a_bad_table_name_is_a_configuration_error(settings, database):
     with pytest.raises(ConfigError, match="EXPORT_TABLE"):
         ExportServer(server_settings(settings, EXPORT_TABLE="my table"), database)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("EXPORT_ALLOWED_CLIENTS: 10.0.0.300", "line 2: EXPORT_ALLOWED_CLIENTS must be a comma-separated list of IP"),
+    ("EXPORT_ALLOWED_CLIENTS: 192.168.1.7/24", "not '192.168.1.7/24'"),  # host bits set: a typo?
+    ("EXPORT_ALLOWED_CLIENTS: 10.0.0.1, loggernet.example.com", "EXPORT_ALLOWED_CLIENTS must be"),
+    ("EXPORT_MAX_RESENDS: -1", "EXPORT_MAX_RESENDS must be a whole number of at least 0"),
+])
+def test_bad_slot_settings_stop_txm_at_start(tmp_path, text, fragment):
+    path = tmp_path / "txm.conf"
+    path.write_text(f"[dataexport]\n{text}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        config.read_settings(path)
+
+
+def test_slot_settings_in_both_formats(tmp_path):
+    conf = tmp_path / "txm.conf"
+    conf.write_text("[dataexport]\nEXPORT_ALLOWED_CLIENTS: 10.0.0.0/8, 192.168.1.7, ::1\nEXPORT_MAX_RESENDS: 0\n",
+                    encoding="utf-8")
+    toml = tmp_path / "txm.toml"
+    toml.write_text('[dataexport]\nEXPORT_ALLOWED_CLIENTS = ["10.0.0.0/8", "192.168.1.7", "::1"]\n'
+                    'EXPORT_MAX_RESENDS = 0\n', encoding="utf-8")
+    for path in (conf, toml):
+        values = config.read_settings(path)
+        assert values.EXPORT_ALLOWED_CLIENTS == ["10.0.0.0/8", "192.168.1.7", "::1"]
+        assert values.EXPORT_MAX_RESENDS == 0
+    conf.write_text("EXPORT_ALLOWED_CLIENTS: all\n", encoding="utf-8")
+    assert config.read_settings(conf).EXPORT_ALLOWED_CLIENTS == []
+    assert config.defaults().EXPORT_ALLOWED_CLIENTS == [] and config.defaults().EXPORT_MAX_RESENDS == 5
 
 
 # --- the pull client against a hand-driven server -----------------------------------------------
