@@ -72,10 +72,11 @@ def client_settings(settings, port: int, **values):
 
 
 class LineClient:
-    """A hand-driven Data Export client: read records, send whatever acknowledgement we like."""
+    """A hand-driven Data Export client: read records, send whatever acknowledgement we like.
+    ``source`` is the loopback address it connects from (127.0.0.2 is another client machine)."""
 
-    def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    def __init__(self, port: int, source: str = "127.0.0.1"):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT, source_address=(source, 0))
         self.buffer = b""
 
     def record(self, timeout: float = WAIT) -> bytes:
@@ -97,8 +98,8 @@ class LineClient:
 
 @pytest.fixture
 def line_client():
-    """``line_client(port)``: a :class:`LineClient` connected to 127.0.0.1:port; every one opened
-    is closed at the end of the test."""
+    """``line_client(port, source="127.0.0.1")``: a :class:`LineClient` connected to 127.0.0.1:port;
+    every one opened is closed at the end of the test."""
     with closed_at_the_end(LineClient) as connect:
         yield connect
 
@@ -257,7 +258,7 @@ def test_a_bad_table_name_is_a_configuration_error(settings, database):
         ExportServer(server_settings(settings, EXPORT_TABLE="my table"), database)
 
 
-# --- the one slot: dropped, taken over ---------------------------------------------------------
+# --- the one slot: dropped, taken over, restricted ---------------------------------------------
 
 
 def ack(line: bytes) -> bytes:
@@ -355,6 +356,30 @@ def test_an_active_client_keeps_the_slot(settings, source_units, caplog, line_cl
         client.send(ack(line))
         wait_for(lambda: server.acknowledged == 2, what="the acknowledgement")
     assert caplog.text.count("refused Data Export client") == 1  # once per address and minute
+
+
+@pytest.mark.parametrize("bind, allowed, listed, other", [
+    ("127.0.0.1", ["10.0.0.0/8", "127.0.0.1"], "127.0.0.1", "127.0.0.2"),
+    ("127.0.0.1", ["127.0.0.2/31"], "127.0.0.2", "127.0.0.1"),
+    ("::", ["127.0.0.1"], "127.0.0.1", "127.0.0.2"),  # IPv4 clients of a dual-stack listener
+])
+def test_only_listed_client_addresses_may_connect(settings, source_units, caplog, line_client, bind, allowed,
+                                                  listed, other):
+    caplog.set_level(logging.INFO, logger="txm.dataexport")
+    ids = sample_ids("M1")
+    with Running(ExportServer(server_settings(settings, BIND_ADDRESS=bind, EXPORT_ALLOWED_CLIENTS=allowed),
+                              source_units)) as server:
+        for _ in range(3):
+            with pytest.raises(EOFError):
+                line_client(server.port, source=other).record(timeout=5)
+        client = line_client(server.port, source=listed)
+        line = client.record()
+        assert record_number(line) == ids[0]
+        client.send(ack(line))
+        assert record_number(client.record()) == ids[1]
+    refusals = [r for r in caplog.records if "not in EXPORT_ALLOWED_CLIENTS" in r.getMessage()]
+    assert len(refusals) == 1 and other in refusals[0].getMessage()  # once per address and minute
+    assert refusals[0].levelno == logging.WARNING
 
 
 @pytest.mark.parametrize("text, fragment", [

@@ -2,7 +2,8 @@
 
 The server state diagram of the LoggerNet "Custom Client/Data Export Interface Description":
 
-* **Wait For Client** -- listening; a client connects and the session opens. A second
+* **Wait For Client** -- listening; a client connects and the session opens. A client whose
+  address is not in ``EXPORT_ALLOWED_CLIENTS`` (when that lists any) is closed at once. A second
   client while one is attached is refused -- accepted and closed at once (it retries, as the
   client diagram says, and gets in once the first has gone) -- unless the attached one is
   *silent*: it has left a record unacknowledged for ``EXPORT_RESEND_SECONDS`` or longer. Then
@@ -40,7 +41,7 @@ from typing import Any
 import peewee as pw
 
 from txm import net
-from txm.config import Settings
+from txm.config import IPNetwork, Settings, ip_networks
 from txm.db import schema
 from txm.db.database import close_quietly
 from txm.db.dialect import Dialect
@@ -75,6 +76,14 @@ def check_table_name(name: str) -> str:
     if not records._NAME_RE.fullmatch(name):
         raise ConfigError(f"EXPORT_TABLE {name!r} must be a name without spaces, commas or quotes")
     return name
+
+
+def check_allowed_clients(entries: list[str]) -> list[IPNetwork]:
+    """The networks EXPORT_ALLOWED_CLIENTS lists (none: any address may connect)."""
+    try:
+        return ip_networks(entries)
+    except ValueError as exc:
+        raise ConfigError(f"EXPORT_ALLOWED_CLIENTS: {exc}") from None
 
 
 class Pending:
@@ -157,6 +166,7 @@ class ExportServer:
         self.table = check_table_name(settings.EXPORT_TABLE)
         self.resend_seconds = settings.EXPORT_RESEND_SECONDS
         self.max_resends = settings.EXPORT_MAX_RESENDS
+        self.allowed_clients = check_allowed_clients(settings.EXPORT_ALLOWED_CLIENTS)
         self.unit_codes = list(settings.EXPORT_UNITS)
         if listener is None:
             listener = net.listen(settings.BIND_ADDRESS, settings.EXPORT_PORT, "Data Export clients", backlog=8)
@@ -255,9 +265,15 @@ class ExportServer:
             self._next_poll = 0.0
 
     def _admit(self, peer: Any) -> bool:
-        """May this new client attach? Not while the attached client is active; a silent one is
-        closed to make room."""
+        """May this new client attach? Not when its address is not allowed, nor while the attached
+        client is active; a silent one is closed to make room."""
         address = _address(peer)
+        if self.allowed_clients and not (address is not None and any(
+                address in network for network in self.allowed_clients)):
+            self._refusals.refused("not allowed", str(address), logging.WARNING,
+                                   "refused Data Export client %s: its address is not in EXPORT_ALLOWED_CLIENTS",
+                                   _peer(peer))
+            return False
         session = self.session
         if session is None:
             return True
