@@ -13,6 +13,7 @@ naming the file, the line (or key) and what was expected.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -96,11 +97,30 @@ def _list_value(value: Any) -> list[str]:
     raise ValueError
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def ip_networks(entries: list[str]) -> list[IPNetwork]:
+    """The networks of a list of IP addresses (one host) and networks such as ``192.168.1.0/24``;
+    ValueError for an entry that is neither, or a network with host bits set (``192.168.1.7/24``)."""
+    return [ipaddress.ip_network(entry) for entry in entries]
+
+
+def _networks_value(value: Any) -> list[str]:
+    entries = _list_value(value)
+    if [entry.lower() for entry in entries] == ["all"]:
+        return []
+    ip_networks(entries)
+    return entries
+
+
 BOOL = Kind("bool", "yes or no (also on/off, true/false)", _bool_text, _bool_value)
 INT = Kind("int", "a whole number", lambda t: int(t.strip()), _int_value)
 FLOAT = Kind("float", "a number", lambda t: float(t.strip()), _float_value)
 STR = Kind("str", "text", lambda t: t, _str_value)
 LIST = Kind("list", "a comma-separated list (or a TOML array of strings)", _list_text, _list_value)
+NETWORKS = Kind("networks", "a comma-separated list of IP addresses and networks such as 192.168.1.0/24 "
+                "(or a TOML array of strings), or all", _networks_value, _networks_value)
 
 
 @dataclass(frozen=True)
@@ -223,6 +243,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Where the first session starts: every stored sample, or only the newest.", choices=("all", "newest")),
     Setting("EXPORT_RESEND_SECONDS", "dataexport", FLOAT, 60.0,
             "Seconds to wait for an acknowledgement before sending the same record again.", 0.01),
+    Setting("EXPORT_MAX_RESENDS", "dataexport", INT, 5,
+            "Times a record is sent again without an acknowledgement before the client is dropped (it resumes "
+            "after the last acknowledged record when it comes back); 0: never dropped.", 0),
+    Setting("EXPORT_ALLOWED_CLIENTS", "dataexport", NETWORKS, [],
+            "Client addresses allowed to connect, as IP addresses and networks; others are closed at once. "
+            "Empty or 'all': any address."),
     Setting("EXPORT_UNITS", "dataexport", LIST, [], "Unit codes to export; empty or 'all' exports every unit."),
     # LoggerNet Data Export: txm as the custom client
     Setting("LOGGERNET_HOST", "loggernet", STR, "",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 
 from tests.conftest import TXM, closed_at_the_end, fail_the_database, txm_subprocess_env
 from tests.samples import store_samples
-from txm import manage
+from txm import config, manage
 from txm.db import schema
 from txm.db.database import close_quietly
 from txm.errors import ConfigError
@@ -71,10 +72,11 @@ def client_settings(settings, port: int, **values):
 
 
 class LineClient:
-    """A hand-driven Data Export client: read records, send whatever acknowledgement we like."""
+    """A hand-driven Data Export client: read records, send whatever acknowledgement we like.
+    ``source`` is the loopback address it connects from (127.0.0.2 is another client machine)."""
 
-    def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    def __init__(self, port: int, source: str = "127.0.0.1"):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT, source_address=(source, 0))
         self.buffer = b""
 
     def record(self, timeout: float = WAIT) -> bytes:
@@ -96,8 +98,8 @@ class LineClient:
 
 @pytest.fixture
 def line_client():
-    """``line_client(port)``: a :class:`LineClient` connected to 127.0.0.1:port; every one opened
-    is closed at the end of the test."""
+    """``line_client(port, source="127.0.0.1")``: a :class:`LineClient` connected to 127.0.0.1:port;
+    every one opened is closed at the end of the test."""
     with closed_at_the_end(LineClient) as connect:
         yield connect
 
@@ -254,6 +256,159 @@ def test_export_start_newest_applies_to_the_first_session_only(settings, source_
 def test_a_bad_table_name_is_a_configuration_error(settings, database):
     with pytest.raises(ConfigError, match="EXPORT_TABLE"):
         ExportServer(server_settings(settings, EXPORT_TABLE="my table"), database)
+
+
+# --- the one slot: dropped, taken over, restricted ---------------------------------------------
+
+
+def ack(line: bytes) -> bytes:
+    return records.format_ack(records.parse_standard(line))
+
+
+def record_number(line: bytes) -> int:
+    return records.parse_standard(line).record_number
+
+
+def until_closed(client: LineClient, most: int = 10) -> list[bytes]:
+    """The records a client receives until the server closes its connection (at most ``most``)."""
+    received = []
+    with pytest.raises(EOFError):
+        for _ in range(most):
+            received.append(client.record())
+    return received
+
+
+def test_a_client_that_never_acknowledges_is_dropped_after_export_max_resends(settings, source_units, caplog,
+                                                                              line_client):
+    caplog.set_level(logging.INFO, logger="txm.dataexport")
+    ids = sample_ids("M1") + sample_ids("M2")
+    with Running(ExportServer(server_settings(settings, EXPORT_RESEND_SECONDS=0.3, EXPORT_MAX_RESENDS=2),
+                              source_units)) as server:
+        silent = line_client(server.port)
+        silent.send(ack(silent.record()))
+        began = time.monotonic()
+        received = until_closed(silent)
+        # sent, sent again twice, then dropped after one more resend interval without an answer
+        assert [record_number(line) for line in received] == [ids[1]] * 3
+        assert time.monotonic() - began >= 3 * 0.3
+        port = silent.sock.getsockname()[1]
+        dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+        assert len(dropped) == 1 and f"127.0.0.1:{port}" in dropped[0], caplog.text
+        wait_for(lambda: server.session is None, what="the slot to be free")
+        assert cursor_value() == ids[0]
+        # the slot is free: the next client gets every record from the first unacknowledged one
+        client = line_client(server.port)
+        for expected in ids[1:]:
+            line = client.record()
+            assert record_number(line) == expected
+            client.send(ack(line))
+        wait_for(lambda: cursor_value() == ids[-1], what="every record to be acknowledged")
+
+
+def test_export_max_resends_0_never_drops_a_client(settings, source_units, line_client):
+    ids = sample_ids("M1")
+    with Running(ExportServer(server_settings(settings, EXPORT_RESEND_SECONDS=0.1, EXPORT_MAX_RESENDS=0),
+                              source_units)) as server:
+        client = line_client(server.port)
+        assert [record_number(client.record()) for _ in range(8)] == [ids[0]] * 8
+        assert server.session is not None
+
+
+def test_a_silent_client_is_taken_over_by_a_new_connection(settings, source_units, caplog, line_client):
+    caplog.set_level(logging.INFO, logger="txm.dataexport")
+    ids = sample_ids("M1") + sample_ids("M2")
+    with Running(ExportServer(server_settings(settings, EXPORT_RESEND_SECONDS=0.3, EXPORT_MAX_RESENDS=0),
+                              source_units)) as server:
+        silent = line_client(server.port)
+        silent.send(ack(silent.record()))
+        first = silent.record()
+        assert silent.record() == first  # unacknowledged for a resend interval: silent
+        newcomer = line_client(server.port)
+        line = newcomer.record()
+        assert record_number(line) == ids[1]  # resumes with the record the silent one left
+        assert set(until_closed(silent)) <= {first}  # (resends already on their way) then closed
+        assert "taken over by" in caplog.text
+        newcomer.send(ack(line))
+        assert record_number(newcomer.record()) == ids[2]
+        wait_for(lambda: cursor_value() == ids[1], what="the newcomer's acknowledgement")
+
+
+def test_an_active_client_keeps_the_slot(settings, source_units, caplog, line_client):
+    """Attached for longer than a resend interval, acknowledging everything (so now waiting for a
+    record, or owing one just sent): a new connection is refused, and logged once."""
+    caplog.set_level(logging.INFO, logger="txm.dataexport")
+    ids = sample_ids("M2")
+    with Running(ExportServer(server_settings(settings, EXPORT_UNITS=["M2"], EXPORT_RESEND_SECONDS=2.0),
+                              source_units)) as server:
+        client = line_client(server.port)
+        line = client.record()
+        assert record_number(line) == ids[0]
+        client.send(ack(line))
+        wait_for(lambda: server.acknowledged == 1, what="the acknowledgement")
+        time.sleep(2.5)  # idle, nothing owed, for longer than a resend interval
+        with pytest.raises(EOFError):
+            line_client(server.port).record(timeout=5)
+        store_samples(source_units, "M2", [(dt.datetime(2026, 3, 1), [1.0])], received=LONG_AGO)
+        line = client.record()
+        assert record_number(line) == sample_ids("M2")[-1]
+        with pytest.raises(EOFError):  # owing an acknowledgement for less than a resend interval
+            line_client(server.port).record(timeout=5)
+        client.send(ack(line))
+        wait_for(lambda: server.acknowledged == 2, what="the acknowledgement")
+    assert caplog.text.count("refused Data Export client") == 1  # once per address and minute
+
+
+@pytest.mark.parametrize("bind, allowed, listed, other", [
+    ("127.0.0.1", ["10.0.0.0/8", "127.0.0.1"], "127.0.0.1", "127.0.0.2"),
+    ("127.0.0.1", ["127.0.0.2/31"], "127.0.0.2", "127.0.0.1"),
+    ("::", ["127.0.0.1"], "127.0.0.1", "127.0.0.2"),  # IPv4 clients of a dual-stack listener
+])
+def test_only_listed_client_addresses_may_connect(settings, source_units, caplog, line_client, bind, allowed,
+                                                  listed, other):
+    caplog.set_level(logging.INFO, logger="txm.dataexport")
+    ids = sample_ids("M1")
+    with Running(ExportServer(server_settings(settings, BIND_ADDRESS=bind, EXPORT_ALLOWED_CLIENTS=allowed),
+                              source_units)) as server:
+        for _ in range(3):
+            with pytest.raises(EOFError):
+                line_client(server.port, source=other).record(timeout=5)
+        client = line_client(server.port, source=listed)
+        line = client.record()
+        assert record_number(line) == ids[0]
+        client.send(ack(line))
+        assert record_number(client.record()) == ids[1]
+    refusals = [r for r in caplog.records if "not in EXPORT_ALLOWED_CLIENTS" in r.getMessage()]
+    assert len(refusals) == 1 and other in refusals[0].getMessage()  # once per address and minute
+    assert refusals[0].levelno == logging.WARNING
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("EXPORT_ALLOWED_CLIENTS: 10.0.0.300", "line 2: EXPORT_ALLOWED_CLIENTS must be a comma-separated list of IP"),
+    ("EXPORT_ALLOWED_CLIENTS: 192.168.1.7/24", "not '192.168.1.7/24'"),  # host bits set: a typo?
+    ("EXPORT_ALLOWED_CLIENTS: 10.0.0.1, loggernet.example.com", "EXPORT_ALLOWED_CLIENTS must be"),
+    ("EXPORT_MAX_RESENDS: -1", "EXPORT_MAX_RESENDS must be a whole number of at least 0"),
+])
+def test_bad_slot_settings_stop_txm_at_start(tmp_path, text, fragment):
+    path = tmp_path / "txm.conf"
+    path.write_text(f"[dataexport]\n{text}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        config.read_settings(path)
+
+
+def test_slot_settings_in_both_formats(tmp_path):
+    conf = tmp_path / "txm.conf"
+    conf.write_text("[dataexport]\nEXPORT_ALLOWED_CLIENTS: 10.0.0.0/8, 192.168.1.7, ::1\nEXPORT_MAX_RESENDS: 0\n",
+                    encoding="utf-8")
+    toml = tmp_path / "txm.toml"
+    toml.write_text('[dataexport]\nEXPORT_ALLOWED_CLIENTS = ["10.0.0.0/8", "192.168.1.7", "::1"]\n'
+                    'EXPORT_MAX_RESENDS = 0\n', encoding="utf-8")
+    for path in (conf, toml):
+        values = config.read_settings(path)
+        assert values.EXPORT_ALLOWED_CLIENTS == ["10.0.0.0/8", "192.168.1.7", "::1"]
+        assert values.EXPORT_MAX_RESENDS == 0
+    conf.write_text("EXPORT_ALLOWED_CLIENTS: all\n", encoding="utf-8")
+    assert config.read_settings(conf).EXPORT_ALLOWED_CLIENTS == []
+    assert config.defaults().EXPORT_ALLOWED_CLIENTS == [] and config.defaults().EXPORT_MAX_RESENDS == 5
 
 
 # --- the pull client against a hand-driven server -----------------------------------------------
@@ -531,7 +686,8 @@ def test_txm_serve_refuses_to_start_with_a_bad_loggernet_setting(settings, datab
 
 def test_server_survives_a_database_failure_and_loses_no_acknowledgement(settings, source_units, caplog, line_client):
     """The acknowledgement that could not be stored is asked for again: the record is sent
-    again, and the cursor advances once the database is back."""
+    again, and the cursor advances once the database is back. The client answered every time, so
+    it is not dropped however few resends EXPORT_MAX_RESENDS allows."""
     ids = sample_ids("M1")
     database = source_units
     if settings.DATABASE_ENGINE == "sqlite3":  # wait 0.2 s for the lock, not 10 s
@@ -540,7 +696,7 @@ def test_server_survives_a_database_failure_and_loses_no_acknowledgement(setting
         schema.database.initialize(database)
     try:
         with caplog.at_level(logging.WARNING, logger="txm"), \
-                Running(ExportServer(server_settings(settings), database)) as server:
+                Running(ExportServer(server_settings(settings, EXPORT_MAX_RESENDS=1), database)) as server:
             client = line_client(server.port)
             first = client.record()
             assert records.parse_standard(first).record_number == ids[0]

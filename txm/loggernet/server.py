@@ -2,9 +2,12 @@
 
 The server state diagram of the LoggerNet "Custom Client/Data Export Interface Description":
 
-* **Wait For Client** -- listening; a client connects and the session opens. A second
-  client while one is attached is refused: accepted and closed at once (it retries, as the
-  client diagram says, and gets in once the first has gone).
+* **Wait For Client** -- listening; a client connects and the session opens. A client whose
+  address is not in ``EXPORT_ALLOWED_CLIENTS`` (when that lists any) is closed at once. A second
+  client while one is attached is refused -- accepted and closed at once (it retries, as the
+  client diagram says, and gets in once the first has gone) -- unless the attached one is
+  *silent*: it has left a record unacknowledged for ``EXPORT_RESEND_SECONDS`` or longer. Then
+  the new client takes the slot over and the silent one is closed.
 * **Wait For Record Available** -- the next sample after the last acknowledged one (in id
   order, among ``EXPORT_UNITS``) is looked for every :data:`POLL_SECONDS`; once there, it is
   sent as one record.
@@ -12,9 +15,11 @@ The server state diagram of the LoggerNet "Custom Client/Data Export Interface D
   advances (**Advance Rec**): the sample id is stored as the last acknowledged one, in the
   database, and the next record goes out. Any other acknowledgement, or a line that is not
   one, is ignored. With no valid acknowledgement for ``EXPORT_RESEND_SECONDS`` the same
-  record is sent again.
-* The session ends when the client closes the connection, on a socket error, or on stop;
-  the next session resumes after the last acknowledged record, also after a restart of txm.
+  record is sent again; when it has been sent again ``EXPORT_MAX_RESENDS`` times and still
+  goes unacknowledged, the client is dropped.
+* The session ends when the client closes the connection, on a socket error, when it is
+  dropped or taken over, or on stop; the next session resumes after the last acknowledged
+  record, also after a restart of txm.
 
 Records: station = unit code, table = ``EXPORT_TABLE``, record number = sample id,
 timestamp = the sample's time, one ``FLOAT`` field per channel named by its label (``NAN``
@@ -25,6 +30,7 @@ every stored sample (``all``) or the newest one (``newest``).
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 import selectors
 import socket
@@ -35,7 +41,7 @@ from typing import Any
 import peewee as pw
 
 from txm import net
-from txm.config import Settings
+from txm.config import IPNetwork, Settings, ip_networks
 from txm.db import schema
 from txm.db.database import close_quietly
 from txm.db.dialect import Dialect
@@ -57,6 +63,10 @@ RECORDS_PER_QUERY = 200
 MAX_ACK_BYTES = 4096
 #: Seconds a record may take to be written to a client that does not read.
 SEND_TIMEOUT = 10.0
+#: Seconds in which a refused connection is logged once per client address and reason.
+REFUSAL_LOG_SECONDS = 60.0
+#: Client addresses logged per :data:`REFUSAL_LOG_SECONDS`; refusals beyond them are counted.
+REFUSAL_LOG_ADDRESSES = 100
 
 _LISTENER = object()
 
@@ -66,6 +76,14 @@ def check_table_name(name: str) -> str:
     if not records._NAME_RE.fullmatch(name):
         raise ConfigError(f"EXPORT_TABLE {name!r} must be a name without spaces, commas or quotes")
     return name
+
+
+def check_allowed_clients(entries: list[str]) -> list[IPNetwork]:
+    """The networks EXPORT_ALLOWED_CLIENTS lists (none: any address may connect)."""
+    try:
+        return ip_networks(entries)
+    except ValueError as exc:
+        raise ConfigError(f"EXPORT_ALLOWED_CLIENTS: {exc}") from None
 
 
 class Pending:
@@ -86,10 +104,56 @@ class Session:
 
     def __init__(self, sock: socket.socket, peer: Any):
         self.sock = sock
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer = _peer(peer)
         self.framer = Framer(MAX_ACK_BYTES + 1, ends="lf", resume=True)  # + 1: the CR of a CR LF
         self.pending: Pending | None = None
         self.queue: collections.deque[Pending] = collections.deque()
+        # Since when the client owes an acknowledgement (None: it owes none), and how often the
+        # record was sent again since then.
+        self.owed_since: float | None = None
+        self.resends = 0
+
+    def owes(self, now: float | None) -> None:
+        """The client owes an acknowledgement from ``now`` on (None: it owes none)."""
+        self.owed_since = now
+        self.resends = 0
+
+    def silent_for(self, now: float) -> float:
+        """Seconds the client has left a record unacknowledged (0: it owes no acknowledgement)."""
+        return 0.0 if self.owed_since is None else now - self.owed_since
+
+
+class RefusalLines:
+    """Log lines for refused connections that cannot flood the log: the first refusal per client
+    address and reason in each :data:`REFUSAL_LOG_SECONDS`, for at most
+    :data:`REFUSAL_LOG_ADDRESSES` of them; the others are counted, and the count logged when
+    the window is over."""
+
+    def __init__(self) -> None:
+        self._logged: set[tuple[str, str]] = set()
+        self._left_out = 0
+        self._window_end = 0.0
+
+    def refused(self, reason: str, address: str, level: int, message: str, *args: Any) -> None:
+        self.roll()
+        key = (reason, address)
+        if key in self._logged or len(self._logged) >= REFUSAL_LOG_ADDRESSES:
+            self._left_out += 1
+            return
+        self._logged.add(key)
+        log.log(level, message, *args)
+
+    def roll(self) -> None:
+        """Start a new window once the current one is over, saying how many refusals it left out."""
+        now = time.monotonic()
+        if now < self._window_end:
+            return
+        if self._left_out:
+            log.info("%d more refused Data Export connection(s) not logged in the last %g s",
+                     self._left_out, REFUSAL_LOG_SECONDS)
+        self._logged.clear()
+        self._left_out = 0
+        self._window_end = now + REFUSAL_LOG_SECONDS
 
 
 class ExportServer:
@@ -101,6 +165,8 @@ class ExportServer:
         self.format = settings.EXPORT_FORMAT
         self.table = check_table_name(settings.EXPORT_TABLE)
         self.resend_seconds = settings.EXPORT_RESEND_SECONDS
+        self.max_resends = settings.EXPORT_MAX_RESENDS
+        self.allowed_clients = check_allowed_clients(settings.EXPORT_ALLOWED_CLIENTS)
         self.unit_codes = list(settings.EXPORT_UNITS)
         if listener is None:
             listener = net.listen(settings.BIND_ADDRESS, settings.EXPORT_PORT, "Data Export clients", backlog=8)
@@ -115,6 +181,7 @@ class ExportServer:
         self._next_poll = 0.0
         self._scanned = 0  # samples up to this id were looked at in this session
         self._missing_codes: set[str] = set()
+        self._refusals = RefusalLines()
 
     @property
     def description(self) -> str:
@@ -150,16 +217,23 @@ class ExportServer:
                 self._accept()
             elif self.session is not None:
                 self._read(self.session)
+        self._refusals.roll()
         session = self.session
         if session is None:
             return
         if session.pending is None:
             self._send_next(session)
         elif time.monotonic() >= session.pending.deadline:
+            pending = session.pending
+            if self.max_resends and session.resends >= self.max_resends:
+                self._end_session(f"dropped: record {pending.sample_id} of {pending.record.station} is still "
+                                  f"unacknowledged after being sent again {session.resends} time(s) "
+                                  f"(EXPORT_MAX_RESENDS); the next session starts with it")
+                return
             log.info("no acknowledgement from %s for record %s of %s within %g s; sending it again",
-                     session.peer, session.pending.sample_id, session.pending.record.station,
-                     self.resend_seconds)
-            self._send(session, session.pending)
+                     session.peer, pending.sample_id, pending.record.station, self.resend_seconds)
+            session.resends += 1
+            self._send(session, pending)
 
     def _accept(self) -> None:
         while True:
@@ -170,9 +244,7 @@ class ExportServer:
             except OSError as exc:
                 log.warning("accepting a Data Export client failed: %s", exc)
                 return
-            if self.session is not None:
-                log.info("refused Data Export client %s: %s is attached (one client at a time)",
-                         _peer(peer), self.session.peer)
+            if not self._admit(peer):
                 sock.close()
                 continue
             sock.setblocking(True)
@@ -191,6 +263,29 @@ class ExportServer:
             log.info("Data Export client %s attached; sending records after sample id %d",
                      self.session.peer, self.last_acked)
             self._next_poll = 0.0
+
+    def _admit(self, peer: Any) -> bool:
+        """May this new client attach? Not when its address is not allowed, nor while the attached
+        client is active; a silent one is closed to make room."""
+        address = _address(peer)
+        if self.allowed_clients and not (address is not None and any(
+                address in network for network in self.allowed_clients)):
+            self._refusals.refused("not allowed", str(address), logging.WARNING,
+                                   "refused Data Export client %s: its address is not in EXPORT_ALLOWED_CLIENTS",
+                                   _peer(peer))
+            return False
+        session = self.session
+        if session is None:
+            return True
+        silent, pending = session.silent_for(time.monotonic()), session.pending
+        if pending is None or silent < self.resend_seconds:
+            self._refusals.refused("busy", str(address), logging.INFO,
+                                   "refused Data Export client %s: %s is attached (one client at a time)",
+                                   _peer(peer), session.peer)
+            return False
+        self._end_session(f"taken over by {_peer(peer)}: record {pending.sample_id} of {pending.record.station} "
+                          f"unacknowledged for {silent:.1f} s")
+        return True
 
     def _read(self, session: Session) -> None:
         try:
@@ -233,9 +328,11 @@ class ExportServer:
             # not stored: the record is sent again and its next acknowledgement advances
             log.warning("database error storing the acknowledgement of record %d: %s", pending.sample_id, exc)
             close_quietly(self.db)
+            session.owes(time.monotonic())  # the client did its part: not silent, not to be dropped
             return
         self.acknowledged += 1
         session.pending = None
+        session.owes(None)
         self._send_next(session)
 
     def _end_session(self, why: str) -> None:
@@ -277,6 +374,7 @@ class ExportServer:
                 return
         pending = session.queue.popleft()
         session.pending = pending
+        session.owes(time.monotonic())
         self._send(session, pending)
 
     def _send(self, session: Session, pending: Pending) -> None:
@@ -387,3 +485,14 @@ def field_names(labels: list[str]) -> list[str]:
 
 def _peer(peer: Any) -> str:
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+
+def _address(peer: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client's IP address; an IPv4 client of a dual-stack (``::``) listener by its IPv4 address."""
+    try:
+        address = ipaddress.ip_address(peer[0])
+    except (TypeError, IndexError, ValueError):
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
