@@ -49,6 +49,7 @@ from txm.db.sqlite import write_transaction
 from txm.errors import ConfigError
 from txm.export.csv import settled_last_id
 from txm.framing import TOO_LONG, Framer
+from txm.logs import RefusalLog
 from txm.loggernet import records
 
 log = logging.getLogger("txm.dataexport")
@@ -63,10 +64,9 @@ RECORDS_PER_QUERY = 200
 MAX_ACK_BYTES = 4096
 #: Seconds a record may take to be written to a client that does not read.
 SEND_TIMEOUT = 10.0
-#: Seconds in which a refused connection is logged once per client address and reason.
+#: A refused connection is logged the first time for each client address and reason; later
+#: ones are counted, and the count logged once a minute (:class:`txm.logs.RefusalLog`).
 REFUSAL_LOG_SECONDS = 60.0
-#: Client addresses logged per :data:`REFUSAL_LOG_SECONDS`; refusals beyond them are counted.
-REFUSAL_LOG_ADDRESSES = 100
 
 _LISTENER = object()
 
@@ -123,39 +123,6 @@ class Session:
         return 0.0 if self.owed_since is None else now - self.owed_since
 
 
-class RefusalLines:
-    """Log lines for refused connections that cannot flood the log: the first refusal per client
-    address and reason in each :data:`REFUSAL_LOG_SECONDS`, for at most
-    :data:`REFUSAL_LOG_ADDRESSES` of them; the others are counted, and the count logged when
-    the window is over."""
-
-    def __init__(self) -> None:
-        self._logged: set[tuple[str, str]] = set()
-        self._left_out = 0
-        self._window_end = 0.0
-
-    def refused(self, reason: str, address: str, level: int, message: str, *args: Any) -> None:
-        self.roll()
-        key = (reason, address)
-        if key in self._logged or len(self._logged) >= REFUSAL_LOG_ADDRESSES:
-            self._left_out += 1
-            return
-        self._logged.add(key)
-        log.log(level, message, *args)
-
-    def roll(self) -> None:
-        """Start a new window once the current one is over, saying how many refusals it left out."""
-        now = time.monotonic()
-        if now < self._window_end:
-            return
-        if self._left_out:
-            log.info("%d more refused Data Export connection(s) not logged in the last %g s",
-                     self._left_out, REFUSAL_LOG_SECONDS)
-        self._logged.clear()
-        self._left_out = 0
-        self._window_end = now + REFUSAL_LOG_SECONDS
-
-
 class ExportServer:
     """The Data Export server. ``run(stop_event)`` serves until the event is set."""
 
@@ -181,7 +148,7 @@ class ExportServer:
         self._next_poll = 0.0
         self._scanned = 0  # samples up to this id were looked at in this session
         self._missing_codes: set[str] = set()
-        self._refusals = RefusalLines()
+        self._refusals = RefusalLog(log, REFUSAL_LOG_SECONDS, 0, "Data Export connection")
 
     @property
     def description(self) -> str:
@@ -217,7 +184,7 @@ class ExportServer:
                 self._accept()
             elif self.session is not None:
                 self._read(self.session)
-        self._refusals.roll()
+        self._refusals.tick()
         session = self.session
         if session is None:
             return
@@ -270,7 +237,7 @@ class ExportServer:
         address = _address(peer)
         if self.allowed_clients and not (address is not None and any(
                 address in network for network in self.allowed_clients)):
-            self._refusals.refused("not allowed", str(address), logging.WARNING,
+            self._refusals.refused(("not allowed", str(address)), logging.WARNING,
                                    "refused Data Export client %s: its address is not in EXPORT_ALLOWED_CLIENTS",
                                    _peer(peer))
             return False
@@ -279,7 +246,7 @@ class ExportServer:
             return True
         silent, pending = session.silent_for(time.monotonic()), session.pending
         if pending is None or silent < self.resend_seconds:
-            self._refusals.refused("busy", str(address), logging.INFO,
+            self._refusals.refused(("busy", str(address)), logging.INFO,
                                    "refused Data Export client %s: %s is attached (one client at a time)",
                                    _peer(peer), session.peer)
             return False

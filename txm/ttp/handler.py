@@ -68,8 +68,8 @@ from txm.config import Settings
 from txm.db.samples import SampleStore, UnitRecord
 from txm.db.schema import utcnow
 from txm.db.sqlite import SQLITE_CHECKPOINT_PAGES, Checkpointer
+from txm.logs import RefusalLog
 from txm.ttp.parser import ProtocolError, Request, error_reply
-from txm.ttp.refusals import RefusalLog
 
 log = logging.getLogger("txm.ttp")
 

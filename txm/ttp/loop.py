@@ -21,7 +21,6 @@ from txm.config import Settings
 from txm.framing import TOO_LONG, Framer
 from txm.ttp.handler import Handler
 from txm.ttp.parser import ProtocolError, Request, error_reply, parse_request
-from txm.ttp.refusals import SUMMARY_AT
 
 log = logging.getLogger("txm.ttp")
 
@@ -32,6 +31,8 @@ ACCEPTS_PER_EVENT = 256
 SWEEP_SECONDS = 5.0
 #: Longest sleep in select(), so stop requests and timers are never far away.
 MAX_WAIT = 1.0
+#: A connection that had at least this many requests refused gets a summary line when it closes.
+SUMMARY_AT = 10
 
 _LISTENER = object()
 _WAKER = object()
