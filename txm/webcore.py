@@ -548,7 +548,8 @@ class DownloadSlots:
     (a logged-in user, else an address) and in all.
 
     A download's thread is the client's for as long as the client takes to read it, and a
-    client that stops reading holds it for as long as it stays connected. Without these bounds, eight such downloads would take every thread
+    client that stops reading holds it until ``WEB_STALL_SECONDS`` closes the connection
+    (:mod:`txm.web.process`). Without these bounds, eight such downloads would take every thread
     of the web server and nobody could even log in. With them, one user (or one address) runs
     at most ``per_client`` downloads and everyone together ``at_once``, fewer than the server's
     threads; beyond, the request is answered at once with 429 (that client's bound) or 503 (the

@@ -8,12 +8,14 @@ import http.client
 import re
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
 import pytest
 import webtest
 
 from tests.conftest import closed_at_the_end, database_values, write_toml
+from tests.processes import wait_for
 from tests.samples import add_samples
 from tests.webutil import add_user
 from txm import config
@@ -168,6 +170,31 @@ def test_downloads_count_per_user_when_logged_in(big_unit, serve_process, settin
     assert status == 200 and body.count(b"\r\n") == SAMPLES + 1
     assert ("download of /units/M1/data.csv for user 'ann' refused: 2 of its downloads are running"
             in server.logged("INFO"))
+
+
+def test_stalled_downloads_are_closed_and_their_threads_freed(big_unit, serve_process, settings, config_file,
+                                                             stalled_client):
+    server = start_serve(serve_process, settings, config_file, WEB_STALL_SECONDS=2)
+    port = server.web_port()
+    stalled = [stalled_client(port, CSV_PATH, f"127.0.0.{10 + n}") for n in range(4)]
+    assert [client.status() for client in stalled] == [200] * 4
+    status, headers, body = fetch(port, CSV_PATH, "127.0.0.20")
+    assert status == 503 and headers["Retry-After"] == "30", (status, headers, body)
+    assert b"as many downloads as it may at once (4)" in body
+    # The stalled downloads are closed once they have taken nothing for 2 s ...
+    assert wait_for(lambda: server.logged("WARNING").count("which took nothing of its response") == 4, 15), \
+        server.logged()
+    for n, client in enumerate(stalled):
+        assert client.ended(5)
+        assert (f"closed the connection of 127.0.0.{10 + n}, which took nothing of its response "
+                f"(GET /units/M1/data.csv) for 2 s") in server.logged("WARNING")
+    # ... and their threads and slots are free again: eight requests at once are all served.
+    paths = [CSV_PATH] * 4 + ["/login"] * 4
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda n: fetch(port, paths[n], f"127.0.0.{30 + n}", timeout=60), range(8)))
+    assert [r[0] for r in results] == [200] * 8
+    assert all(r[2].count(b"\r\n") == SAMPLES + 1 for r in results[:4])
+    assert "Traceback" not in server.logged(), server.logged()
 
 
 def test_a_download_gives_its_slot_back_however_it_ends(settings, database):
