@@ -597,7 +597,7 @@ class DownloadSlots:
         log.info("download of %s for %s refused: %d downloads are running, the most at once", path, who,
                  self.at_once)
         raise _refusal(503, f"The server is running as many downloads as it may at once ({self.at_once}). "
-                            f"Try again in a minute.")
+                            f"Try again in half a minute.")
 
     def _release(self, client: tuple[str, Any]) -> None:
         with self._lock:
