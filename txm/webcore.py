@@ -553,8 +553,8 @@ class DownloadSlots:
     of the web server and nobody could even log in. With them, one user (or one address) runs
     at most ``per_client`` downloads and everyone together ``at_once``, fewer than the server's
     threads; beyond, the request is answered at once with 429 (that client's bound) or 503 (the
-    bound in all), a ``Retry-After`` header and a plain-text message. One slot per app, shared
-    by its threads: make one with the app (``make_app``), not one per request.
+    bound in all), a ``Retry-After`` header and a plain-text message. Make one with the app
+    (``make_app``), shared by its threads, not one per request.
     """
 
     def __init__(self, per_client: int, at_once: int):
@@ -567,11 +567,6 @@ class DownloadSlots:
     @classmethod
     def from_settings(cls, settings: Settings) -> DownloadSlots:
         return cls(settings.WEB_DOWNLOADS_PER_CLIENT, settings.WEB_DOWNLOADS_AT_ONCE)
-
-    @property
-    def running(self) -> int:
-        """Downloads running now."""
-        return self._total
 
     def stream(self, core: WebCore, pieces: Iterable[bytes]) -> Iterator[bytes]:
         """``pieces`` as the body of this request's response, holding one of the visitor's slots
@@ -619,7 +614,8 @@ def _refusal(status: int, message: str) -> bottle.HTTPResponse:
 
 class _Download:
     """A response body that gives its slot back when the server closes it (the WSGI ``close``:
-    at its end, or when the client went away) or, never started, when it is dropped."""
+    at its end, or when the client went away), or when it is dropped unclosed (an error before
+    the server took it)."""
 
     def __init__(self, slots: DownloadSlots, client: tuple[str, Any], pieces: Iterator[bytes]):
         self._slots = slots
