@@ -190,6 +190,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRUSTED_PROXY", "main", STR, "",
             "Address of a reverse proxy in front of the web interface (e.g. 127.0.0.1) whose X-Forwarded-For, "
             "-Proto and -Host headers are believed; empty: none are."),
+    # the web server's slow clients (txm.web.process, txm.webcore.DownloadSlots)
+    Setting("WEB_DOWNLOADS_PER_CLIENT", "main", INT, 2,
+            "CSV downloads one user (not logged in: one address) may run at once; more get 429 Too Many Requests.",
+            1, 6),
+    Setting("WEB_DOWNLOADS_AT_ONCE", "main", INT, 4,
+            "CSV downloads the web interface runs at once, whoever asks; more get 503. At most 6, so that 2 of "
+            "the web server's 8 threads are always free for pages.", 1, 6),
+    Setting("WEB_STALL_SECONDS", "main", FLOAT, 30.0,
+            "Seconds a web client may take none of a response waiting for it (a download it stopped reading) "
+            "before its connection is closed and the thread serving it freed.", 1.0),
     # email
     Setting("EMAIL_HOST", "email", STR, "localhost", "SMTP server that sends alarm emails."),
     Setting("EMAIL_PORT", "email", INT, 25, "SMTP server port.", 1, 65535),

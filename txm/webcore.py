@@ -77,7 +77,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, urlsplit
 
 import bottle
@@ -537,6 +537,110 @@ def clear_login_failures(username: str) -> int:
     deleted = schema.LoginFailure.delete().where(schema.LoginFailure.username == failure_key(username)).execute()
     log.info("cleared %d failed login(s) of user name %r", deleted, username[:150])
     return deleted
+
+
+#: Seconds a download refused for a bound asks the client to wait (``Retry-After``).
+DOWNLOAD_RETRY_AFTER = 30
+
+
+class DownloadSlots:
+    """Bounds on the long responses a web process streams at once (CSV downloads): per client
+    (a logged-in user, else an address) and in all.
+
+    A download's thread is the client's for as long as the client takes to read it, and a
+    client that stops reading holds it until ``WEB_STALL_SECONDS`` closes the connection
+    (:mod:`txm.web.process`). Without these bounds, eight such downloads would take every thread
+    of the web server and nobody could even log in. With them, one user (or one address) runs
+    at most ``per_client`` downloads and everyone together ``at_once``, fewer than the server's
+    threads; beyond, the request is answered at once with 429 (that client's bound) or 503 (the
+    bound in all), a ``Retry-After`` header and a plain-text message. Make one with the app
+    (``make_app``), shared by its threads, not one per request.
+    """
+
+    def __init__(self, per_client: int, at_once: int):
+        self.per_client = per_client
+        self.at_once = at_once
+        self._lock = threading.Lock()
+        self._running: dict[tuple[str, Any], int] = {}  # client -> its downloads running
+        self._total = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DownloadSlots:
+        return cls(settings.WEB_DOWNLOADS_PER_CLIENT, settings.WEB_DOWNLOADS_AT_ONCE)
+
+    def stream(self, core: WebCore, pieces: Iterable[bytes]) -> Iterator[bytes]:
+        """``pieces`` as the body of this request's response, holding one of the visitor's slots
+        until it ends or is closed; raises the 429 or 503 response over a bound (in a route)."""
+        user = core.user
+        client: tuple[str, Any] = ("user", user.id) if user is not None else ("address", core.client_address())
+        who = f"user {user.username!r}" if user is not None else core.client_address()
+        pieces = iter(pieces)
+        with self._lock:
+            mine = self._running.get(client, 0)
+            refused = mine >= self.per_client or self._total >= self.at_once
+            if not refused:
+                self._running[client] = mine + 1
+                self._total += 1
+        if not refused:
+            return _Download(self, client, pieces)
+        path = bottle.request.path
+        if mine >= self.per_client:
+            log.info("download of %s for %s refused: %d of its downloads are running", path, who, mine)
+            raise _refusal(429, f"Too many downloads at once: you have {mine} running, the most one "
+                                f"{'user' if user is not None else 'address'} may. Let one finish (or stop "
+                                f"it), then try again.")
+        log.info("download of %s for %s refused: %d downloads are running, the most at once", path, who,
+                 self.at_once)
+        raise _refusal(503, f"The server is running as many downloads as it may at once ({self.at_once}). "
+                            f"Try again in half a minute.")
+
+    def _release(self, client: tuple[str, Any]) -> None:
+        with self._lock:
+            left = self._running.get(client, 0) - 1
+            if left > 0:
+                self._running[client] = left
+            else:
+                self._running.pop(client, None)
+            self._total -= 1
+
+
+def _refusal(status: int, message: str) -> bottle.HTTPResponse:
+    response = bottle.HTTPResponse(message + "\n", status)
+    response.content_type = "text/plain; charset=utf-8"
+    response.set_header("Retry-After", str(DOWNLOAD_RETRY_AFTER))
+    response.set_header("Cache-Control", "no-store")
+    return response
+
+
+class _Download:
+    """A response body that gives its slot back when the server closes it (the WSGI ``close``:
+    at its end, or when the client went away), or when it is dropped unclosed (an error before
+    the server took it)."""
+
+    def __init__(self, slots: DownloadSlots, client: tuple[str, Any], pieces: Iterator[bytes]):
+        self._slots = slots
+        self._client = client
+        self._pieces = pieces
+        self._open = True
+
+    def __iter__(self) -> _Download:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            try:
+                close = getattr(self._pieces, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                self._slots._release(self._client)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _when(value: dt.datetime | str | None) -> str:

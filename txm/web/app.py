@@ -33,7 +33,7 @@ from txm.permissions import visible_unit, visible_units
 from txm.timestamps import TIMESTAMP_FORMAT, format_timestamp
 from txm.web.api import add_api_routes, requested_range, view_data
 from txm.web.graphs import render_graphs, unit_axes
-from txm.webcore import STATIC, LoginRefused, WebCore, safe_next
+from txm.webcore import STATIC, DownloadSlots, LoginRefused, WebCore, safe_next
 
 #: Samples per query and per piece of a CSV download.
 CSV_PAGE = 2000
@@ -132,6 +132,8 @@ def _account_routes(app: bottle.Bottle, core: WebCore) -> None:
 
 
 def _page_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> None:
+    downloads = DownloadSlots.from_settings(settings)
+
     def unit_or_404(code: str) -> schema.Unit:
         """The unit with this code if the visitor may see it, else the 404 page."""
         unit = visible_unit(core.user, code, settings.LOGIN_REQUIRED)
@@ -184,10 +186,12 @@ def _page_routes(app: bottle.Bottle, core: WebCore, settings: Settings) -> None:
         # Small pages: pieces of about 100 KB keep the web process's memory flat (large pieces
         # handed between waitress's threads leave the allocator holding megabytes).
         job = UnitExport(schema.database.obj, unit, fields, chosen.start, chosen.end, page_size=CSV_PAGE)
+        # A slot of the bounded few: a client that reads slowly, or not at all, holds a thread.
+        body = downloads.stream(core, iter_pieces(job.csv_pages()))
         bottle.response.content_type = "text/csv; charset=utf-8"
         bottle.response.set_header("Content-Disposition", f'attachment; filename="{_csv_name(unit, chosen)}"')
         bottle.response.set_header("X-Content-Type-Options", "nosniff")
-        return iter_pieces(job.csv_pages())
+        return body
 
     @app.get("/views/<view_id:int>")
     def view_slash(view_id: int):

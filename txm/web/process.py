@@ -14,8 +14,10 @@ import multiprocessing
 import os
 import signal
 import socket
+import struct
 import threading
 import time
+import weakref
 from typing import Any, Callable
 
 from txm import net
@@ -33,6 +35,9 @@ WEB_THREADS = 8
 WEB_NICENESS = 10
 #: Bytes of a response waitress holds for a slow client before the app's thread waits.
 OUTPUT_WATERMARK = 1 << 20
+#: Stalled clients are looked for about this many times per ``WEB_STALL_SECONDS`` (at most every
+#: 30 s, at least every second): a stalled one is closed within a third more than the setting.
+STALL_CHECKS = 3
 #: Seconds ``txm serve`` waits for the web process to be ready.
 START_TIMEOUT = 60.0
 #: Seconds the web process has to stop once asked, before it is terminated, then killed.
@@ -202,6 +207,53 @@ class WebService:
             self._sock = None
 
 
+def close_stalled_clients(server: Any, seconds: float) -> None:
+    """Make a waitress ``server`` close each connection whose client has taken none of a
+    response waiting for it for ``seconds`` (``WEB_STALL_SECONDS``), freeing the thread that
+    serves it.
+
+    Waitress alone never does: the thread writing a response waits, without a timeout, for the
+    client to take bytes once more than ``OUTPUT_WATERMARK`` of it is waiting
+    (``HTTPChannel._flush_outbufs_below_high_watermark``), and its ``channel_timeout`` closes
+    only connections with no request running -- nor can even those close while the kernel
+    holds unsent bytes for a client that does not read, as the loop closes a connection only
+    once its socket is writable. So a download whose client stopped reading would hold its
+    thread, and its connection, for as long as the client stays connected.
+
+    Waitress checks its connections every ``cleanup_interval`` seconds on its loop's thread
+    (``maintenance``); after its own check, this one finds the connections with output waiting
+    whose last progress (``last_activity``: bytes sent or received) is older than ``seconds``
+    and shuts their sockets down, after setting them to be reset rather than lingering on
+    close. The socket then polls writable, the loop's next send fails, and waitress closes the
+    connection on its own thread the usual way: the waiting thread wakes, the response ends
+    (``ClientDisconnected``, which waitress logs), the app's iterator is closed and the thread
+    is free. One warning is logged per connection closed.
+    """
+    own_maintenance = server.maintenance
+    closed: weakref.WeakSet = weakref.WeakSet()
+
+    def maintenance(now: float) -> None:
+        own_maintenance(now)
+        cutoff = now - seconds
+        for channel in list(server.active_channels.values()):
+            waiting = channel.total_outbufs_len or channel.close_when_flushed
+            if not waiting or channel.last_activity >= cutoff or channel in closed:
+                continue
+            closed.add(channel)
+            requests = list(channel.requests)
+            what = f"{requests[0].command} {requests[0].path}" if requests else "the end of a response"
+            try:
+                channel.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                channel.socket.shutdown(socket.SHUT_RDWR)
+            except OSError:  # closed meanwhile: nothing to free
+                continue
+            address = channel.addr[0] if isinstance(channel.addr, tuple) else channel.addr
+            log.warning("closed the connection of %s, which took nothing of its response (%s) for %.0f s",
+                        address, what, seconds)
+
+    server.maintenance = maintenance
+
+
 def _settings_state(settings: Settings) -> tuple:
     """The settings as plain picklable parts (Settings itself answers every attribute)."""
     return (dict(settings.values), dict(settings.sources), settings.path, dict(settings.httpapps),
@@ -250,10 +302,12 @@ def run_web_process(make_site: Callable[[Settings], Any], settings_state: tuple,
         if settings.TRUSTED_PROXY:
             proxy = {"trusted_proxy": settings.TRUSTED_PROXY, "trusted_proxy_count": 1,
                      "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}}
+        stall = settings.WEB_STALL_SECONDS
         server = waitress.create_server(app, sockets=[sock], threads=WEB_THREADS, ident="txm",
                                         clear_untrusted_proxy_headers=True,
                                         outbuf_high_watermark=OUTPUT_WATERMARK, outbuf_overflow=OUTPUT_WATERMARK,
-                                        **proxy)
+                                        cleanup_interval=max(1, min(30, int(stall / STALL_CHECKS))), **proxy)
+        close_stalled_clients(server, stall)
     except TxmError as exc:
         _tell(ready, (exc.exit_code, str(exc)))
         return
