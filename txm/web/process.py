@@ -18,6 +18,7 @@ import struct
 import threading
 import time
 import weakref
+from multiprocessing import resource_tracker
 from typing import Any, Callable
 
 from txm import net
@@ -127,6 +128,10 @@ class WebService:
                                         args=(self.make_site, _settings_state(self.settings), self._sock, ready_writer,
                                               stop_reader))
             self._process = process
+            # The first start of a spawned process launches multiprocessing's resource tracker,
+            # which *unblocks* SIGINT and SIGTERM once it has: launched first, it leaves the
+            # signals blocked for the spawn below.
+            resource_tracker.ensure_running()
             blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _START_SIGNALS)
             try:
                 process.start()
