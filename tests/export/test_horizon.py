@@ -309,3 +309,44 @@ def test_mariadb_without_the_process_privilege_is_a_clear_error(units, settings,
             limited.close()
     finally:
         units.execute_sql(f"DROP USER '{user}'@'%%'")
+
+
+def test_mariadb_a_connection_running_a_statement_is_waited_for(units, writer, settings, backend):
+    """InnoDB hands out an AUTO_INCREMENT value before the statement's transaction starts, so a
+    connection running a statement counts although INNODB_TRX does not list it yet: until the
+    statement ends, and then until the transaction it began (if still open) ends."""
+    if backend.name != "mysql":
+        pytest.skip("about MariaDB's transaction list")
+    horizon = Horizon.of(units)
+    first = newest_id()
+    assert horizon.settled() == first
+    inserted, commit = threading.Event(), threading.Event()
+    ids: list[int] = []
+
+    def writer_c():  # its own connection, in its own thread: its statement keeps the thread
+        c = Writer(settings)
+        try:
+            c.begin()
+            c.execute("SELECT SLEEP(2)")  # running, and no InnoDB transaction yet
+            ids.append(c.insert("M1", dt.datetime(2026, 1, 2), 2.0))
+            inserted.set()
+            commit.wait(20)
+            c.commit()
+        finally:
+            c.close()
+
+    thread = threading.Thread(target=writer_c)
+    thread.start()
+    try:
+        wait_until(lambda: units.execute_sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                                             "WHERE INFO LIKE 'SELECT SLEEP%%'").fetchone()[0], "C's statement")
+        y = writer().insert("M2", dt.datetime(2026, 1, 3), 3.0)
+        assert horizon.wait(timeout=0.5) == first < y  # several looks while C's statement runs
+        assert not inserted.is_set()
+        assert inserted.wait(20)
+        assert horizon.wait(timeout=1.0) == first  # the statement ended; its transaction is open
+        assert ids[0] > y
+    finally:
+        commit.set()
+        thread.join(20)
+    assert horizon.wait(timeout=5) == ids[0]
