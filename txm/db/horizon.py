@@ -102,7 +102,7 @@ class Horizon:
 
     def _look(self) -> None:
         if self.db.in_transaction():  # its snapshot may be older than the look, and MariaDB's would end
-            raise RuntimeError("the sample horizon is read outside a transaction")
+            raise RuntimeError("the sample horizon must be read outside a transaction")
         # H first, then what is open: the order the proof rests on
         top = int(self._sql(f"SELECT MAX({self._ident('id')}) FROM {self._ident('sample')}").fetchone()[0] or 0)
         self.newest = max(self.newest, top)

@@ -399,7 +399,7 @@ def export_csv(db: pw.Database, code: str | None, out: BinaryIO | Path | None, *
     after = upto = None
     if name:
         after = read_cursor(name)
-        upto = wait_settled(db, after, WAIT_SECONDS if wait_seconds is None else wait_seconds)
+        upto = wait_settled(db, after, wait_seconds)
     # every unit's fields and the dates are checked before anything is written
     runs = [UnitExport(db, unit, fields, start, end, after_id=after, upto_id=upto) for unit in units]
     result = CsvExportResult(cursor=name, last_id=upto)
