@@ -38,6 +38,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -48,17 +49,20 @@ import peewee as pw
 
 from txm.db import schema
 from txm.db.dialect import Dialect
+from txm.db.horizon import Horizon
 from txm.db.sqlite import write_transaction
-from txm.errors import InvalidValue, TxmError
+from txm.errors import DatabaseError, InvalidValue, TxmError
 from txm.export.ranges import parse_range
 from txm.timestamps import format_timestamp
 
+log = logging.getLogger("txm.export")
+
 #: Rows read per query.
 PAGE_SIZE = 10_000
-#: Seconds a sample must have been stored before an incremental export takes it, on database
-#: servers (PostgreSQL, MariaDB), where two writers' transactions can commit their sample ids
-#: out of order; SQLite has one writer at a time, so ids become visible in order there.
-SETTLE_SECONDS = 2.0
+#: Seconds ``txm export-csv --since-last`` waits at most, on PostgreSQL and MariaDB, for the
+#: transactions that may still commit a sample id below the newest one (:mod:`txm.db.horizon`);
+#: samples not final by then are left for the next run (and a warning says so).
+WAIT_SECONDS = 30.0
 #: The first column's name.
 TIMESTAMP_COLUMN = "timestamp"
 
@@ -137,25 +141,32 @@ def _stamp(value: Any) -> str:
 
 
 def settled_last_id(db: pw.Database, after_id: int = 0) -> int:
-    """The highest sample id an incremental export may take now (``after_id`` if none is new).
+    """The highest sample id an incremental export may take now, without waiting (``after_id``
+    if none is new): no transaction still open can commit a sample at or below it
+    (:class:`txm.db.horizon.Horizon`; on SQLite, every visible id). For a server's loop: a
+    database user without the privilege the horizon needs is logged once, and nothing is taken."""
+    horizon = Horizon.of(db)
+    try:
+        return horizon.settled(after_id)
+    except DatabaseError as exc:
+        if not horizon.reported:
+            horizon.reported = True
+            log.error("no sample is exported: %s", exc)
+        return after_id
 
-    On PostgreSQL and MariaDB the ids of samples stored in the last :data:`SETTLE_SECONDS`
-    and later are left for the next run, because a transaction still open may yet commit a
-    smaller id than one already visible. On SQLite every visible id is settled.
-    """
-    d = Dialect.of(db)
-    id_col, table = d.ident("id"), d.ident("sample")
-    cursor = db.cursor()
-    if d.kind != "sqlite":
-        cutoff = schema.utcnow() - dt.timedelta(seconds=SETTLE_SECONDS)
-        cursor.execute(f"SELECT MIN({id_col}) FROM {table} WHERE {id_col} > {d.param} "
-                       f"AND {d.ident('received')} > {d.param}", (after_id, cutoff))
-        fresh = cursor.fetchone()[0]
-        if fresh is not None:
-            return max(after_id, int(fresh) - 1)
-    cursor.execute(f"SELECT MAX({id_col}) FROM {table}")
-    top = cursor.fetchone()[0]
-    return max(after_id, int(top or 0))
+
+def wait_settled(db: pw.Database, after_id: int = 0, timeout: float | None = None) -> int:
+    """Like :func:`settled_last_id`, but waits up to ``timeout`` seconds for the transactions
+    still open to end (``txm export-csv --since-last``); what is not final by then is left for
+    the next run, with a warning (default :data:`WAIT_SECONDS`). A missing privilege is a
+    :class:`DatabaseError`."""
+    timeout = WAIT_SECONDS if timeout is None else timeout
+    horizon = Horizon.of(db)
+    upto = horizon.wait(after_id, timeout)
+    if upto < horizon.newest:
+        log.warning("samples after id %d are left for the next run: %d transaction(s) that may still store "
+                    "samples up to id %d were open after %g s", upto, horizon.open_count, horizon.newest, timeout)
+    return upto
 
 
 class UnitExport:
@@ -366,14 +377,17 @@ def _write(run: UnitExport, out: BinaryIO, progress: Progress) -> None:
 
 def export_csv(db: pw.Database, code: str | None, out: BinaryIO | Path | None, *,
                fields: str | None = None, start: str | None = None, end: str | None = None,
-               since_last: str | None = None, progress: Progress | None = None) -> CsvExportResult:
+               since_last: str | None = None, progress: Progress | None = None,
+               wait_seconds: float | None = None) -> CsvExportResult:
     """``txm export-csv``: one unit (``code``) to a binary stream or a file, or every unit
     (``code`` None) to one ``CODE.csv`` per unit in the folder ``out``.
 
     With ``since_last`` the export holds the samples stored since the last run under that
     name (sample id order) and the cursor moves on once everything is written; a file is
     written under a temporary name and renamed when complete, so a failed run leaves no
-    partial file and the next run exports the same samples again.
+    partial file and the next run exports the same samples again. On PostgreSQL and MariaDB it
+    takes only samples that are final, waiting up to ``wait_seconds`` (default
+    :data:`WAIT_SECONDS`) for transactions still open (:func:`wait_settled`).
     """
     progress = progress or Progress()
     if since_last and (start or end):
@@ -385,7 +399,7 @@ def export_csv(db: pw.Database, code: str | None, out: BinaryIO | Path | None, *
     after = upto = None
     if name:
         after = read_cursor(name)
-        upto = settled_last_id(db, after)
+        upto = wait_settled(db, after, wait_seconds)
     # every unit's fields and the dates are checked before anything is written
     runs = [UnitExport(db, unit, fields, start, end, after_id=after, upto_id=upto) for unit in units]
     result = CsvExportResult(cursor=name, last_id=upto)
