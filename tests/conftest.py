@@ -55,17 +55,21 @@ def selected_backends(config_) -> list[str]:
 def pytest_configure(config):
     config.addinivalue_line("markers", "server_databases: runs on PostgreSQL and MariaDB only, not SQLite")
     config.addinivalue_line("markers", "sqlite_only: about SQLite itself (its one write lock); runs on SQLite only")
+    config.addinivalue_line("markers", "backends(*names): about these engines only (e.g. \"postgresql\"); runs "
+                                       "on them only")
 
 
 def pytest_collection_modifyitems(config, items):
     """Tests about database servers are not collected for SQLite, nor tests about SQLite for the
-    servers (deselected, not skipped)."""
+    servers, nor tests about one engine for the others (deselected, not skipped)."""
     keep, drop = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
         backend = callspec.params.get("backend") if callspec is not None else None
+        only = item.get_closest_marker("backends")
         wrong = ((backend == "sqlite" and item.get_closest_marker("server_databases"))
-                 or (backend not in (None, "sqlite") and item.get_closest_marker("sqlite_only")))
+                 or (backend not in (None, "sqlite") and item.get_closest_marker("sqlite_only"))
+                 or (backend is not None and only is not None and backend not in only.args))
         (drop if wrong else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)

@@ -253,13 +253,12 @@ def lock_waits(db) -> bool:
     return db.execute_sql(sql).fetchone()[0] > 0
 
 
+@pytest.mark.backends("postgresql")
 def test_postgresql_a_value_taken_before_the_transaction_has_an_xid(units, writer, backend):
     """``nextval()`` runs before the inserting transaction gets an xid: a snapshot taken then
     does not list it, and its row's xmin will be above that snapshot's xmin, so "rows whose
     xmin is below the snapshot's xmin are final" would take B's larger id and skip A's. The
     horizon waits for every transaction holding the id sequence's lock."""
-    if backend.name != "postgresql":
-        pytest.skip("about PostgreSQL's sequences")
     a, b = writer(), writer()
     horizon = Horizon.of(units)
     first = newest_id()
@@ -285,9 +284,8 @@ def test_postgresql_a_value_taken_before_the_transaction_has_an_xid(units, write
     assert horizon.settled() == y
 
 
+@pytest.mark.backends("mysql")
 def test_mariadb_without_the_process_privilege_is_a_clear_error(units, settings, backend, caplog):
-    if backend.name != "mysql":
-        pytest.skip("about MariaDB's privileges")
     user = f"txm_np_{settings.DATABASE_NAME[-8:]}"
     units.execute_sql(f"CREATE USER '{user}'@'%%' IDENTIFIED BY 'secret'")
     try:
@@ -311,12 +309,11 @@ def test_mariadb_without_the_process_privilege_is_a_clear_error(units, settings,
         units.execute_sql(f"DROP USER '{user}'@'%%'")
 
 
+@pytest.mark.backends("mysql")
 def test_mariadb_a_connection_running_a_statement_is_waited_for(units, writer, settings, backend):
     """InnoDB hands out an AUTO_INCREMENT value before the statement's transaction starts, so a
     connection running a statement counts although INNODB_TRX does not list it yet: until the
     statement ends, and then until the transaction it began (if still open) ends."""
-    if backend.name != "mysql":
-        pytest.skip("about MariaDB's transaction list")
     horizon = Horizon.of(units)
     first = newest_id()
     assert horizon.settled() == first

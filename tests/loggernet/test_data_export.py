@@ -26,7 +26,7 @@ from txm.loggernet.client import PullClient, parse_unit_map
 from txm.loggernet.server import CURSOR_NAME, MAX_ACK_BYTES, ExportServer
 from txm.net import listen
 
-LONG_AGO = dt.datetime(2026, 1, 1)  # "received": settled at once, also on database servers
+LONG_AGO = dt.datetime(2026, 1, 1)  # "received": any time will do (what is final depends on open transactions)
 WAIT = 20.0
 
 
