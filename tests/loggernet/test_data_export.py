@@ -501,13 +501,15 @@ def test_a_line_that_names_no_record_is_quarantined_once_and_not_acknowledged(se
         fake.accept()
         fake.send(garbage)
         fake.send(garbage)  # the server sends it again after its resend interval
+        fake.send(std("Lg\x00r", "T", "2026-05-01 10:00:01", 1, ("V", "FLOAT", "1")))  # a NUL makes no name
         fake.no_ack(0.5)
         fake.send(std("Lgr", "T", "2026-05-01 10:00:02", 2, ("V", "FLOAT", "2")))
         assert fake.ack() == b"Lgr,T,2\r\n"
-    (row,) = schema.QuarantinedRecord.select()
+    row, nul = schema.QuarantinedRecord.select().order_by(schema.QuarantinedRecord.id)
     assert (row.station, row.table_name, row.record_number, row.acknowledged) == ("", "", "", False)
     assert row.raw == garbage[:-2].decode().replace("\x00", "\ufffd")  # PostgreSQL text holds no NUL
     assert "expected a comma after item 3" in row.reason
+    assert "control character" in nul.reason and nul.raw.startswith('"Lg\ufffdr","T"') and not nul.acknowledged
     assert "record not acknowledged" in caplog.text
 
 

@@ -285,6 +285,9 @@ class PullClient:
         except pw.PeeweeException as exc:
             close_quietly(self.db)
             return Outcome(None, f"{reason}; quarantining it failed too: database error: {first_line(exc)}")
+        except Exception as exc:  # a bug must not end the pull: log it, do not acknowledge
+            log.exception("quarantining a record failed")
+            return Outcome(None, f"{reason}; quarantining it failed too: internal error: {type(exc).__name__}")
         if new:
             self.quarantined += 1
         if identity is None:

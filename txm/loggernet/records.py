@@ -50,7 +50,9 @@ NUMERIC_TYPES = ("FLOAT", "INTEGER")  # and DECIMAL(p,s)
 
 _TYPE_RE = re.compile(r"TIMESTAMP|FLOAT|INTEGER|DECIMAL\(\d{1,2},\d{1,2}\)|VARCHAR\(\d+\)")
 _STAMP_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?")
-_NAME_RE = re.compile(r"[^\s,'\"]+")  # LoggerNet names array elements Temp(1), Temp(2)
+# LoggerNet names array elements Temp(1), Temp(2); a control character (a NUL, which PostgreSQL
+# text cannot hold) makes no name.
+_NAME_RE = re.compile(r"[^\s,'\"\x00-\x1f\x7f]+")
 _RECNO_RE = re.compile(r"\d+")
 _NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(NAN|INF|nan|inf|NaN|Inf)")
 
@@ -416,7 +418,7 @@ def _text(line: bytes | str) -> str:
 
 def _check_name(name: str, what: str) -> None:
     if not _NAME_RE.fullmatch(name):
-        raise RecordError(f"{what} {name!r} is empty or holds a space, comma or quote")
+        raise RecordError(f"{what} {name[:80]!r} is empty or holds a space, comma, quote or control character")
 
 
 #: Most digits a record number may have: LoggerNet's are DECIMAL(10,0), and Python reads no
