@@ -59,7 +59,7 @@ class RateLimitedLog:
             self._left_out += 1
             return
         self._lines += 1
-        self.log.log(level, message, *args)
+        self.log.log(level, message, *args, stacklevel=2)
 
     def _roll(self, now: float) -> None:
         if self._left_out:

@@ -492,6 +492,22 @@ def test_client_quarantines_records_it_cannot_store_acknowledges_them_and_goes_o
     assert "OverflowError" not in caplog.text and "Traceback" not in caplog.text
 
 
+def test_a_flood_of_bad_records_is_quarantined_without_flooding_the_log(settings, database, caplog, line_server):
+    from txm.loggernet.client import QUARANTINE_LOG_LINES
+
+    fake = line_server()
+    with Running(PullClient(client_settings(settings, fake.port), database, retry_seconds=0.2)) as client:
+        fake.accept()
+        for recno in range(1, 2 * QUARANTINE_LOG_LINES + 1):
+            fake.send(f'"Lgr","T","2026-05-01 10:00:00","{recno}","V","FLOAT","high"\r\n'.encode())
+        for recno in range(1, 2 * QUARANTINE_LOG_LINES + 1):
+            assert fake.ack() == f"Lgr,T,{recno}\r\n".encode()
+        assert client.quarantined == 2 * QUARANTINE_LOG_LINES
+    assert schema.QuarantinedRecord.select().count() == 2 * QUARANTINE_LOG_LINES
+    assert caplog.text.count("quarantined record Lgr/T ") == QUARANTINE_LOG_LINES
+    assert f"{QUARANTINE_LOG_LINES} more quarantined record(s) left out of the log" in caplog.text
+
+
 def test_a_line_that_names_no_record_is_quarantined_once_and_not_acknowledged(settings, database, caplog,
                                                                              line_server):
     fake = line_server()
