@@ -508,6 +508,19 @@ def test_a_flood_of_bad_records_is_quarantined_without_flooding_the_log(settings
     assert f"{QUARANTINE_LOG_LINES} more quarantined record(s) left out of the log" in caplog.text
 
 
+def test_a_long_record_is_quarantined_whole(settings, database, line_server):
+    """A record of 5,000 fields (over 100 KB, more than a MySQL TEXT holds) is kept entire."""
+    fake = line_server()
+    line = std("Lgr", "T", "2026-05-01 10:00:00", 1, *[(f"F{i}", "FLOAT", "1.5") for i in range(4999)],
+               ("Last", "FLOAT", "over"))
+    assert len(line) > 100_000
+    with Running(PullClient(client_settings(settings, fake.port), database, retry_seconds=0.2)):
+        fake.accept()
+        fake.send(line)
+        assert fake.ack() == b"Lgr,T,1\r\n"
+    assert schema.QuarantinedRecord.get().raw == line[:-2].decode()
+
+
 def test_a_line_that_names_no_record_is_quarantined_once_and_not_acknowledged(settings, database, caplog,
                                                                              line_server):
     fake = line_server()

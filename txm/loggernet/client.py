@@ -66,8 +66,9 @@ RETRY_SECONDS = 5.0
 CONNECT_TIMEOUT = 10.0
 #: Longest wait in one socket read, so a stop request is seen quickly.
 READ_SLICE = 0.25
-#: Seconds over which quarantine lines are counted, and lines logged per window beyond each
-#: station/table/reason's first; a flood of bad records is summed up in one line.
+#: Seconds over which lines about quarantined (or unacknowledged) records are counted, and lines
+#: logged per window beyond each station/table/reason's first; a flood of bad records is summed
+#: up in one line.
 QUARANTINE_LOG_WINDOW = 60.0
 QUARANTINE_LOG_LINES = 20
 #: The longest reason kept with a quarantined record, or logged.
@@ -249,6 +250,8 @@ class PullClient:
         self.quarantined = 0
         self.quarantine_log = RateLimitedLog(log, "quarantined record(s)", QUARANTINE_LOG_WINDOW,
                                              QUARANTINE_LOG_LINES)
+        self.unacknowledged_log = RateLimitedLog(log, "unacknowledged record(s)", QUARANTINE_LOG_WINDOW,
+                                                 QUARANTINE_LOG_LINES)
 
     @property
     def description(self) -> str:
@@ -320,6 +323,7 @@ class PullClient:
                     sock.close()
         finally:
             self.quarantine_log.flush()
+            self.unacknowledged_log.flush()
             close_quietly(self.db)
 
     def _connect(self, stop: threading.Event) -> socket.socket | None:
@@ -364,10 +368,10 @@ class PullClient:
                     continue
                 outcome = self.handle_line(line.rstrip(b"\r"))
                 if outcome.ack is None:
-                    self.quarantine_log.event(("not acknowledged", outcome.reason[:40]), logging.WARNING,
-                                              "record not acknowledged%s: %s: %r",
-                                              " (quarantined)" if outcome.quarantined else "", outcome.reason,
-                                              line[:120])
+                    self.unacknowledged_log.event((outcome.reason[:40],), logging.WARNING,
+                                                  "record not acknowledged%s: %s: %r",
+                                                  " (quarantined)" if outcome.quarantined else "", outcome.reason,
+                                                  line[:120])
                     continue
                 log.debug("record %s %s; acknowledging it", outcome.ack.decode("utf-8", "replace").strip(),
                           "stored" if outcome.stored else "already stored")
