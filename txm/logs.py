@@ -2,18 +2,16 @@
 or journald under systemd), with time, level and where it comes from. Never unit keys or
 passwords: the code that logs leaves them out.
 
-Refusals reach the log through :class:`RefusalLog`, which cannot be flooded: a meter sending
-garbage or a scanner trying keys can make thousands of refusals a second, and one log line each
-filled 16 MB in 20 s. The first refusal of each kind (what the server refused and what it
-concerns: a reply code and unit code, a reason and client address) is always logged, then at most
-``lines_per_window`` lines per ``window_seconds``, and the log says how many it left out."""
+Events that can come thousands a second reach the log through :class:`RateLimitedLog`: a meter
+sending garbage or a scanner trying keys made 214,000 lines (16 MB) in 20 s when each refusal had
+its own line."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -30,32 +28,27 @@ def log_to_stderr(level: int = logging.INFO, loggers: Iterable[str] = ("txm",)) 
         logger.propagate = False
 
 
-#: Seconds over which refusal lines are counted (the TTP server's window).
-WINDOW_SECONDS = 10.0
-#: Refusal lines logged per window beyond each kind's first (the TTP server's budget).
-LINES_PER_WINDOW = 50
-#: Kinds remembered as seen (first occurrences always logged); forgotten all at once past this.
-MAX_KINDS = 10_000
+class RateLimitedLog:
+    """Logging of events that can come thousands a second (refused TTP requests, quarantined
+    LoggerNet records) without flooding the log: the first event of each kind always, then at
+    most ``lines_per_window`` lines per ``window_seconds``, and one line saying how many were
+    left out. Kinds seen are remembered up to ``max_kinds``, then forgotten all at once."""
 
-
-class RefusalLog:
-    """Rate-limited logging of refusals (see the module docstring). ``what`` names the refused
-    thing in the line that counts those left out ("request", "Data Export connection")."""
-
-    def __init__(self, log: logging.Logger, window_seconds: float = WINDOW_SECONDS,
-                 lines_per_window: int = LINES_PER_WINDOW, what: str = "request", clock=time.monotonic):
+    def __init__(self, log: logging.Logger, what: str, window_seconds: float = 10.0, lines_per_window: int = 50,
+                 max_kinds: int = 10_000, clock: Callable[[], float] = time.monotonic):
         self.log = log
+        self.what = what  # "refused request(s)": what the left-out line counts
         self.window_seconds = window_seconds
         self.lines_per_window = lines_per_window
-        self.what = what
+        self.max_kinds = max_kinds
         self._clock = clock
         self._seen: set[tuple] = set()
         self._window_end = 0.0
         self._lines = 0
         self._left_out = 0
 
-    def refused(self, kind: tuple, level: int, message: str, *args) -> None:
-        """Log a refusal of this ``kind`` unless the window's budget is spent (its first is kept)."""
+    def event(self, kind: tuple, level: int, message: str, *args) -> None:
+        """Log an event of this ``kind`` unless the window's budget is spent (its first is kept)."""
         if not self.log.isEnabledFor(level):
             return
         now = self._clock()
@@ -63,18 +56,18 @@ class RefusalLog:
             self._roll(now)
         first = kind not in self._seen
         if first:
-            if len(self._seen) >= MAX_KINDS:
+            if len(self._seen) >= self.max_kinds:
                 self._seen.clear()
             self._seen.add(kind)
         elif self._lines >= self.lines_per_window:
             self._left_out += 1
             return
         self._lines += 1
-        self.log.log(level, message, *args)
+        self.log.log(level, message, *args, stacklevel=2)
 
     def tick(self) -> None:
         """Say how many were left out as soon as their window is over (for a loop that calls it
-        on each pass; without it the count comes with the next refusal or :meth:`flush`)."""
+        on each pass; without it the count comes with the next event or :meth:`flush`)."""
         if self._left_out:
             now = self._clock()
             if now >= self._window_end:
@@ -82,8 +75,8 @@ class RefusalLog:
 
     def _roll(self, now: float) -> None:
         if self._left_out:
-            self.log.warning("%d more refused %s(s) left out of the log in the last %.0f s",
-                             self._left_out, self.what, self.window_seconds)
+            self.log.warning("%d more %s left out of the log in the last %.0f s", self._left_out, self.what,
+                             self.window_seconds)
         self._window_end = now + self.window_seconds
         self._lines = self._left_out = 0
 

@@ -20,8 +20,8 @@ from txm.errors import NotFound
 
 ACTIONS = ("view", "add", "change", "delete")
 #: The models the admin panel manages, by the name used in permission codenames.
-PERMISSION_MODELS = ("user", "group", "unit", "sample", "alarm", "mailinglist", "alarmmessage", "view",
-                     "logentry")
+PERMISSION_MODELS = ("user", "group", "unit", "sample", "alarm", "quarantinedrecord", "mailinglist", "alarmmessage",
+                     "view", "logentry")
 ALL_PERMISSIONS = tuple(f"{action}_{model}" for model in PERMISSION_MODELS for action in ACTIONS)
 
 

@@ -43,13 +43,15 @@ def objects_of_every_model() -> dict[str, int]:
     msg = schema.AlarmMessage.create(unit=unit, level=1, subject="s", body="b")
     view = schema.View.create(name="V")
     entry = schema.LogEntry.create(username="x", action="add", model="unit", object_id=str(unit.id), object_repr="M1")
+    quarantined = schema.QuarantinedRecord.create(station="Lgr", table_name="T", record_number="1", reason="r",
+                                                  acknowledged=True, digest="0" * 64, raw='"Lgr","T"')
     return {"unit": unit.id, "sample": schema.Sample.select().first().id, "alarm": alarm.id, "user": user.id,
             "group": group.id, "mailinglist": ml.id, "alarmmessage": msg.id, "view": view.id,
-            "logentry": entry.id}
+            "logentry": entry.id, "quarantinedrecord": quarantined.id}
 
 
 def snapshot_database() -> dict:
     return {model.__name__: sorted(tuple(sorted((k, str(v)) for k, v in row.items()))
                                    for row in model.select().dicts())
             for model in (schema.Unit, schema.Sample, schema.Alarm, schema.User, schema.Group, schema.MailingList, schema.AlarmMessage, schema.View,
-                          schema.ViewEntry, schema.UserPermission, schema.GroupPermission)}
+                          schema.ViewEntry, schema.UserPermission, schema.GroupPermission, schema.QuarantinedRecord)}

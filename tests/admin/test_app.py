@@ -601,3 +601,54 @@ def test_view_and_delete_one_sample_and_one_alarm(boss):
     assert not schema.Alarm.select().exists()
     assert latest_log().model == "alarm" and latest_log().action == "delete"
     assert boss.get(f"{A}/alarm/{alarm.id}/", status=404)
+
+
+def quarantine(n: int, **fields) -> schema.QuarantinedRecord:
+    values = {"server": "logger.example:1200", "format": "standard", "station": "Lgr", "table_name": "T",
+              "record_number": str(n), "reason": f"field V (FLOAT) holds 'x{n}', not a number", "acknowledged": True,
+              "digest": f"{n:064d}", "raw": f'"Lgr","T","2026-05-01 10:00:00","{n}","V","FLOAT","<b>x{n}</b>"'}
+    values.update(fields)
+    return schema.QuarantinedRecord.create(**values)
+
+
+def test_quarantined_loggernet_records_are_listed_shown_and_deleted(boss):
+    first = quarantine(1)
+    second = quarantine(2, station="Other", acknowledged=False, record_number="", table_name="")
+    third = quarantine(3)
+    index = boss.get(A + "/")
+    assert "Quarantined records" in index.text and "LoggerNet client could not store" in index.text and 'href="/admin/quarantinedrecord/"' in index.text
+    listing = boss.get(A + "/quarantinedrecord/")
+    assert all(f'href="/admin/quarantinedrecord/{q.id}/"' in listing.text for q in (first, second, third))
+    assert listing.text.index(f"/quarantinedrecord/{third.id}/") < listing.text.index(f"/quarantinedrecord/{first.id}/")
+    narrowed = boss.get(A + "/quarantinedrecord/", {"station": "Other"})
+    assert f"/quarantinedrecord/{second.id}/" in narrowed.text and f"/quarantinedrecord/{first.id}/" not in narrowed.text
+    detail = boss.get(f"{A}/quarantinedrecord/{first.id}/")
+    assert "&#34;Lgr&#34;,&#34;T&#34;" in detail.text or "&quot;Lgr&quot;,&quot;T&quot;" in detail.text
+    assert "&lt;b&gt;x1&lt;/b&gt;" in detail.text and "<b>x1</b>" not in detail.text  # the raw text, escaped
+    assert "not a number" in detail.text and "logger.example:1200" in detail.text and "Delete this record" in detail.text
+    assert "names no record" in boss.get(f"{A}/quarantinedrecord/{second.id}/").text
+    # no add or change: the record stays as it arrived
+    boss.get(A + "/quarantinedrecord/add", status=404)
+    assert "<form" not in detail.text.split("<main>")[1].split("Delete this record")[0]
+
+    res = post(boss, f"/quarantinedrecord/{first.id}/delete", {}, status=303)
+    assert res.location.endswith("/admin/quarantinedrecord/")
+    assert latest_log().model == "quarantinedrecord" and latest_log().object_repr == "LoggerNet record Lgr/T 1"
+    post(boss, "/quarantinedrecord/delete-selected", {"ids": [second.id, third.id], "confirm": "yes",
+                                                      "back": A + "/quarantinedrecord/"}, status=303)
+    assert not schema.QuarantinedRecord.select().exists()
+    boss.get(f"{A}/quarantinedrecord/{first.id}/", status=404)
+    boss.get(A + "/quarantinedrecord/delete-all", status=404)  # "delete all" goes unit by unit: not for these
+
+
+def test_quarantined_records_need_their_permissions(web):
+    record = quarantine(1)
+    clerk = add_user("clerk", is_staff=True)
+    login(web, "clerk")
+    web.get(A + "/quarantinedrecord/", status=403)
+    schema.UserPermission.create(user=clerk, codename="view_quarantinedrecord")
+    assert "Delete this record" not in web.get(f"{A}/quarantinedrecord/{record.id}/").text
+    post(web, f"/quarantinedrecord/{record.id}/delete", {}, status=403)
+    schema.UserPermission.create(user=clerk, codename="delete_quarantinedrecord")
+    post(web, f"/quarantinedrecord/{record.id}/delete", {}, status=303)
+    assert not schema.QuarantinedRecord.select().exists()

@@ -100,7 +100,23 @@ def test_series_unreduced_when_it_fits(database):
     s = stats.series(unit, None, None, [1, 2], limit=10)
     assert not s.reduced and s.total == 10
     assert s.lines[1] == [(r[0], r[1][0]) for r in rows]
-    assert len(s.lines[2]) == 9  # the missing value is left out
+    assert s.lines[2] == [(r[0], r[1][1]) for r in rows]  # the missing value is a gap: (time, None)
+
+
+def test_non_finite_values_stored_by_an_older_client_read_as_no_value(database, settings):
+    """The LoggerNet client once stored INF as an infinity: pages, API and lines read no value."""
+    if settings.DATABASE_ENGINE == "mysql":
+        pytest.skip("MariaDB/MySQL cannot store an infinity")
+    unit = _unit(channels=2)
+    inf = float("inf")
+    rows = [(BASE, [1.0, 1.0]), (BASE + dt.timedelta(seconds=1), [inf, 2.0]),
+            (BASE + dt.timedelta(seconds=2), [3.0, -inf])]
+    store_samples(unit, rows)
+    assert [r[1:] for r in samples_page(unit, None, None, [1, 2])] == [(1.0, 1.0), (None, 2.0), (3.0, None)]
+    assert last_sample(unit).values == [3.0, None]
+    series = stats.series(unit, None, None, [1, 2], limit=10)
+    assert series.lines[1] == [(BASE, 1.0), (rows[1][0], None), (rows[2][0], 3.0)]
+    assert series.lines[2] == [(BASE, 1.0), (rows[1][0], 2.0)]
 
 
 def test_reduced_series_keeps_every_peak_and_respects_the_limit(database):
@@ -170,7 +186,7 @@ def _reference(rows, start, end, limit):
                       statistics.stdev(values) if len(values) > 1 else None,
                       present[0][0] if present else None, present[-1][0] if present else None))
     if len(inside) <= limit:
-        lines = {n + 1: [(t, v[n]) for t, v in inside if v[n] is not None] for n in range(channels)}
+        lines = {n + 1: _gapped([(t, v[n]) for t, v in inside]) for n in range(channels)}
         return len(inside), stats, lines, False
     first, last = inside[0][0], inside[-1][0]
     micro = dt.timedelta(microseconds=1)
@@ -178,17 +194,31 @@ def _reference(rows, start, end, limit):
     buckets: dict[int, list] = {}
     for t, v in inside:
         buckets.setdefault((t - first) // micro // width, []).append((t, v))
-    lines = {n + 1: [] for n in range(channels)}
+    points: dict[int, list] = {n + 1: [] for n in range(channels)}
     for key in sorted(buckets):
         members = buckets[key]
         t_first, t_last = members[0][0], members[-1][0]
         for n in range(channels):
             values = [v[n] for _, v in members if v[n] is not None]
-            if values:
-                lines[n + 1].append((t_first, min(values)))
-                if t_last != t_first:
-                    lines[n + 1].append((t_last, max(values)))
-    return len(inside), stats, lines, True
+            if not values:  # samples, none with a value: a gap
+                points[n + 1].append((t_first, None))
+                continue
+            points[n + 1].append((t_first, min(values)))
+            if t_last != t_first:
+                points[n + 1].append((t_last, max(values)))
+    return len(inside), stats, {n: _gapped(line) for n, line in points.items()}, True
+
+
+def _gapped(points: list) -> list:
+    """A line as a graph gets it: where values are missing, one None point (a gap) at the first
+    of them, after a value; nothing at the start or the end."""
+    line: list = []
+    for t, v in points:
+        if v is not None or (line and line[-1][1] is not None):
+            line.append((t, v))
+    if line and line[-1][1] is None:
+        line.pop()
+    return line
 
 
 def _check_against_reference(unit, rows, start, end, limit):
@@ -229,6 +259,7 @@ def test_reduced_lines_and_statistics_equal_a_plain_python_computation(database)
     stats, series = overview(unit, None, None, 20)
     assert series.reduced and all(len(line) <= 20 for line in series.lines.values())
     values = [v for _, v in series.lines[1]]
+    assert None in [v for _, v in series.lines[2]]  # second 7 has no value for ch2: a gap, not a line across
     for second in set(range(10)) - {4, 5}:  # every bucket's peak and dip are on the line
         assert second * 10.0 + 100.0 in values and -second * 10.0 - 100.0 in values
 

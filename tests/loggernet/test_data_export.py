@@ -488,11 +488,10 @@ def test_client_stores_then_acknowledges_and_keeps_the_connection_on_bad_records
         unit = schema.Unit.get(schema.Unit.code == "LgrSec15")  # stored before the acknowledgement
         assert (unit.channels, unit.labels, unit.name) == (3, ["Battery_V", "Temp(1)", "N"], "Lgr Sec15")
         assert samples_of("LgrSec15") == [(dt.datetime(2026, 5, 1, 10, 0, 0, 500000), 13.5, None, 4.0)]
-        # malformed: logged with the reason, not acknowledged, connection kept
-        fake.send(b'"Lgr","Sec15","2026-05-01 10:00:01","8","Battery_V","FLOAT","high"\r\n')
+        # a line that names no record: logged with the reason, not acknowledged, connection kept
         fake.send(b"garbage line\r\n")
         fake.no_ack(0.5)
-        assert "not a number" in caplog.text and "does not start with a double quote" in caplog.text
+        assert "does not start with a double quote" in caplog.text
         fake.send(std("Lgr", "Sec15", "2026-05-01 10:00:01", 8, ("Battery_V", "FLOAT", "13.25")))
         assert fake.ack() == b"Lgr,Sec15,8\r\n"
         assert samples_of("LgrSec15")[-1] == (dt.datetime(2026, 5, 1, 10, 0, 1), 13.25, None, None)
@@ -574,6 +573,169 @@ def test_client_discards_an_over_long_record_and_goes_on(settings, database, cap
         assert "longer than 2048 bytes" in caplog.text
         fake.send(std("Lgr", "L", "2026-05-01 10:00:01", 2, ("V", "FLOAT", "2")))
         assert fake.ack() == b"Lgr,L,2\r\n"
+
+
+def quarantined() -> list[tuple]:
+    return [(q.station, q.table_name, q.record_number, q.raw, q.acknowledged)
+            for q in schema.QuarantinedRecord.select().order_by(schema.QuarantinedRecord.id)]
+
+
+def test_client_stores_missing_and_infinite_values_as_no_value(settings, database, caplog, line_server):
+    caplog.set_level(logging.INFO, logger="txm.loggernet")
+    fake = line_server()
+    with Running(PullClient(client_settings(settings, fake.port), database, retry_seconds=0.2)):
+        fake.accept()
+        for recno, values in enumerate([("1.5", "2"), ("INF", "NAN"), ("1e309", "-INF"), ("-1e400", "nan"),
+                                        ("3", "4")], start=1):
+            fake.send(std("Lgr", "T", f"2026-05-01 10:00:0{recno}", recno, ("V", "FLOAT", values[0]),
+                          ("W", "FLOAT", values[1])))
+            assert fake.ack() == f"Lgr,T,{recno}\r\n".encode()
+    assert samples_of("LgrT") == [(dt.datetime(2026, 5, 1, 10, 0, 1), 1.5, 2.0),
+                                  (dt.datetime(2026, 5, 1, 10, 0, 2), None, None),
+                                  (dt.datetime(2026, 5, 1, 10, 0, 3), None, None),
+                                  (dt.datetime(2026, 5, 1, 10, 0, 4), None, None),
+                                  (dt.datetime(2026, 5, 1, 10, 0, 5), 3.0, 4.0)]
+    # an over-range value is worth one line per field, not one per record
+    assert caplog.text.count("field V of Lgr/T holds INF") == 1
+    assert "field W of Lgr/T holds -INF" in caplog.text
+    assert not quarantined()
+
+
+def test_client_quarantines_records_it_cannot_store_acknowledges_them_and_goes_on(settings, database, caplog,
+                                                                                  line_server):
+    caplog.set_level(logging.INFO, logger="txm.loggernet")
+    fake = line_server()
+    huge = 10 ** 30
+    unstorable = [
+        std("Lgr", "T", "2026-05-01 10:00:02", huge, ("V", "FLOAT", "2")),  # beyond a 64-bit record number
+        b'"Lgr","T","2026-05-01 10:00:03","3","V","FLOAT","high"\r\n',  # not a number
+        b'"Lgr","T","2026-02-30 10:00:04","4","V","FLOAT","4"\r\n',  # no such day
+        std("L" * 300, "T", "2026-05-01 10:00:05", 5, ("V", "FLOAT", "5")),  # a station name too long to keep
+        b"Lgr,T (TMSTAMP TIMESTAMP,RECNBR DECIMAL(10,0),V FLOAT) VALUES ('2026-05-01 10:00:06',6,'x')\r\n",
+    ]
+    with Running(PullClient(client_settings(settings, fake.port), database, retry_seconds=0.2)) as client:
+        fake.accept()
+        fake.send(std("Lgr", "T", "2026-05-01 10:00:01", 1, ("V", "FLOAT", "1")))
+        assert fake.ack() == b"Lgr,T,1\r\n"
+        for line in unstorable[:4]:
+            fake.send(line)
+        assert fake.ack() == f"Lgr,T,{huge}\r\n".encode()  # acknowledged: the stream is not stuck on it
+        assert fake.ack() == b"Lgr,T,3\r\n"
+        assert fake.ack() == b"Lgr,T,4\r\n"
+        assert fake.ack() == b"L" * 300 + b",T,5\r\n"
+        fake.send(unstorable[0])  # sent again (our acknowledgement was lost): acknowledged, kept once
+        assert fake.ack() == f"Lgr,T,{huge}\r\n".encode()
+        fake.send(std("Lgr", "T", "2026-05-01 10:00:07", 7, ("V", "FLOAT", "7")))
+        assert fake.ack() == b"Lgr,T,7\r\n"
+        assert client.quarantined == 4
+    assert samples_of("LgrT") == [(dt.datetime(2026, 5, 1, 10, 0, 1), 1.0), (dt.datetime(2026, 5, 1, 10, 0, 7), 7.0)]
+    assert schema.LoggerNetSource.get(schema.LoggerNetSource.station == "Lgr").last_record == 7
+    rows = list(schema.QuarantinedRecord.select().order_by(schema.QuarantinedRecord.id))
+    assert [(q.station, q.table_name, q.record_number, q.raw, q.acknowledged) for q in rows] == [
+        ("Lgr", "T", str(huge), unstorable[0][:-2].decode(), True),
+        ("Lgr", "T", "3", unstorable[1][:-2].decode(), True),
+        ("Lgr", "T", "4", unstorable[2][:-2].decode(), True),
+        ("L" * 200, "T", "5", unstorable[3][:-2].decode(), True),
+    ]
+    assert "record number" in rows[0].reason and "9223372036854775807" in rows[0].reason
+    assert "not a number" in rows[1].reason
+    assert "not a real time" in rows[2].reason
+    assert "station name" in rows[3].reason and "200" in rows[3].reason
+    assert all(q.server == f"127.0.0.1:{fake.port}" and q.format == "standard" for q in rows)
+    assert caplog.text.count("quarantined record Lgr/T 3") == 1
+    assert "OverflowError" not in caplog.text and "Traceback" not in caplog.text
+
+
+def test_a_flood_of_bad_records_is_quarantined_without_flooding_the_log(settings, database, caplog, line_server):
+    from txm.loggernet.client import QUARANTINE_LOG_LINES
+
+    fake = line_server()
+    with Running(PullClient(client_settings(settings, fake.port), database, retry_seconds=0.2)) as client:
+        fake.accept()
+        for recno in range(1, 2 * QUARANTINE_LOG_LINES + 1):
+            fake.send(f'"Lgr","T","2026-05-01 10:00:00","{recno}","V","FLOAT","high"\r\n'.encode())
+        for recno in range(1, 2 * QUARANTINE_LOG_LINES + 1):
+            assert fake.ack() == f"Lgr,T,{recno}\r\n".encode()
+        assert client.quarantined == 2 * QUARANTINE_LOG_LINES
+    assert schema.QuarantinedRecord.select().count() == 2 * QUARANTINE_LOG_LINES
+    assert caplog.text.count("quarantined record Lgr/T ") == QUARANTINE_LOG_LINES
+    assert f"{QUARANTINE_LOG_LINES} more quarantined record(s) left out of the log" in caplog.text
+
+
+def test_a_long_record_is_quarantined_whole(settings, database, line_server):
+    """A record of 5,000 fields (over 100 KB, more than a MySQL TEXT holds) is kept entire."""
+    fake = line_server()
+    line = std("Lgr", "T", "2026-05-01 10:00:00", 1, *[(f"F{i}", "FLOAT", "1.5") for i in range(4999)],
+               ("Last", "FLOAT", "over"))
+    assert len(line) > 100_000
+    with Running(PullClient(client_settings(settings, fake.port), database, retry_seconds=0.2)):
+        fake.accept()
+        fake.send(line)
+        assert fake.ack() == b"Lgr,T,1\r\n"
+    assert schema.QuarantinedRecord.get().raw == line[:-2].decode()
+
+
+def test_a_line_that_names_no_record_is_quarantined_once_and_not_acknowledged(settings, database, caplog,
+                                                                             line_server):
+    fake = line_server()
+    garbage = b'"Lgr","T","2026-05-01 10:00:01,"1\x00","V","FLOAT","1"\r\n'  # a quote lost in the header
+    with Running(PullClient(client_settings(settings, fake.port, LOGGERNET_FORMAT="standard"), database,
+                            retry_seconds=0.2)):
+        fake.accept()
+        fake.send(garbage)
+        fake.send(garbage)  # the server sends it again after its resend interval
+        fake.send(std("Lg\x00r", "T", "2026-05-01 10:00:01", 1, ("V", "FLOAT", "1")))  # a NUL makes no name
+        fake.no_ack(0.5)
+        fake.send(std("Lgr", "T", "2026-05-01 10:00:02", 2, ("V", "FLOAT", "2")))
+        assert fake.ack() == b"Lgr,T,2\r\n"
+    row, nul = schema.QuarantinedRecord.select().order_by(schema.QuarantinedRecord.id)
+    assert (row.station, row.table_name, row.record_number, row.acknowledged) == ("", "", "", False)
+    assert row.raw == garbage[:-2].decode().replace("\x00", "\ufffd")  # PostgreSQL text holds no NUL
+    assert "expected a comma after item 3" in row.reason
+    assert "control character" in nul.reason and nul.raw.startswith('"Lg\ufffdr","T"') and not nul.acknowledged
+    assert "record not acknowledged" in caplog.text
+
+
+def test_an_existing_database_gets_the_quarantine_table_from_syncdb(settings, database):
+    schema.Unit.create(code="M1", key="k")
+    database.drop_tables([schema.QuarantinedRecord])  # as a database made before the table existed
+    assert not database.table_exists("loggernet_quarantine")
+    assert manage.syncdb(settings, database).created_tables == ["loggernet_quarantine"]
+    assert database.table_exists("loggernet_quarantine")
+    assert schema.Unit.select().count() == 1
+
+
+def test_pulled_records_with_missing_values_are_shown_graphed_and_exported(settings, database, line_server):
+    """NAN and INF from a logger, then every page and API that shows the range answers 200."""
+    from tests.webutil import add_user, client, login
+
+    fake = line_server()
+    with Running(PullClient(client_settings(settings, fake.port), database, retry_seconds=0.2)):
+        fake.accept()
+        for recno, values in enumerate([("1.5", "2"), ("2.5", "3"), ("INF", "NAN"), ("NAN", "1e309"), ("3", "4"),
+                                        ("3.5", "5")], start=1):
+            fake.send(std("Lgr", "T", f"2026-05-01 10:00:0{recno}", recno, ("V", "FLOAT", values[0]),
+                          ("W", "FLOAT", values[1])))
+            assert fake.ack() == f"Lgr,T,{recno}\r\n".encode()
+    view = schema.View.create(name="Plant")
+    schema.ViewEntry.create(view=view, unit=schema.Unit.get(schema.Unit.code == "LgrT"), channels=[])
+    add_user("boss", is_superuser=True, is_staff=True)
+    web = client(settings)
+    login(web, "boss")
+    page = web.get("/units/LgrT/?range=all")
+    assert "6 samples" in page.text
+    stats = page.text.split("<h2>Statistics</h2>", 1)[1]
+    assert re.search(r"<td>V</td>\s*<td class=\"num\">4</td>\s*<td class=\"num\">1.5</td>\s*"
+                     r"<td class=\"num\">3.5</td>\s*<td class=\"num\">2.625</td>", stats), stats[:1000]
+    svg = re.search(r"<svg.*?</svg>", page.text, re.DOTALL).group()
+    assert len(re.findall(r'class="line reactive nofill"', svg)) == 4  # V and W, each broken by its gap
+    api = web.get("/api/units/LgrT/samples?range=all").json
+    assert api["samples"][1:5] == [["2026-05-01 10:00:02", 2.5, 3.0], ["2026-05-01 10:00:03", None, None],
+                                   ["2026-05-01 10:00:04", None, None], ["2026-05-01 10:00:05", 3.0, 4.0]]
+    csv_text = web.get("/units/LgrT/data.csv?range=all").text
+    assert csv_text.splitlines()[2:5] == ["2026-05-01 10:00:02,2.5,3.0", "2026-05-01 10:00:03,,",
+                                          "2026-05-01 10:00:04,,"]
+    assert web.get(f"/api/views/{view.id}").json["units"][0]["channels"][0]["value"] == 3.5
 
 
 # --- txm to txm -----------------------------------------------------------------------------------

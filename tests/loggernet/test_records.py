@@ -85,13 +85,38 @@ def test_float_values_and_missing_ones():
     assert r.format_float(13.5) == "13.5" and r.format_float(0.1) == "0.1" and r.format_float(1e22) == "1e+22"
     assert r.format_float(None) == "NAN" and r.format_float(float("nan")) == "NAN"
     assert r.format_float(float("inf")) == "INF" and r.format_float(float("-inf")) == "-INF"
-    assert r.Field("V", "FLOAT", "NAN").number() is None
-    assert r.Field("V", "FLOAT", "-INF").number() == float("-inf")
+    assert r.Field("V", "FLOAT", "NAN").number() is None and not r.Field("V", "FLOAT", "NAN").over_range
+    # over range (INF, -INF, beyond a double) is no measurement either: no value, never a non-finite float
+    for text in ("INF", "-INF", "+inf", "1e309", "-1e400", "1" * 400):
+        field = r.Field("V", "FLOAT", text)
+        assert field.number() is None and field.over_range, text
+    assert r.Field("V", "FLOAT", "1e308").number() == 1e308 and not r.Field("V", "FLOAT", "1e308").over_range
+
+
+def test_the_identity_of_a_record_that_breaks_the_grammar_further_on():
+    """Enough of a line to acknowledge it: station, table and record number."""
+    for line, fmt in [(b'"Lgr","T","2026-02-30 10:00:00","12","V","FLOAT","high"\r\n', "standard"),
+                      (b'"Lgr","T","x","12","V","FLOAT","1","unterminated', "standard"),
+                      (b"Lgr,T (TMSTAMP TIMESTAMP,RECNBR DECIMAL(10,0),V FLOAT) VALUES ('2026-02-30 10:00:00',12,'x')",
+                       "rtms")]:
+        with pytest.raises(r.RecordError):
+            r.parse_record(line, fmt)
+        assert r.read_identity(line, fmt) == r.Ack("Lgr", "T", 12), line
+    assert r.read_identity(r.format_standard(EXAMPLE), "standard") == EXAMPLE.ack()
+    assert r.read_identity(RTMS_EXAMPLE, "rtms") == EXAMPLE.ack()
+    assert r.read_identity(b'"Lgr","T","2026-01-01 00:00:00","1' + b"0" * 30 + b'"', "standard").record_number == 10 ** 30
+    for line, fmt in [(b"garbage", "standard"), (b'"Lgr","T","2026-01-01,"1","V"', "standard"),
+                      (b'"Lgr","T a","2026-01-01 00:00:00","1"', "standard"), (b'"Lgr","T","x","-1"', "standard"),
+                      (b"Lgr,T (V FLOAT) VALUES (1)", "rtms"), (b"Lgr (RECNBR DECIMAL(10,0)) VALUES (1)", "rtms"),
+                      (b"garbage", "rtms"), (RTMS_EXAMPLE, "standard")]:
+        assert r.read_identity(line, fmt) is None, line
+    with pytest.raises(r.RecordError, match="digits"):
+        r.parse_ack(b"Lgr,T," + b"9" * 5000)
 
 
 names = st.text(st.characters(codec="utf-8", exclude_characters=" ,'\"\r\n\t\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0"
                               "\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
-                              "\u2028\u2029\u202f\u205f\u3000", exclude_categories=("Cs",)), min_size=1, max_size=12)
+                              "\u2028\u2029\u202f\u205f\u3000", exclude_categories=("Cs", "Cc")), min_size=1, max_size=12)
 strings = st.text(st.characters(codec="utf-8", exclude_characters="\r\n", exclude_categories=("Cs",)), max_size=20)
 stamps = st.datetimes(min_value=dt.datetime(1000, 1, 1), max_value=dt.datetime(9999, 12, 31)).map(r.format_timestamp)
 numbers = st.floats(allow_nan=False).map(r.format_float)

@@ -100,6 +100,64 @@ def test_unit_page_reduces_long_lines_and_says_so(site, settings):
     assert "minimum and maximum of\n50 equal time slices" in page.text or "50 equal time slices" in page.text
 
 
+def lines_drawn(page) -> int:
+    """Line segments in the page's graphs: pygal breaks a line where a point has no value."""
+    svg = "".join(re.findall(r"<svg.*?</svg>", page.text, re.DOTALL))
+    return len(re.findall(r'class="line reactive nofill"', svg))
+
+
+def test_missing_values_are_gaps_nulls_and_empty_fields(site, boss):
+    """A sample without a value for a channel (NULL): a gap in the graph, not a line drawn across
+    it; null in JSON; an empty CSV field; left out of the statistics."""
+    m3 = schema.Unit.create(code="M3", key="k", channels=2, labels=["A", "B"])
+    schema.ViewEntry.create(view=site["view"], unit=m3, channels=[], position=3)
+    values = [[1.0, 10.0], [2.0, None], [None, None], [None, 40.0], [5.0, 50.0], [6.0, None]]
+    store_samples(m3, [(BASE + dt.timedelta(minutes=i), v) for i, v in enumerate(values)])
+    page = boss.get("/units/M3/?range=all")
+    assert "6 samples" in page.text
+    assert lines_drawn(page) == 3  # A: 1-2 and 5-6; B: 40-50 (the lone 10 is a point, no line)
+    stats = page.text.split("<h2>Statistics</h2>", 1)[1]
+    assert re.search(r"<td>A</td>\s*<td class=\"num\">4</td>\s*<td class=\"num\">1</td>\s*"
+                     r"<td class=\"num\">6</td>\s*<td class=\"num\">3.5</td>", stats), stats[:1500]
+    api = boss.get("/api/units/M3/samples?range=all").json
+    assert [row[1:] for row in api["samples"]] == values
+    assert "null" in boss.get("/api/units/M3/samples?range=all").text
+    assert boss.get("/api/units/M3/last").json["values"] == [6.0, None]
+    entry = boss.get(f"/api/views/{site['view'].id}").json["units"][-1]
+    assert [c["value"] for c in entry["channels"]] == [6.0, None]
+    assert "M3" in boss.get(f"/views/{site['view'].id}/").text
+    rows = list(csv.reader(io.StringIO(boss.get("/units/M3/data.csv?range=all").text)))
+    assert [row[1:] for row in rows[1:]] == [["1.0", "10.0"], ["2.0", ""], ["", ""], ["", "40.0"], ["5.0", "50.0"],
+                                             ["6.0", ""]]
+
+
+def test_missing_values_are_gaps_in_reduced_lines_too(site, settings):
+    unit = site["M2"]
+    store_samples(unit, [(BASE + dt.timedelta(seconds=i), [None if 1000 <= i < 2000 else float(i % 7)])
+                         for i in range(3000)])
+    add_user("boss", is_superuser=True)
+    web = client(settings.replace(MAX_PLOT_POINTS=100))
+    login(web, "boss")
+    page = web.get("/units/M2/?range=all")
+    assert 'id="reduced-note"' in page.text
+    assert lines_drawn(page) == 2
+
+
+def test_infinities_stored_by_an_older_txm_are_shown_as_missing(site, boss, settings):
+    """txm once stored LoggerNet's INF as an infinity: the pages and the API answer, showing no value."""
+    if settings.DATABASE_ENGINE == "mysql":
+        pytest.skip("MariaDB/MySQL cannot store an infinity")
+    m3 = schema.Unit.create(code="M3", key="k", channels=2)
+    inf = float("inf")
+    values = [[1.0, 1.0], [2.0, -inf], [inf, 3.0], [4.0, 4.0], [5.0, -inf]]
+    store_samples(m3, [(BASE + dt.timedelta(minutes=i), v) for i, v in enumerate(values)])
+    page = boss.get("/units/M3/?range=all")
+    assert "5 samples" in page.text and lines_drawn(page) == 3  # ch1: 1-2 and 4-5; ch2: 3-4
+    api = boss.get("/api/units/M3/samples?range=all").json
+    assert [row[1:] for row in api["samples"]] == [[1.0, 1.0], [2.0, None], [None, 3.0], [4.0, 4.0], [5.0, None]]
+    assert boss.get("/api/units/M3/last").json["values"] == [5.0, None]
+
+
 def test_unit_page_empty_range_and_bad_dates(ann):
     page = ann.get("/units/M1/?from=2020-01-01&to=2020-01-02")
     assert "There are no samples of M1 in this range" in page.text and "<svg" not in page.text

@@ -13,6 +13,8 @@ Routes (below the mount point):
   (``/<model>/delete-all``) or old (``/<model>/delete-old``). No route changes a sample or alarm,
   but ``/alarm/send-again``: failed alarm emails are sent again. The index and the alarm list
   show the alarm emails not sent yet.
+* ``/quarantinedrecord/``: the LoggerNet records the pull client could not store, newest first;
+  each at ``/quarantinedrecord/<id>/`` with its raw text; deleted singly or selected.
 * ``/logentry/``: the action log, filtered; ``/logentry/<id>/`` one entry. Never edited.
 
 Only an active staff user enters (the web core checks it and sends an anonymous visitor to the
@@ -39,6 +41,7 @@ from txm.admin.people import password_fields, permission_grid
 from txm.admin.records import (
     ALARMS,
     LOG,
+    QUARANTINE,
     SAMPLES,
     Page,
     RecordAdmin,
@@ -58,7 +61,7 @@ def make_app(settings: Settings) -> bottle.Bottle:
     """The admin panel as a Bottle app; the web interface mounts it at ``/admin/``."""
     panel = Panel(settings)
     add_index(panel)
-    for records in (SAMPLES, ALARMS, LOG):
+    for records in (SAMPLES, ALARMS, QUARANTINE, LOG):
         add_record_pages(panel, records)
     add_password_page(panel)
     add_unlock_action(panel)
@@ -211,7 +214,8 @@ def add_record_pages(panel: Panel, records: RecordAdmin) -> None:
         who = panel.need("view", name)
         record = records.get(obj_id)
         # A sample or alarm is about its unit; a log entry about the object it names.
-        about = {"unit": record.unit} if records.of_a_unit else {"object_url": _object_url(panel, record)}
+        about = ({"unit": record.unit} if records.of_a_unit else
+                 {"object_url": _object_url(panel, record)} if records is LOG else {})
         return panel.render(f"admin/{name}.html", who=who, can_delete=records.deletion_allowed(who),
                             can_resend=who.may("change", "alarm"), title=records.describe(record),
                             **{records.detail_name: record}, **about)
@@ -227,7 +231,7 @@ def add_record_pages(panel: Panel, records: RecordAdmin) -> None:
         if bottle.request.method == "POST":
             records.delete_selected(who, [record.id])
             panel.core.flash(f"Deleted {records.describe(record)}.", "success")
-            panel.go(f"/{name}/", unit=record.unit.code)
+            panel.go(f"/{name}/", **({"unit": record.unit.code} if records.of_a_unit else {}))
         return panel.render("admin/confirm_delete.html", who=who, what=records.describe(record), warnings=[],
                             problems=[], back=panel.link(f"/{name}/{record.id}/"),
                             title=f"Delete {with_article(records.verbose)}")
@@ -251,6 +255,9 @@ def add_record_pages(panel: Panel, records: RecordAdmin) -> None:
         return panel.render("admin/confirm_selected.html", who=who, model=name,
                             names=[records.describe(record) for record in chosen], ids=[record.id for record in chosen],
                             back=back, title=f"Delete {len(chosen)} selected {records.plural}")
+
+    if not records.bulk_deletable:
+        return
 
     @app.route(f"/{name}/delete-all", method=["GET", "POST"])
     def delete_all():

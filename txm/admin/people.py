@@ -41,7 +41,7 @@ from txm.webcore import (
 def permission_label(codename: str) -> str:
     action, _, model = codename.partition("_")
     verbose = {"mailinglist": "mailing list", "alarmmessage": "alarm message", "view": "multiple-meter view",
-               "logentry": "log entry"}.get(model, model)
+               "logentry": "log entry", "quarantinedrecord": "quarantined LoggerNet record"}.get(model, model)
     return f"Can {action} {verbose}"
 
 
@@ -56,11 +56,11 @@ def permission_grid(choices: Sequence[tuple[str, str]]) -> list[tuple[str, list[
     return rows
 
 
-#: Permissions that mean nothing in the panel: samples and alarms are never added there, samples
-#: never changed (``change_alarm`` sends a failed alarm email again), and the log is only read.
-#: They are not offered (a user who holds one keeps it).
-IDLE_PERMISSIONS = frozenset({"add_sample", "change_sample", "add_alarm", "add_logentry",
-                              "change_logentry", "delete_logentry"})
+#: Permissions that mean nothing in the panel: samples, alarms and quarantined records are never
+#: added there, samples and quarantined records never changed (``change_alarm`` sends a failed
+#: alarm email again), and the log is only read. They are not offered (a user who holds one keeps it).
+IDLE_PERMISSIONS = frozenset({"add_sample", "change_sample", "add_alarm", "add_quarantinedrecord",
+                              "change_quarantinedrecord", "add_logentry", "change_logentry", "delete_logentry"})
 
 
 def grantable_permissions(actor: Actor) -> list[tuple[str, str]]:

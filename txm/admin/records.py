@@ -1,10 +1,11 @@
-"""Records the panel shows but never edits: samples, alarms and the action log.
+"""Records the panel shows but never edits: samples, alarms, quarantined LoggerNet records and
+the action log.
 
-One :class:`RecordAdmin`, parameterised by the model, serves all three: a list newest first with
-keyset paging and filters, each record on its own page and, where a setting allows it, deletion
-of selected records (one log entry each) or of all or old ones in batches (one log entry in all).
-:data:`SAMPLES`, :data:`ALARMS` and :data:`LOG` are the three; another kind of record is another
-instance.
+One :class:`RecordAdmin`, parameterised by the model, serves them all: a list newest first with
+keyset paging and filters, each record on its own page and, where allowed, deletion of selected
+records (one log entry each) or, for a unit's records, of all or old ones in batches (one log
+entry in all). :data:`SAMPLES`, :data:`ALARMS`, :data:`QUARANTINE` and :data:`LOG` are the four;
+another kind of record is another instance.
 """
 
 from __future__ import annotations
@@ -94,8 +95,11 @@ class RecordAdmin:
     narrowed_by: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
     #: Listed one unit at a time (a unit is chosen first); else, with a ``unit`` filter, one or all.
     per_unit: bool = False
-    #: The setting that allows deleting them through the panel; empty: they are never deleted.
+    #: The setting that allows deleting them through the panel; empty: they are never deleted
+    #: (unless ``deletable_by_permission``).
     deletion_setting: str = ""
+    #: Deleted by whoever holds the delete permission, with no setting to allow it.
+    deletable_by_permission: bool = False
     #: How a bulk deletion's log message names the time it cut at.
     cut_words: str = "older than {}"
 
@@ -103,12 +107,17 @@ class RecordAdmin:
 
     @property
     def deletable(self) -> bool:
-        return bool(self.deletion_setting)
+        return bool(self.deletion_setting) or self.deletable_by_permission
 
     @property
     def of_a_unit(self) -> bool:
         """Records a unit wrote (samples, alarms), filtered by unit; not the log."""
         return "unit" in self.narrowed_by
+
+    @property
+    def bulk_deletable(self) -> bool:
+        """ "Delete ALL" and "Delete old" go unit by unit, so only a unit's records have them."""
+        return self.deletable and self.of_a_unit
 
     @property
     def rows_of_many_units(self) -> bool:
@@ -178,10 +187,10 @@ class RecordAdmin:
         return self.model.select().where(self.model.unit == unit).limit(1).exists()
 
     def selected(self, ids: Sequence[Any]) -> list[Any]:
-        """The records a "Delete selected" names, with their units, in id order."""
+        """The records a "Delete selected" names, with their units (if of a unit), in id order."""
         numbers = selected_ids(ids)
-        return list(self.model.select(self.model, schema.Unit).join(schema.Unit).where(self.model.id.in_(numbers))
-                    .order_by(self.model.id))
+        query = self.model.select(self.model, schema.Unit).join(schema.Unit) if self.of_a_unit else self.model.select()
+        return list(query.where(self.model.id.in_(numbers)).order_by(self.model.id))
 
     # --- deleting ---------------------------------------------------------------------------
 
@@ -189,7 +198,7 @@ class RecordAdmin:
         """Refuse unless this server allows deleting them and the actor may."""
         if not self.deletable:
             raise Forbidden(f"{self.plural} cannot be deleted")
-        if not actor.settings[self.deletion_setting]:
+        if self.deletion_setting and not actor.settings[self.deletion_setting]:
             raise Forbidden(f"{self.name} deletion is switched off on this server ({self.deletion_setting} is no)")
         actor.require("delete", self.name)
 
@@ -272,6 +281,20 @@ ALARMS = RecordAdmin(
     narrowed_by={"unit": lambda unit: schema.Alarm.unit == unit,
                  "email": lambda status: schema.Alarm.email_status == status},
     deletion_setting="ALLOW_ALARM_DELETION", cut_words="received before {} UTC")
+
+def quarantined_name(record: schema.QuarantinedRecord) -> str:
+    if not record.acknowledged:
+        return f"LoggerNet line {record.id} (names no record)"
+    return f"LoggerNet record {record.station[:60]}/{record.table_name[:60]} {record.record_number[:30]}"
+
+
+QUARANTINE = RecordAdmin(
+    "quarantinedrecord", "quarantined record", "quarantined records",
+    "Records the LoggerNet client could not store, as they arrived and why: viewed and deleted, never changed.",
+    schema.QuarantinedRecord, key=schema.QuarantinedRecord.id, time=schema.QuarantinedRecord.received,
+    describe=quarantined_name, list_template="admin/quarantine.html", detail_name="record",
+    narrowed_by={"station": lambda station: schema.QuarantinedRecord.station == station},
+    deletable_by_permission=True, cut_words="received before {} UTC")
 
 LOG = RecordAdmin(
     "logentry", "log entry", "action log", "Every add, change and delete made in this panel: who, when, what.",

@@ -6,14 +6,14 @@ from txm.admin.actor import Actor
 from txm.admin.base import ModelAdmin
 from txm.admin.meters import AlarmMessageAdmin, MailingListAdmin, UnitAdmin, ViewAdmin
 from txm.admin.people import GroupAdmin, UserAdmin
-from txm.admin.records import ALARMS, LOG, SAMPLES, RecordAdmin
+from txm.admin.records import ALARMS, LOG, QUARANTINE, SAMPLES, RecordAdmin
 
 
 def registry() -> dict[str, ModelAdmin | RecordAdmin]:
     """Every model the panel manages, by URL name, in the order the index page shows them."""
     admins: list[ModelAdmin | RecordAdmin] = [
         UserAdmin(), GroupAdmin(), UnitAdmin(),
-        SAMPLES, ALARMS, MailingListAdmin(), AlarmMessageAdmin(), ViewAdmin(), LOG,
+        SAMPLES, ALARMS, QUARANTINE, MailingListAdmin(), AlarmMessageAdmin(), ViewAdmin(), LOG,
     ]
     return {admin.name: admin for admin in admins}
 
@@ -22,7 +22,7 @@ def registry() -> dict[str, ModelAdmin | RecordAdmin]:
 FORM_MODELS = tuple(name for name, admin in registry().items() if admin.editable)
 
 
-SECTIONS = (("Users and permissions", ("user", "group")), ("Units and data", ("unit", "sample", "alarm")),
+SECTIONS = (("Users and permissions", ("user", "group")), ("Units and data", ("unit", "sample", "alarm", "quarantinedrecord")),
             ("Email and alarms", ("mailinglist", "alarmmessage")), ("Displays", ("view",)),
             ("Records", ("logentry",)))
 

@@ -64,7 +64,7 @@ def connect_database(settings: Settings, create: bool = False, db: pw.Database |
         db.connect(reuse_if_open=True)
     except pw.OperationalError as exc:
         raise DatabaseError(f"cannot open the database ({settings.database_label()}): "
-                            f"{_first_line(exc)}") from None
+                            f"{first_line(exc)}") from None
     return db
 
 
@@ -94,7 +94,8 @@ def close_quietly(db: pw.Database) -> None:
         pass
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """A database error as one line, for a log or a message (drivers' errors run over several)."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
 

@@ -55,6 +55,16 @@ class SampleIdField(pw.BigAutoField):
         return node
 
 
+class LongTextField(pw.TextField):
+    """Text of any length, up to megabytes: MySQL's TEXT holds 64 KB, so there it is LONGTEXT;
+    SQLite and PostgreSQL have one TEXT for every length."""
+
+    def ddl_datatype(self, ctx):
+        if ctx.state.field_types.get("AUTO", "").endswith("AUTO_INCREMENT"):  # MySQL's own type names
+            return pw.SQL("LONGTEXT")
+        return super().ddl_datatype(ctx)
+
+
 class BaseModel(pw.Model):
     class Meta:
         database = database
@@ -321,12 +331,18 @@ class ExportCursor(BaseModel):
         table_name = "export_cursor"
 
 
+#: The largest record number ``loggernet_source.last_record`` (64-bit, signed) keeps.
+MAX_RECORD_NUMBER = 2 ** 63 - 1
+#: The longest station or table name ``loggernet_source`` keeps.
+MAX_LOGGERNET_NAME = 200
+
+
 class LoggerNetSource(BaseModel):
     """A LoggerNet station and table that ``txm loggernet-pull`` stores records of, its unit,
     and the number of the last record stored (a record sent again is acknowledged, not stored)."""
 
-    station = pw.CharField(max_length=200)
-    table_name = pw.CharField(max_length=200)
+    station = pw.CharField(max_length=MAX_LOGGERNET_NAME)
+    table_name = pw.CharField(max_length=MAX_LOGGERNET_NAME)
     unit = pw.ForeignKeyField(Unit, on_delete="CASCADE", backref="loggernet_sources")
     last_record = pw.BigIntegerField(null=True)
     updated = pw.DateTimeField(default=utcnow)
@@ -334,6 +350,26 @@ class LoggerNetSource(BaseModel):
     class Meta:
         table_name = "loggernet_source"
         indexes = ((("station", "table_name"), True),)
+
+
+class QuarantinedRecord(BaseModel):
+    """A LoggerNet record the pull client could not store, kept as it arrived with the reason;
+    acknowledged when its station, table and record number could be read, so the stream goes on."""
+
+    id = pw.BigAutoField()
+    received = pw.DateTimeField(default=utcnow, index=True)
+    server = pw.CharField(max_length=300, default="")  # host:port of the Data Export server
+    format = pw.CharField(max_length=16, default="")  # standard / rtms
+    station = pw.CharField(max_length=MAX_LOGGERNET_NAME, default="")  # "" when the line names none
+    table_name = pw.CharField(max_length=MAX_LOGGERNET_NAME, default="")
+    record_number = pw.CharField(max_length=100, default="")  # the digits as sent: it may exceed 64 bits
+    reason = pw.TextField(default="")
+    acknowledged = pw.BooleanField(default=False)
+    digest = pw.CharField(max_length=64, unique=True)  # SHA-256 of the line: a record sent again is kept once
+    raw = LongTextField()  # the line as received, without its CR LF
+
+    class Meta:
+        table_name = "loggernet_quarantine"
 
 
 class LoginFailure(BaseModel):
@@ -354,6 +390,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     View, ViewEntry, LogEntry, WebSession, ExportCursor,
     LoggerNetSource,
     LoginFailure,
+    QuarantinedRecord,
 )
 
 

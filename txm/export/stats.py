@@ -33,6 +33,16 @@ POINTS_PER_PIXEL = 4
 # --- SQL helpers ----------------------------------------------------------------------------------
 
 
+def _value(value: Any) -> float | None:
+    """A stored channel value as a number people are shown: None for no value, and for a
+    non-finite one (an infinity the LoggerNet client stored from ``INF`` before it stored no value
+    instead), which JSON cannot carry and a graph cannot draw."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def _fetchall(db: pw.Database, sql: str, params: Sequence[Any]) -> list[tuple]:
     cursor = db.cursor()
     cursor.execute(sql, list(params))
@@ -67,7 +77,8 @@ class RangeStats:
 
 @dataclass
 class Series:
-    """Points per channel for a graph: ``lines[channel] = [(timestamp, value), ...]``."""
+    """Points per channel for a graph: ``lines[channel] = [(timestamp, value), ...]``; a value of
+    None is a gap in the line (samples without a value for the channel)."""
 
     lines: dict[int, list[tuple[dt.datetime, float | None]]]
     total: int  # samples in the range
@@ -180,23 +191,39 @@ def _overview(unit: schema.Unit, start: dt.datetime | None, end: dt.datetime | N
 
     if not limit:
         return stats, Series(lines, total, False, 0)
+    # Samples without a value for a channel make one gap (a None point) in its line, never a
+    # line drawn across them.
     if total <= limit:
         for row in _fetchall(db, f"SELECT {ts}, {values} FROM {table} WHERE {where} ORDER BY {ts}", params):
             when = Dialect.to_datetime(row[0])
             for n, value in zip(channels, row[1:]):
-                if value is not None:
-                    lines[n].append((when, float(value)))
-        return stats, Series(lines, total, False, limit)
+                _add_point(lines[n], when, _value(value))
+        return stats, Series(_trimmed(lines), total, False, limit)
     for row in rows:
         t_first, t_last = Dialect.to_datetime(row[0]), Dialect.to_datetime(row[1])
         for i, n in enumerate(channels):
-            low, high = row[4 + 5 * i], row[5 + 5 * i]
-            if low is None:
+            low, high = _value(row[4 + 5 * i]), _value(row[5 + 5 * i])
+            if low is None or high is None:  # no value in the bucket (or none that is finite)
+                _add_point(lines[n], t_first, None)
                 continue
-            lines[n].append((t_first, float(low)))
+            lines[n].append((t_first, low))
             if t_last != t_first:
-                lines[n].append((t_last, float(high)))
-    return stats, Series(lines, total, True, limit)
+                lines[n].append((t_last, high))
+    return stats, Series(_trimmed(lines), total, True, limit)
+
+
+def _add_point(line: list[tuple[dt.datetime, float | None]], when: dt.datetime, value: float | None) -> None:
+    """A point, or a gap: one None point stands for a run of samples without a value."""
+    if value is not None or (line and line[-1][1] is not None):
+        line.append((when, value))
+
+
+def _trimmed(lines: dict[int, list[tuple[dt.datetime, float | None]]]) -> dict[int, list[tuple[dt.datetime, float | None]]]:
+    """The lines without a gap at their end, which draws nothing."""
+    for line in lines.values():
+        if line and line[-1][1] is None:
+            line.pop()
+    return lines
 
 
 def _sqlite_bucket_rows(db: pw.Database, unit: schema.Unit, start: dt.datetime | None, end: dt.datetime | None,
@@ -268,7 +295,7 @@ def last_sample(unit: schema.Unit) -> LastSample | None:
     sample = newest_sample(unit)
     if sample is None:
         return None
-    return LastSample(sample.timestamp, sample.received, [None if v is None else float(v) for v in sample.values])
+    return LastSample(sample.timestamp, sample.received, [_value(v) for v in sample.values])
 
 
 def is_stale(sample: LastSample | None, stale_seconds: float, now: dt.datetime | None = None) -> bool:
@@ -293,7 +320,7 @@ def samples_page(unit: schema.Unit, start: dt.datetime | None, end: dt.datetime 
     columns = d.idents(f"ch{n}" for n in channels)
     rows = _fetchall(db, f"SELECT {ts}, {columns} FROM {d.ident('sample')} WHERE {where} ORDER BY {ts} "
                      f"LIMIT {int(limit)}", params)
-    return [(Dialect.to_datetime(row[0]), *(None if v is None else float(v) for v in row[1:])) for row in rows]
+    return [(Dialect.to_datetime(row[0]), *map(_value, row[1:])) for row in rows]
 
 
 def check_channels(unit: schema.Unit, channels: Sequence[int]) -> list[int]:

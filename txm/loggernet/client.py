@@ -21,14 +21,23 @@ A record that arrives with that same number again (its acknowledgement was lost)
 acknowledged again without being stored twice. Samples are unique per unit and timestamp as
 well, so a record whose time the unit already has is acknowledged and not stored.
 
-A malformed record, or one that cannot be stored, is logged with the reason and not
-acknowledged (the server sends it again after its resend interval); the connection stays
-open. A line longer than ``LOGGERNET_MAX_RECORD_BYTES`` (its CR LF not counted) is discarded the
-same way.
+``NAN`` (Campbell's missing value), ``INF``, ``-INF`` and numbers beyond a double are stored as
+no value (NULL); an over-range value is logged once per station, table and field.
+
+A record that can never be stored -- one that breaks the grammar, a value that is not a number,
+a timestamp that is no real time, a record number beyond 64 bits, a station or table name too
+long, a value the database refuses -- is **quarantined**: its line is kept in the
+``loggernet_quarantine`` table with the reason (the admin panel shows it), logged (rate-limited),
+and acknowledged, so the stream goes on. A line that does not even name its station, table and
+record number cannot be acknowledged: it is quarantined once and the server sends it again after
+its resend interval. What may come right later is not acknowledged, and logged: no unit for the
+station/table (until it is mapped), a database that fails. A line longer than
+``LOGGERNET_MAX_RECORD_BYTES`` (its CR LF not counted) is discarded, not acknowledged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import secrets
@@ -41,12 +50,13 @@ import peewee as pw
 
 from txm.config import Settings
 from txm.db import schema
-from txm.db.database import close_quietly
+from txm.db.database import close_quietly, first_line
 from txm.db.samples import SampleStore, UnitRecord
 from txm.db.sqlite import write_transaction
 from txm.errors import ConfigError, TxmError
 from txm.framing import TOO_LONG, Framer
 from txm.loggernet import records
+from txm.logs import RateLimitedLog
 
 log = logging.getLogger("txm.loggernet")
 
@@ -56,15 +66,30 @@ RETRY_SECONDS = 5.0
 CONNECT_TIMEOUT = 10.0
 #: Longest wait in one socket read, so a stop request is seen quickly.
 READ_SLICE = 0.25
+#: Seconds over which lines about quarantined (or unacknowledged) records are counted, and lines
+#: logged per window beyond each station/table/reason's first; a flood of bad records is summed
+#: up in one line.
+QUARANTINE_LOG_WINDOW = 60.0
+QUARANTINE_LOG_LINES = 20
+#: The longest reason kept with a quarantined record, or logged.
+MAX_REASON = 1000
+#: Station/table/field names remembered as warned about; forgotten all at once past this.
+MAX_WARNED = 10_000
+
+
+class Unstorable(TxmError):
+    """A record that follows the grammar but that txm can never store: it is quarantined."""
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one line: acknowledged (``ack`` bytes) or not (``reason``)."""
+    """What became of one line: acknowledged (``ack`` bytes) or not (``reason``), and whether its
+    sample was stored or the line quarantined."""
 
     ack: bytes | None
     reason: str = ""
     stored: bool = False
+    quarantined: bool = False
 
 
 def parse_unit_map(entries: list[str]) -> dict[tuple[str, str], str]:
@@ -102,11 +127,36 @@ class RecordStore:
         self.store = SampleStore(database)
         self._warned: set[tuple[str, str]] = set()
 
+    def check(self, record: records.Record) -> None:
+        """:class:`Unstorable` for what the grammar allows but the database cannot keep."""
+        if record.record_number > schema.MAX_RECORD_NUMBER:
+            raise Unstorable(f"record number {record.record_number} is beyond {schema.MAX_RECORD_NUMBER}, "
+                             f"the largest the database keeps")
+        for name, what in ((record.station, "station name"), (record.table, "table name")):
+            if len(name) > schema.MAX_LOGGERNET_NAME:
+                raise Unstorable(f"the {what} has {len(name)} characters; at most {schema.MAX_LOGGERNET_NAME} "
+                                 f"are kept")
+
+    def _warn_once(self, key: tuple, message: str, *args) -> None:
+        if key in self._warned:
+            return
+        if len(self._warned) >= MAX_WARNED:
+            self._warned.clear()
+        self._warned.add(key)
+        log.warning(message, *args)
+
     def secure(self, record: records.Record) -> bool:
         """Store the record's sample and number in one committed transaction; False when
         it was stored before (the same record number again, or a sample at that time)."""
         when = record.time()
-        numbers = [f.number() for f in record.fields if f.numeric]
+        numbers = []
+        for f in record.fields:
+            if f.numeric:
+                numbers.append(f.number())
+                if f.over_range:
+                    self._warn_once((record.station, record.table, f.name),
+                                    "field %s of %s/%s holds %s (over range); such values are stored as no value "
+                                    "(logged once per field)", f.name, record.station, record.table, f.value)
         self.db.connect(reuse_if_open=True)
         with write_transaction(self.db):
             source = (schema.LoggerNetSource.select()
@@ -120,10 +170,10 @@ class RecordStore:
                          record.station, record.table, record.record_number)
                 return False
             unit = schema.Unit.get_by_id(source.unit_id)
-            if len(numbers) > unit.channels and (record.station, record.table) not in self._warned:
-                self._warned.add((record.station, record.table))
-                log.warning("records of %s/%s have %d numeric fields; unit %s keeps the first %d",
-                            record.station, record.table, len(numbers), unit.code, unit.channels)
+            if len(numbers) > unit.channels:
+                self._warn_once((record.station, record.table), "records of %s/%s have %d numeric fields; unit %s "
+                                "keeps the first %d", record.station, record.table, len(numbers), unit.code,
+                                unit.channels)
             values = (numbers + [None] * unit.channels)[:unit.channels]
             target = UnitRecord(unit.id, unit.code, unit.key, unit.channels, tuple(unit.labels or ()), False)
             inserted = self.store.insert_samples(target, [(when, values)], schema.utcnow())[0]
@@ -133,6 +183,23 @@ class RecordStore:
             log.info("unit %s already has a sample at %s; record %s/%s %d acknowledged without storing it",
                      unit.code, record.timestamp, record.station, record.table, record.record_number)
         return inserted
+
+    def quarantine(self, line: bytes, reason: str, identity: records.Ack | None, server: str, fmt: str) -> bool:
+        """Keep a line that cannot be stored, with the reason, in one committed transaction;
+        False when that very line is kept already (a record sent again)."""
+        digest = hashlib.sha256(line).hexdigest()
+        raw = records.line_text(line).replace("\0", "\ufffd")  # PostgreSQL text holds no NUL
+        self.db.connect(reuse_if_open=True)
+        with write_transaction(self.db):
+            if schema.QuarantinedRecord.select().where(schema.QuarantinedRecord.digest == digest).exists():
+                return False
+            schema.QuarantinedRecord.insert(
+                server=server[:300], format=fmt, reason=reason[:MAX_REASON], acknowledged=identity is not None,
+                station=identity.station[:schema.MAX_LOGGERNET_NAME] if identity else "",
+                table_name=identity.table[:schema.MAX_LOGGERNET_NAME] if identity else "",
+                record_number=str(identity.record_number) if identity else "", digest=digest, raw=raw,
+            ).on_conflict_ignore().execute()
+        return True
 
     def _unit_for(self, record: records.Record, numeric: int) -> schema.Unit:
         code = self.unit_map.get((record.station, record.table))
@@ -180,6 +247,11 @@ class PullClient:
         self.records = RecordStore(settings, database)
         self.sessions = 0  # connections opened (for tests and logs)
         self.acknowledged = 0
+        self.quarantined = 0
+        self.quarantine_log = RateLimitedLog(log, "quarantined record(s)", QUARANTINE_LOG_WINDOW,
+                                             QUARANTINE_LOG_LINES)
+        self.unacknowledged_log = RateLimitedLog(log, "unacknowledged record(s)", QUARANTINE_LOG_WINDOW,
+                                                 QUARANTINE_LOG_LINES)
 
     @property
     def description(self) -> str:
@@ -188,19 +260,49 @@ class PullClient:
     # --- one line ---------------------------------------------------------------------------------
 
     def handle_line(self, line: bytes) -> Outcome:
-        """Parse and secure one record; the acknowledgement to send, or why there is none."""
+        """Parse and secure one record; the acknowledgement to send, or why there is none.
+        A record that can never be stored is quarantined and, when it names itself, acknowledged."""
         try:
             record = records.parse_record(line, self.format)
+            self.records.check(record)
             stored = self.records.secure(record)
-        except (records.RecordError, TxmError) as exc:
+        except (records.RecordError, Unstorable) as exc:
+            return self._quarantine(line, str(exc))
+        except TxmError as exc:  # no unit for it yet: it may be mapped later
             return Outcome(None, str(exc))
+        except (pw.DataError, OverflowError) as exc:  # a value the database refuses, now and ever
+            return self._quarantine(line, f"the database refuses it: {first_line(exc)}")
         except pw.PeeweeException as exc:
             close_quietly(self.db)
-            return Outcome(None, f"database error: {str(exc).strip() or type(exc).__name__}")
+            return Outcome(None, f"database error: {first_line(exc)}")
         except Exception as exc:  # a bug must not end the pull: log it, do not acknowledge
             log.exception("storing a record failed")
             return Outcome(None, f"internal error: {type(exc).__name__}")
         return Outcome(records.format_ack(record), stored=stored)
+
+    def _quarantine(self, line: bytes, reason: str) -> Outcome:
+        identity = records.read_identity(line, self.format)
+        reason = reason[:MAX_REASON]
+        try:
+            new = self.records.quarantine(line, reason, identity, f"{self.host}:{self.port}", self.format)
+        except pw.PeeweeException as exc:
+            close_quietly(self.db)
+            return Outcome(None, f"{reason}; quarantining it failed too: database error: {first_line(exc)}")
+        except Exception as exc:  # a bug must not end the pull: log it, do not acknowledge
+            log.exception("quarantining a record failed")
+            return Outcome(None, f"{reason}; quarantining it failed too: internal error: {type(exc).__name__}")
+        if new:
+            self.quarantined += 1
+        if identity is None:
+            return Outcome(None, reason, quarantined=new)
+        if new:
+            self.quarantine_log.event((identity.station, identity.table, reason[:40]), logging.WARNING,
+                                      "quarantined record %s/%s %s: %s; acknowledged (see the admin panel)",
+                                      identity.station[:80], identity.table[:80], identity.record_number, reason)
+        else:
+            log.info("record %s/%s %s was quarantined before; acknowledging it again", identity.station[:80],
+                     identity.table[:80], identity.record_number)
+        return Outcome(records.format_ack(identity), reason, quarantined=True)
 
     def send_ack(self, sock: socket.socket, ack: bytes) -> None:
         """Acknowledge a secured record (a separate step so tests can stand between the two)."""
@@ -220,6 +322,8 @@ class PullClient:
                 finally:
                     sock.close()
         finally:
+            self.quarantine_log.flush()
+            self.unacknowledged_log.flush()
             close_quietly(self.db)
 
     def _connect(self, stop: threading.Event) -> socket.socket | None:
@@ -264,7 +368,10 @@ class PullClient:
                     continue
                 outcome = self.handle_line(line.rstrip(b"\r"))
                 if outcome.ack is None:
-                    log.warning("record not acknowledged: %s: %r", outcome.reason, line[:120])
+                    self.unacknowledged_log.event((outcome.reason[:40],), logging.WARNING,
+                                                  "record not acknowledged%s: %s: %r",
+                                                  " (quarantined)" if outcome.quarantined else "", outcome.reason,
+                                                  line[:120])
                     continue
                 log.debug("record %s %s; acknowledging it", outcome.ack.decode("utf-8", "replace").strip(),
                           "stored" if outcome.stored else "already stored")

@@ -50,7 +50,9 @@ NUMERIC_TYPES = ("FLOAT", "INTEGER")  # and DECIMAL(p,s)
 
 _TYPE_RE = re.compile(r"TIMESTAMP|FLOAT|INTEGER|DECIMAL\(\d{1,2},\d{1,2}\)|VARCHAR\(\d+\)")
 _STAMP_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?")
-_NAME_RE = re.compile(r"[^\s,'\"]+")  # LoggerNet names array elements Temp(1), Temp(2)
+# LoggerNet names array elements Temp(1), Temp(2); a control character (a NUL, which PostgreSQL
+# text cannot hold) makes no name.
+_NAME_RE = re.compile(r"[^\s,'\"\x00-\x1f\x7f]+")
 _RECNO_RE = re.compile(r"\d+")
 _NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(NAN|INF|nan|inf|NaN|Inf)")
 
@@ -73,12 +75,22 @@ class Field:
         return self.type in NUMERIC_TYPES or self.type.startswith("DECIMAL(")
 
     def number(self) -> float | None:
-        """The value of a numeric field as a float; None for NAN (LoggerNet's missing value)."""
+        """The value of a numeric field as a float; None for ``NAN`` (how Campbell loggers write a
+        missing value) and for ``INF``, ``-INF`` or a number beyond a double (``1e309``): an
+        over-range reading is no measurement (see :attr:`over_range`)."""
         try:
             value = float(self.value)
         except ValueError:
             raise RecordError(f"field {self.name} ({self.type}) holds {self.value!r}, not a number") from None
-        return None if math.isnan(value) else value
+        return value if math.isfinite(value) else None
+
+    @property
+    def over_range(self) -> bool:
+        """A numeric value of ``INF``, ``-INF`` or beyond a double: stored as no value, like ``NAN``."""
+        try:
+            return math.isinf(float(self.value))
+        except ValueError:
+            return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +167,8 @@ def format_standard(record: Record) -> bytes:
     return (",".join(_quote_standard(item) for item in items)).encode("utf-8") + CRLF
 
 
-def _split_standard(line: str) -> list[str]:
+def _split_standard(line: str, most: int | None = None) -> list[str]:
+    """The items of a Standard line; with ``most``, only that many first ones (the rest unread)."""
     items: list[str] = []
     i, n = 0, len(line)
     while True:
@@ -180,7 +193,7 @@ def _split_standard(line: str) -> list[str]:
                 chars.append(ch)
                 i += 1
         items.append("".join(chars))
-        if i == n:
+        if i == n or len(items) == most:
             return items
         if line[i] != ",":
             raise RecordError(f"expected a comma after item {len(items)} (at character {i + 1})")
@@ -339,6 +352,44 @@ def parse_record(line: bytes | str, fmt: str) -> Record:
     return parse_rtms(line) if fmt == "rtms" else parse_standard(line)
 
 
+def read_identity(line: bytes | str, fmt: str) -> Ack | None:
+    """The station, table and record number of a line that may break the grammar further on (a
+    value that is not a number, a timestamp that is no real time), as the acknowledgement that
+    would answer it; None when the line does not even say which record it is."""
+    try:
+        text = _text(line)
+        if fmt == "rtms":
+            head, sep, rest = text.partition(" (")
+            station, _, table = head.partition(",")
+            specs_text, sep2, values_text = rest.partition(") VALUES (")
+            if not sep or not sep2 or not values_text.endswith(")"):
+                return None
+            names = [name for name, _ in _split_specs(specs_text)]
+            values = _split_rtms_values(values_text[:-1])
+            if RTMS_RECORD not in names or len(values) != len(names):
+                return None
+            recno = values[names.index(RTMS_RECORD)][0]
+        else:
+            items = _split_standard(text, most=4)
+            if len(items) < 4:
+                return None
+            station, table, _, recno = items
+        _check_name(station, "station name")
+        _check_name(table, "table name")
+        return Ack(station, table, _record_number(recno))
+    except RecordError:
+        return None
+
+
+def line_text(line: bytes) -> str:
+    """A received line as text, decoded as the parser reads it: UTF-8, else Latin-1 (which
+    decodes any bytes)."""
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return line.decode("latin-1")
+
+
 def format_ack(ack: Ack | Record) -> bytes:
     """``Station,Table,RecNo`` CR LF."""
     return f"{ack.station},{ack.table},{ack.record_number}".encode("utf-8") + CRLF
@@ -357,12 +408,7 @@ def parse_ack(line: bytes | str) -> Ack:
 
 def _text(line: bytes | str) -> str:
     if isinstance(line, bytes):
-        if line.endswith(CRLF):
-            line = line[:-2]
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            text = line.decode("latin-1")
+        text = line_text(line[:-2] if line.endswith(CRLF) else line)
     else:
         text = line[:-2] if line.endswith("\r\n") else line
     if "\r" in text or "\n" in text:
@@ -372,12 +418,19 @@ def _text(line: bytes | str) -> str:
 
 def _check_name(name: str, what: str) -> None:
     if not _NAME_RE.fullmatch(name):
-        raise RecordError(f"{what} {name!r} is empty or holds a space, comma or quote")
+        raise RecordError(f"{what} {name[:80]!r} is empty or holds a space, comma, quote or control character")
+
+
+#: Most digits a record number may have: LoggerNet's are DECIMAL(10,0), and Python reads no
+#: more than 4,300 digits as a whole number.
+MAX_RECORD_DIGITS = 4300
 
 
 def _record_number(text: str) -> int:
     if not _RECNO_RE.fullmatch(text):
-        raise RecordError(f"record number {text!r} is not digits")
+        raise RecordError(f"record number {text[:40]!r} is not digits")
+    if len(text) > MAX_RECORD_DIGITS:
+        raise RecordError(f"record number {text[:20]}... has {len(text)} digits; at most {MAX_RECORD_DIGITS} are read")
     return int(text)
 
 

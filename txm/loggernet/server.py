@@ -49,7 +49,7 @@ from txm.db.sqlite import write_transaction
 from txm.errors import ConfigError
 from txm.export.csv import settled_last_id
 from txm.framing import TOO_LONG, Framer
-from txm.logs import RefusalLog
+from txm.logs import RateLimitedLog
 from txm.loggernet import records
 
 log = logging.getLogger("txm.dataexport")
@@ -65,7 +65,7 @@ MAX_ACK_BYTES = 4096
 #: Seconds a record may take to be written to a client that does not read.
 SEND_TIMEOUT = 10.0
 #: A refused connection is logged the first time for each client address and reason; later
-#: ones are counted, and the count logged once a minute (:class:`txm.logs.RefusalLog`).
+#: ones are counted, and the count logged once a minute (:class:`txm.logs.RateLimitedLog`).
 REFUSAL_LOG_SECONDS = 60.0
 
 _LISTENER = object()
@@ -148,7 +148,7 @@ class ExportServer:
         self._next_poll = 0.0
         self._scanned = 0  # samples up to this id were looked at in this session
         self._missing_codes: set[str] = set()
-        self._refusals = RefusalLog(log, REFUSAL_LOG_SECONDS, 0, "Data Export connection")
+        self._refusals = RateLimitedLog(log, "refused Data Export connection(s)", REFUSAL_LOG_SECONDS, 0)
 
     @property
     def description(self) -> str:
@@ -237,7 +237,7 @@ class ExportServer:
         address = _address(peer)
         if self.allowed_clients and not (address is not None and any(
                 address in network for network in self.allowed_clients)):
-            self._refusals.refused(("not allowed", str(address)), logging.WARNING,
+            self._refusals.event(("not allowed", str(address)), logging.WARNING,
                                    "refused Data Export client %s: its address is not in EXPORT_ALLOWED_CLIENTS",
                                    _peer(peer))
             return False
@@ -246,7 +246,7 @@ class ExportServer:
             return True
         silent, pending = session.silent_for(time.monotonic()), session.pending
         if pending is None or silent < self.resend_seconds:
-            self._refusals.refused(("busy", str(address)), logging.INFO,
+            self._refusals.event(("busy", str(address)), logging.INFO,
                                    "refused Data Export client %s: %s is attached (one client at a time)",
                                    _peer(peer), session.peer)
             return False

@@ -68,7 +68,7 @@ from txm.config import Settings
 from txm.db.samples import SampleStore, UnitRecord
 from txm.db.schema import utcnow
 from txm.db.sqlite import SQLITE_CHECKPOINT_PAGES, Checkpointer
-from txm.logs import RefusalLog
+from txm.logs import RateLimitedLog
 from txm.ttp.parser import ProtocolError, Request, error_reply
 
 log = logging.getLogger("txm.ttp")
@@ -274,7 +274,7 @@ class Handler:
         # else, by every following pass until a commit succeeds (see _held_back).
         self.backlog: list[tuple[Request, dt.datetime]] = []
         self.failures = WriteFailures()
-        self.refusals = RefusalLog(log)
+        self.refusals = RateLimitedLog(log, "refused request(s)")
         self.requests_handled = 0
 
     def on_commit(self, event: str, callback: Callable[[], Any]) -> None:
@@ -539,13 +539,13 @@ class Handler:
         return replies
 
     def _log_protocol_error(self, request: Request, exc: ProtocolError) -> None:
-        self.refusals.refused((exc.code, request.code), logging.DEBUG if exc.code in (404, 406) else logging.INFO,
+        self.refusals.event((exc.code, request.code), logging.DEBUG if exc.code in (404, 406) else logging.INFO,
                               "%s: %d %s", request.describe(), exc.code, exc.reason or exc.args[0])
 
     def _call(self, request: Request, received: dt.datetime) -> str:
         verb = self.verbs.get(request.verb)
         if verb is None:
-            self.refusals.refused((501, request.verb), logging.INFO, "%s: 501 (no verb %r)", request.describe(),
+            self.refusals.event((501, request.verb), logging.INFO, "%s: 501 (no verb %r)", request.describe(),
                                   request.verb)
             return error_reply(501)
         call = Call(request, self, received)

@@ -252,7 +252,7 @@ class Loop:
         for line in lines:
             if line is TOO_LONG:
                 conn.refused += 1
-                self.refusals.refused((400, conn.peer[0] if isinstance(conn.peer, tuple) else conn.peer, "long"),
+                self.refusals.event((400, conn.peer[0] if isinstance(conn.peer, tuple) else conn.peer, "long"),
                                       logging.INFO, "%s: 400 (request longer than MAX_REQUEST_BYTES %d); closing",
                                       conn.describe(), self.max_bytes)
                 items.append((conn, _BAD_REQUEST))
@@ -262,7 +262,7 @@ class Loop:
                 items.append((conn, parse_request(line)))
             except ProtocolError as exc:
                 conn.refused += 1
-                self.refusals.refused((400, conn.peer[0] if isinstance(conn.peer, tuple) else conn.peer, exc.reason),
+                self.refusals.event((400, conn.peer[0] if isinstance(conn.peer, tuple) else conn.peer, exc.reason),
                                       logging.INFO, "%s: 400 (%s)", conn.describe(), exc.reason)
                 items.append((conn, exc.reply()))
             if not self.keep_open:
