@@ -103,10 +103,9 @@ def test_series_unreduced_when_it_fits(database):
     assert s.lines[2] == [(r[0], r[1][1]) for r in rows]  # the missing value is a gap: (time, None)
 
 
+@pytest.mark.backends("sqlite", "postgresql")  # MariaDB cannot store an infinity
 def test_non_finite_values_stored_by_an_older_client_read_as_no_value(database, settings):
     """The LoggerNet client once stored INF as an infinity: pages, API and lines read no value."""
-    if settings.DATABASE_ENGINE == "mysql":
-        pytest.skip("MariaDB/MySQL cannot store an infinity")
     unit = _unit(channels=2)
     inf = float("inf")
     rows = [(BASE, [1.0, 1.0]), (BASE + dt.timedelta(seconds=1), [inf, 2.0]),
