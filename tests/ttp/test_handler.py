@@ -219,7 +219,7 @@ def without_ids(replies: list[str]) -> list[str]:
 def test_batched_uploads_answer_and_store_exactly_as_one_at_a_time(settings, three_units, make_handler):
     """The upload verb's batch path against the same verb without it, on random passes: the
     same replies (OK, 400, 402, 405, 406 with positions) and the same rows."""
-    from hypothesis import HealthCheck, given
+    from hypothesis import HealthCheck, example, given
     from hypothesis import settings as hsettings
     from hypothesis import strategies as st
 
@@ -268,6 +268,9 @@ def test_batched_uploads_answer_and_store_exactly_as_one_at_a_time(settings, thr
 
     @hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(st.lists(request_line(), min_size=1, max_size=25))
+    # one-sample uploads of different units in a row: the batch path, whatever the random draws
+    @example(["TTP /up/A/<2020-01-01 00:00:01;1> ka", "TTP /up/B/<2020-1-1 0:0:1;1;2> kb",
+              "TTP /up/C/<2020-01-01 00:00:02;1;-2.5;0> kc", "TTP /up/A/<2020-01-01 00:00:01;3> ka"])
     def check(lines):
         assert run(batched, lines) == run(alone, lines)
 
