@@ -187,6 +187,32 @@ def test_malformed_rtms_records_say_why(line, words):
         r.parse_rtms(line)
 
 
+ARABIC_INDIC_12 = "\u0661\u0662"  # 12 in Arabic-Indic digits, which int() and float() would read
+FULLWIDTH_1993 = "\uff11\uff19\uff19\uff13"
+
+
+@pytest.mark.parametrize("line, words", [
+    (f'"Lgr","Sec15","1993-12-08 15:02:00","{ARABIC_INDIC_12}"', "record number"),
+    (f'"Lgr","Sec15","1993-12-08 15:02:00","12","V","FLOAT","{ARABIC_INDIC_12}"', "not a number"),
+    (f'"Lgr","Sec15","{FULLWIDTH_1993}-12-08 15:02:00","12"', "not YYYY-MM-DD"),
+    (f'"Lgr","Sec15","1993-12-08 15:02:00","12","V","DECIMAL({ARABIC_INDIC_12},2)","1"', "expected TIMESTAMP"),
+])
+def test_only_ascii_digits_are_digits_in_standard_records(line, words):
+    with pytest.raises(r.RecordError, match=words.replace("(", r"\(")):
+        r.parse_standard(line.encode() + b"\r\n")
+
+
+@pytest.mark.parametrize("line, words", [
+    (f"Lgr,Sec15 (TMSTAMP TIMESTAMP,RECNBR DECIMAL(10,0)) VALUES ('1993-12-08 15:02:00',{ARABIC_INDIC_12})",
+     "record number"),
+    (f"Lgr,Sec15 (TMSTAMP TIMESTAMP,RECNBR DECIMAL(10,0),V FLOAT) VALUES ('1993-12-08 15:02:00',1,{ARABIC_INDIC_12})",
+     "not a number"),
+])
+def test_only_ascii_digits_are_digits_in_rtms_records(line, words):
+    with pytest.raises(r.RecordError, match=words):
+        r.parse_rtms(line.encode())
+
+
 @pytest.mark.parametrize("line", [b"Lgr,Sec15\r\n", b"Lgr,Sec15,12a\r\n", b",Sec15,12\r\n", b"\r\n"])
 def test_malformed_acknowledgements(line):
     with pytest.raises(r.RecordError):

@@ -48,13 +48,14 @@ RTMS_RECORD = "RECNBR"
 RTMS_RECORD_TYPE = "DECIMAL(10,0)"
 NUMERIC_TYPES = ("FLOAT", "INTEGER")  # and DECIMAL(p,s)
 
-_TYPE_RE = re.compile(r"TIMESTAMP|FLOAT|INTEGER|DECIMAL\(\d{1,2},\d{1,2}\)|VARCHAR\(\d+\)")
-_STAMP_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?")
+# re.ASCII: digits are 0-9 only (Python's \d, int() and float() take any script's digits too)
+_TYPE_RE = re.compile(r"TIMESTAMP|FLOAT|INTEGER|DECIMAL\(\d{1,2},\d{1,2}\)|VARCHAR\(\d+\)", re.ASCII)
+_STAMP_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?", re.ASCII)
 # LoggerNet names array elements Temp(1), Temp(2); a control character (a NUL, which PostgreSQL
 # text cannot hold) makes no name.
 _NAME_RE = re.compile(r"[^\s,'\"\x00-\x1f\x7f]+")
-_RECNO_RE = re.compile(r"\d+")
-_NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(NAN|INF|nan|inf|NaN|Inf)")
+_RECNO_RE = re.compile(r"\d+", re.ASCII)
+_NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(NAN|INF|nan|inf|NaN|Inf)", re.ASCII)
 
 
 class RecordError(TxmError):
