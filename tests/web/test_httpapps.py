@@ -30,7 +30,7 @@ def test_the_sample_mobile_app_shows_newest_values(config_file, database):
     settings = _with_apps(config_file, 'mobile = {enabled = true, url = "m/"}\n',
                           {"mobile.py": EXAMPLE.read_text()})
     unit = schema.Unit.create(code="M1", key="k", name="Tank", channels=2, labels=["Level <m>", ""])
-    schema.Unit.create(code="M2", key="k", channels=1)
+    schema.Unit.create(code="Hidden", key="k", channels=1)  # a code no random token holds by chance
     store_samples(unit, [(dt.datetime(2026, 5, 1, 8, 0), [1.5, None]), (dt.datetime(2026, 5, 1, 8, 1), [2.25, 7.0])])
     ann = add_user("ann")
     schema.UserUnit.create(user=ann, unit=unit)
@@ -40,7 +40,7 @@ def test_the_sample_mobile_app_shows_newest_values(config_file, database):
     page = web.get("/m/")
     assert "Latest values" in page.text and "2.25" in page.text and "Level &lt;m&gt;" in page.text
     assert "2026-05-01 08:01:00" in page.text and 'http-equiv="refresh"' in page.text
-    assert "M2" not in page.text  # not ann's
+    assert "Hidden" not in page.text  # not ann's
 
 
 def test_an_app_without_url_is_loaded_but_not_routed(config_file, database):
