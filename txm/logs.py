@@ -28,14 +28,23 @@ def log_to_stderr(level: int = logging.INFO, loggers: Iterable[str] = ("txm",)) 
         logger.propagate = False
 
 
+#: Seconds over which a :class:`RateLimitedLog` counts its lines (the TTP server's refusals).
+WINDOW_SECONDS = 10.0
+#: Lines logged per window beyond each kind's first.
+LINES_PER_WINDOW = 50
+#: Kinds remembered as seen (first occurrences always logged); forgotten all at once past this.
+MAX_KINDS = 10_000
+
+
 class RateLimitedLog:
     """Logging of events that can come thousands a second (refused TTP requests, quarantined
     LoggerNet records) without flooding the log: the first event of each kind always, then at
     most ``lines_per_window`` lines per ``window_seconds``, and one line saying how many were
     left out. Kinds seen are remembered up to ``max_kinds``, then forgotten all at once."""
 
-    def __init__(self, log: logging.Logger, what: str, window_seconds: float = 10.0, lines_per_window: int = 50,
-                 max_kinds: int = 10_000, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, log: logging.Logger, what: str, window_seconds: float = WINDOW_SECONDS,
+                 lines_per_window: int = LINES_PER_WINDOW, max_kinds: int = MAX_KINDS,
+                 clock: Callable[[], float] = time.monotonic):
         self.log = log
         self.what = what  # "refused request(s)": what the left-out line counts
         self.window_seconds = window_seconds
